@@ -1,0 +1,46 @@
+import torch
+
+from engine.refine import box_mean, guided_filter
+
+
+def test_box_mean_matches_brute_force():
+    torch.manual_seed(0)
+    x = torch.rand(2, 9, 11)
+    r = 2
+    out = box_mean(x, r)
+    for c in range(2):
+        for i in range(9):
+            for j in range(11):
+                win = x[c, max(0, i - r): i + r + 1, max(0, j - r): j + r + 1]
+                assert torch.isclose(out[c, i, j], win.mean(), atol=1e-5)
+
+
+def _edge_case():
+    """An image with a sharp colour edge at x = 20 and a blurry mask whose edge sits at x ≈ 24."""
+    h, w = 40, 40
+    img = torch.zeros(3, h, w)
+    img[0, :, :20] = 0.9
+    img[2, :, 20:] = 0.8
+    xs = torch.arange(w).float()
+    soft = torch.sigmoid((24 - xs) / 4.0).expand(h, w).clone()
+    return img, soft
+
+
+def test_colour_guided_filter_snaps_edge_to_image_edge():
+    img, soft = _edge_case()
+    out = guided_filter(img, soft, radius=6, eps=1e-3)
+    row = out[20]
+    # the output jumps at the colour edge (x = 19 -> 20) where the blurry input barely changes
+    assert row[19] - row[20] > 0.2 > soft[20, 19] - soft[20, 20]
+    # inside the red region it stays high, just past the edge it is pulled down
+    assert row[15] > 0.85 and row[21] < soft[20, 21] - 0.1
+
+
+def test_grayscale_guide_and_flat_guide_acts_as_smoothing():
+    img, soft = _edge_case()
+    gray = img.mean(0, keepdim=True)
+    out = guided_filter(gray, soft, radius=6)
+    assert out.shape == soft.shape and out[20, 15] > out[20, 25]
+    flat = torch.full((3, 40, 40), 0.5)
+    smooth = guided_filter(flat, soft, radius=3)
+    assert torch.allclose(smooth, box_mean(box_mean(soft[None], 3), 3)[0], atol=1e-3)

@@ -1,0 +1,237 @@
+"""Safe output writing: write to a temp file, fsync, then rename into place.
+
+Long batch runs get interrupted (Ctrl-C, full disk, crash). Writing in place would
+leave half-written COCO files or label images that look valid but are not, and
+silently replacing a user's earlier results is worse. Every writer in the engine
+therefore goes through :func:`atomic_save`, which never leaves a partial file at the
+target path and refuses to overwrite unless asked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path, PurePath
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "OutputError",
+    "OutputExistsError",
+    "atomic_save",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "to_jsonable",
+]
+
+
+class OutputExistsError(FileExistsError):
+    """The target exists and the caller did not ask to overwrite it."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        super().__init__(
+            f"output '{self.path}' already exists; pass --overwrite (CLI) or "
+            f"overwrite=True to replace it"
+        )
+        # FileExistsError formats str() from errno/filename when given; keep ours.
+        self.filename = str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class OutputError(OSError):
+    """The output cannot be written (folder missing, not creatable, not writable)."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"cannot write '{self.path}': {reason}")
+        self.filename = str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _backup_path(path: Path) -> Path:
+    return path.with_name(path.name + ".bak")
+
+
+_UMASK: int | None = None
+
+
+def _default_file_mode() -> int:
+    """Permissions an ordinary ``open(path, 'w')`` would give (mkstemp uses 0600)."""
+    global _UMASK
+    if _UMASK is None:
+        mask = os.umask(0o022)
+        os.umask(mask)
+        _UMASK = mask
+    return 0o666 & ~_UMASK
+
+
+def _prepare_dir(path: Path) -> None:
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise OutputError(path, f"'{parent}' is a file, not a folder")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            path, f"folder '{parent}' does not exist and cannot be created ({exc.strerror or exc})"
+        ) from exc
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(path, f"folder '{parent}' is not writable")
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable; not supported everywhere (e.g. Windows), so best effort."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _make_backup(path: Path) -> None:
+    """Copy (hard-link when possible) the current file to ``path.bak``, atomically."""
+    bak = _backup_path(path)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".bak.tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        tmp.unlink()
+        try:
+            os.link(path, tmp)
+        except OSError:
+            shutil.copy2(path, tmp)
+        os.replace(tmp, bak)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_save(
+    path: str | os.PathLike[str],
+    writer: Callable[[Path], None],
+    *,
+    overwrite: bool = False,
+    backup: bool = True,
+) -> Path:
+    """Write ``path`` via ``writer(tmp_path)`` so that readers only ever see a complete file.
+
+    The temp file lives in the same folder (so ``os.replace`` is an atomic rename) and
+    keeps the target's suffix (so PIL/tifffile choose the right format). With
+    ``overwrite`` and ``backup`` the previous file survives as ``<name>.bak``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(path, "a folder with that name exists")
+    existed = path.exists()
+    if existed and not overwrite:
+        raise OutputExistsError(path)
+    _prepare_dir(path)
+
+    try:
+        fd, tmp_name = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.stem}.tmp-", suffix=path.suffix
+        )
+    except OSError as exc:
+        raise OutputError(path, f"cannot create a temporary file ({exc.strerror or exc})") from exc
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        writer(tmp)
+        if not tmp.exists():
+            raise OutputError(path, "the writer did not produce a file")
+        _fsync_file(tmp)
+        if existed:
+            try:
+                shutil.copymode(path, tmp)
+            except OSError:
+                os.chmod(tmp, _default_file_mode())
+        else:
+            os.chmod(tmp, _default_file_mode())
+        if existed and backup and path.exists():
+            _make_backup(path)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, **kw: Any) -> Path:
+    """Atomically write raw bytes (see :func:`atomic_save` for ``overwrite``/``backup``)."""
+
+    def _write(tmp: Path) -> None:
+        tmp.write_bytes(bytes(data))
+
+    return atomic_save(path, _write, **kw)
+
+
+def atomic_write_text(
+    path: str | os.PathLike[str], text: str, *, encoding: str = "utf-8", **kw: Any
+) -> Path:
+    """Atomically write text (UTF-8 by default, no newline translation)."""
+    return atomic_write_bytes(path, text.encode(encoding), **kw)
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Recursively convert numpy scalars/arrays, tuples, sets and paths to JSON types.
+
+    Raises ``TypeError`` for anything that has no faithful JSON form, so callers can
+    decide to skip it rather than write something lossy.
+    """
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind not in "biuf":
+            raise TypeError(f"cannot convert a numpy array of dtype {obj.dtype} to JSON")
+        return obj.tolist()
+    if isinstance(obj, Mapping):
+        out: dict[str, Any] = {}
+        for key, value in obj.items():
+            if isinstance(key, (np.integer, np.floating, np.bool_)):
+                key = key.item()
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                raise TypeError(f"cannot use {type(key).__name__} as a JSON key")
+            out[key if isinstance(key, str) else json.dumps(key)] = to_jsonable(value)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, (set, frozenset)):
+        return [to_jsonable(v) for v in sorted(obj, key=repr)]
+    if isinstance(obj, PurePath):
+        return obj.as_posix()
+    raise TypeError(f"cannot convert {type(obj).__name__} to JSON")
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, **kw: Any) -> Path:
+    """Atomically write compact JSON, converting numpy values on the way."""
+    text = json.dumps(to_jsonable(obj), indent=None, separators=(",", ":"), ensure_ascii=False)
+    return atomic_write_text(path, text, **kw)

@@ -1,0 +1,493 @@
+"""COCO datasets in and out (class-agnostic: a single ``object`` category).
+
+COCO JSON is the exchange format between the engine, the napari plugin (import
+for review), training (pseudo-labels as input) and evaluation. Files coming back
+from users or other tools are often slightly wrong, so reading validates every
+entry and reports bad ones by file name instead of failing deep inside
+pycocotools.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+from engine import __version__
+from engine.atomic import OutputExistsError, atomic_save, atomic_write_json, to_jsonable
+from engine.masks import (
+    check_rle,
+    mask_to_bbox,
+    mask_to_polygons,
+    mask_to_rle,
+    masks_to_label_image,
+    polygons_to_mask,
+    rle_to_mask,
+)
+from engine.structures import ImageResult, InstanceMask
+
+__all__ = [
+    "CATEGORY",
+    "CocoDataset",
+    "CocoFormatError",
+    "annotation_to_mask",
+    "build_coco_dataset",
+    "build_results",
+    "load_image_results",
+    "parse_coco",
+    "read_coco",
+    "write_coco",
+    "write_label_images",
+]
+
+CATEGORY: dict[str, Any] = {"id": 1, "name": "object", "supercategory": "object"}
+
+# Keys written by build_coco_dataset itself; InstanceMask.extra never overrides them,
+# and load_image_results does not copy them into extra.
+_CORE_KEYS = frozenset(
+    {"id", "image_id", "category_id", "segmentation", "area", "bbox", "iscrowd",
+     "score", "maskness", "source"}
+)
+# Slack for polygon coordinates just outside the image (rounding in other tools).
+_POLYGON_SLACK = 1.0
+
+
+class CocoFormatError(ValueError):
+    """A COCO file is unusable; the message names the file and what is wrong."""
+
+    def __init__(self, path: str | os.PathLike[str] | None, problem: str) -> None:
+        self.path = Path(path) if path is not None else None
+        self.problem = problem
+        where = f"'{self.path}'" if self.path is not None else "COCO data"
+        super().__init__(f"{where}: {problem}")
+
+
+@dataclass
+class CocoDataset:
+    """Validated contents of a COCO file.
+
+    ``images`` is empty for a result list (a bare list of annotations with
+    ``image_id``, as written by detectors for evaluation); ``is_result_list`` tells
+    the two apart. ``problems`` lists entries that were skipped, one line each.
+    """
+
+    images: list[dict[str, Any]]
+    annotations: list[dict[str, Any]]
+    problems: list[str]
+    path: Path | None
+    categories: list[dict[str, Any]] = field(default_factory=lambda: [dict(CATEGORY)])
+    is_result_list: bool = False
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _annotation(
+    inst: InstanceMask, ann_id: int, image_id: int, segmentation: str
+) -> dict[str, Any] | None:
+    mask = np.asarray(inst.mask, dtype=bool)
+    area = int(mask.sum())
+    if area == 0:
+        return None
+    if segmentation == "polygon":
+        polys = mask_to_polygons(mask)
+        seg: Any = polys if polys else mask_to_rle(mask)
+    else:
+        seg = mask_to_rle(mask)
+    ann: dict[str, Any] = {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": CATEGORY["id"],
+        "segmentation": seg,
+        "area": area,
+        "bbox": mask_to_bbox(mask),
+        "iscrowd": 0,
+        "score": float(inst.score),
+    }
+    if inst.maskness is not None:
+        ann["maskness"] = float(inst.maskness)
+    ann["source"] = inst.source
+    for key, value in inst.extra.items():
+        if not isinstance(key, str) or key in _CORE_KEYS:
+            continue
+        try:
+            ann[key] = to_jsonable(value)
+        except TypeError:
+            continue  # not representable in JSON: kept in memory only
+    return ann
+
+
+def build_coco_dataset(
+    results: Sequence[ImageResult],
+    *,
+    segmentation: Literal["rle", "polygon"] = "rle",
+    info: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """COCO dataset dict: images get ids 1..N in order, empty masks are skipped.
+
+    Polygons keep every connected part (holes are filled); a mask without a usable
+    polygon falls back to RLE. Extra per-instance fields that can be JSON-encoded
+    are written as additional annotation keys.
+    """
+    if segmentation not in ("rle", "polygon"):
+        raise ValueError(f"segmentation must be 'rle' or 'polygon', got {segmentation!r}")
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for image_id, res in enumerate(results, start=1):
+        if res.file_name in seen:
+            raise ValueError(f"duplicate file_name {res.file_name!r} in results")
+        seen.add(res.file_name)
+        images.append(
+            {"id": image_id, "file_name": res.file_name,
+             "width": int(res.width), "height": int(res.height)}
+        )
+        for k, inst in enumerate(res.instances):
+            shape = np.shape(inst.mask)
+            if shape != (res.height, res.width):
+                raise ValueError(
+                    f"{res.file_name}: instance {k} mask has shape {shape}, "
+                    f"image is {res.height}x{res.width} (h x w)"
+                )
+            ann = _annotation(inst, len(annotations) + 1, image_id, segmentation)
+            if ann is not None:
+                annotations.append(ann)
+    return {
+        "info": dict(info) if info is not None
+        else {"description": "freesolo-napari masks", "version": __version__},
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": [dict(CATEGORY)],
+    }
+
+
+def build_results(
+    results: Sequence[ImageResult], image_ids: Mapping[str, int]
+) -> list[dict[str, Any]]:
+    """COCO result list (RLE + score per instance) for evaluation against a GT file."""
+    out: list[dict[str, Any]] = []
+    for res in results:
+        if res.file_name not in image_ids:
+            raise KeyError(f"no image id for file_name {res.file_name!r}")
+        image_id = int(image_ids[res.file_name])
+        for inst in res.instances:
+            mask = np.asarray(inst.mask, dtype=bool)
+            if not mask.any():
+                continue
+            out.append(
+                {"image_id": image_id, "category_id": CATEGORY["id"],
+                 "segmentation": mask_to_rle(mask), "score": float(inst.score),
+                 "bbox": mask_to_bbox(mask), "area": int(mask.sum())}
+            )
+    return out
+
+
+def write_coco(
+    path: str | os.PathLike[str], dataset: Mapping[str, Any] | list[Any], *, overwrite: bool = False
+) -> Path:
+    """Write a dataset (or result list) atomically; refuses to overwrite unless asked."""
+    return atomic_write_json(path, dataset, overwrite=overwrite)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _ann_name(ann: Any, index: int) -> str:
+    if isinstance(ann, Mapping) and isinstance(ann.get("id"), (int, str)):
+        return f"annotation {ann['id']}"
+    return f"annotation at index {index}"
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def _check_segmentation(seg: Any, h: int | None, w: int | None) -> str | None:
+    """Why ``seg`` is unusable for an image of h x w (None when fine)."""
+    if isinstance(seg, Mapping):
+        size = seg.get("size")
+        if (h is not None and isinstance(size, (list, tuple)) and len(size) == 2
+                and (size[0], size[1]) != (h, w)):
+            return (f"segmentation outside the image size (RLE is {size[0]}x{size[1]}, "
+                    f"image is {h}x{w}, h x w)")
+        if size is not None and (not isinstance(size, (list, tuple)) or
+                                 not all(isinstance(v, int) and not isinstance(v, bool) for v in size)):
+            return f"RLE size {size!r} is not [height, width]"
+        counts = seg.get("counts")
+        if isinstance(counts, list) and not all(
+                isinstance(c, int) and not isinstance(c, bool) for c in counts):
+            return "uncompressed RLE counts must be integers"
+        try:
+            check_rle(seg, h, w)
+        except (ValueError, TypeError) as exc:
+            return f"malformed RLE ({exc})"
+        return None
+    if isinstance(seg, list):
+        if not seg:
+            return "segmentation is an empty polygon list"
+        for i, poly in enumerate(seg):
+            if not isinstance(poly, list) or not all(_is_number(v) for v in poly):
+                return f"polygon {i} is not a list of numbers"
+            if len(poly) < 6 or len(poly) % 2:
+                return f"polygon {i} has {len(poly)} coordinates (needs an even number >= 6)"
+            if h is not None and w is not None:
+                xs, ys = poly[0::2], poly[1::2]
+                if (min(xs) < -_POLYGON_SLACK or min(ys) < -_POLYGON_SLACK
+                        or max(xs) > w + _POLYGON_SLACK or max(ys) > h + _POLYGON_SLACK):
+                    return (f"segmentation outside the image size (polygon {i} spans "
+                            f"x {min(xs):g}..{max(xs):g}, y {min(ys):g}..{max(ys):g}; "
+                            f"image is {w}x{h}, w x h)")
+        return None
+    return f"segmentation has unsupported type {type(seg).__name__}"
+
+
+def _parse_images(raw: Any, path: Path | None) -> list[dict[str, Any]]:
+    if not isinstance(raw, list):
+        raise CocoFormatError(path, "'images' must be a list")
+    images: list[dict[str, Any]] = []
+    ids: set[Any] = set()
+    names: set[str] = set()
+    for i, img in enumerate(raw):
+        if not isinstance(img, Mapping):
+            raise CocoFormatError(path, f"image at index {i} is not an object")
+        label = f"image {img['id']}" if "id" in img else f"image at index {i}"
+        missing = [k for k in ("id", "file_name", "width", "height") if k not in img]
+        if missing:
+            raise CocoFormatError(path, f"{label} has no {', '.join(missing)}")
+        if not isinstance(img["id"], (int, str)) or isinstance(img["id"], bool):
+            raise CocoFormatError(path, f"{label} has an invalid id {img['id']!r}")
+        if not isinstance(img["file_name"], str) or not img["file_name"]:
+            raise CocoFormatError(path, f"{label} has an invalid file_name {img['file_name']!r}")
+        for key in ("width", "height"):
+            v = img[key]
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise CocoFormatError(path, f"{label} has an invalid {key} {v!r}")
+        if img["id"] in ids:
+            raise CocoFormatError(path, f"{label}: duplicate image id")
+        if img["file_name"] in names:
+            raise CocoFormatError(path, f"{label}: duplicate file_name {img['file_name']!r}")
+        ids.add(img["id"])
+        names.add(img["file_name"])
+        images.append(dict(img))
+    return images
+
+
+def parse_coco(obj: Any, *, path: str | os.PathLike[str] | None = None) -> CocoDataset:
+    """Validate an already-loaded COCO object (dataset dict or result list).
+
+    Structural errors raise :class:`CocoFormatError`; bad annotations are skipped
+    and listed in ``problems``.
+    """
+    p = Path(path) if path is not None else None
+    problems: list[str] = []
+    sizes: dict[Any, tuple[int, int]] = {}
+    if isinstance(obj, Mapping):
+        if "images" not in obj:
+            raise CocoFormatError(p, "top level is an object without 'images' (not a COCO dataset)")
+        images = _parse_images(obj["images"], p)
+        sizes = {img["id"]: (img["height"], img["width"]) for img in images}
+        raw_anns = obj.get("annotations", [])
+        if not isinstance(raw_anns, list):
+            raise CocoFormatError(p, "'annotations' must be a list")
+        cats = obj.get("categories")
+        categories = [dict(c) for c in cats if isinstance(c, Mapping)] if isinstance(cats, list) else []
+        is_results = False
+    elif isinstance(obj, list):
+        images, raw_anns, categories, is_results = [], obj, [dict(CATEGORY)], True
+    else:
+        raise CocoFormatError(
+            p, f"top level is a {type(obj).__name__}; expected a COCO dataset object or a result list"
+        )
+    if not categories:
+        categories = [dict(CATEGORY)]
+
+    annotations: list[dict[str, Any]] = []
+    for i, ann in enumerate(raw_anns):
+        name = _ann_name(ann, i)
+        if not isinstance(ann, Mapping):
+            problems.append(f"{name} is not an object")
+            continue
+        if "image_id" not in ann:
+            problems.append(f"{name} has no image_id")
+            continue
+        if "segmentation" not in ann:
+            problems.append(f"{name} has no segmentation")
+            continue
+        h = w = None
+        if not is_results:
+            if ann["image_id"] not in sizes:
+                problems.append(f"{name} refers to missing image {ann['image_id']!r}")
+                continue
+            h, w = sizes[ann["image_id"]]
+        if "score" in ann and not _is_number(ann["score"]):
+            problems.append(f"{name} has an invalid score {ann['score']!r}")
+            continue
+        reason = _check_segmentation(ann["segmentation"], h, w)
+        if reason is not None:
+            problems.append(f"{name}: {reason}")
+            continue
+        annotations.append(dict(ann))
+    return CocoDataset(images, annotations, problems, p, categories, is_results)
+
+
+def read_coco(path: str | os.PathLike[str]) -> CocoDataset:
+    """Read and validate a COCO dataset or result list from a JSON file."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise CocoFormatError(p, "file does not exist") from None
+    except IsADirectoryError:
+        raise CocoFormatError(p, "is a folder, not a JSON file") from None
+    except OSError as exc:
+        raise CocoFormatError(p, f"cannot read file ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise CocoFormatError(p, "not UTF-8 text (is this a JSON file?)") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CocoFormatError(
+            p, f"not valid JSON at line {exc.lineno} column {exc.colno} ({exc.msg})"
+        ) from None
+    return parse_coco(obj, path=p)
+
+
+def annotation_to_mask(ann: Mapping[str, Any], h: int | None, w: int | None) -> np.ndarray:
+    """Decode an annotation's segmentation (RLE or polygons) into a bool (h, w) mask."""
+    seg = ann["segmentation"]
+    if isinstance(seg, Mapping):
+        return rle_to_mask(seg, h, w)
+    if h is None or w is None:
+        raise ValueError("polygon segmentation needs the image size")
+    return polygons_to_mask(seg, h, w)
+
+
+def load_image_results(
+    path: str | os.PathLike[str],
+    *,
+    source: str | None = None,
+    problems: list[str] | None = None,
+) -> dict[str, ImageResult]:
+    """Decode a COCO file into ImageResults keyed by ``file_name`` (images in file order).
+
+    Images without annotations are kept (they say "nothing here"). ``score``
+    defaults to 1.0 (ground truth); ``source`` overrides each annotation's own
+    source (default ``"coco"``). Non-standard keys go to ``InstanceMask.extra``.
+    A result list has no file names or sizes: images are keyed by ``str(image_id)``
+    and sized from their RLE; polygon entries there are skipped. Skipped entries
+    are appended to ``problems`` when given.
+    """
+    ds = read_coco(path)
+    notes = list(ds.problems)
+    out: dict[str, ImageResult] = {}
+    by_id: dict[Any, ImageResult] = {}
+    for img in ds.images:
+        res = ImageResult(img["file_name"], int(img["height"]), int(img["width"]))
+        out[res.file_name] = res
+        by_id[img["id"]] = res
+    for i, ann in enumerate(ds.annotations):
+        name = _ann_name(ann, i)
+        res = by_id.get(ann["image_id"])
+        try:
+            if res is None:  # result list
+                seg = ann["segmentation"]
+                if not isinstance(seg, Mapping) or "size" not in seg:
+                    notes.append(f"{name}: polygons in a result list need an image size; skipped")
+                    continue
+                h, w = int(seg["size"][0]), int(seg["size"][1])
+                key = str(ann["image_id"])
+                res = out.setdefault(key, ImageResult(key, h, w))
+                by_id[ann["image_id"]] = res
+            mask = annotation_to_mask(ann, res.height, res.width)
+        except (ValueError, TypeError) as exc:
+            notes.append(f"{name}: cannot decode segmentation ({exc})")
+            continue
+        extra = {k: v for k, v in ann.items() if k not in _CORE_KEYS}
+        maskness = ann.get("maskness")
+        res.instances.append(
+            InstanceMask(
+                mask=mask,
+                score=float(ann.get("score", 1.0)),
+                maskness=float(maskness) if _is_number(maskness) else None,
+                source=source if source is not None else str(ann.get("source", "coco")),
+                extra=extra,
+            )
+        )
+    if problems is not None:
+        problems.extend(notes)
+    return out
+
+
+# --------------------------------------------------------------------------- label images
+
+
+def _label_path(out_dir: Path, file_name: str, ext: str) -> Path:
+    rel = PurePosixPath(file_name.replace("\\", "/"))
+    if rel.is_absolute() or ".." in rel.parts or not rel.name:
+        raise ValueError(f"file_name {file_name!r} would write outside the output folder")
+    return out_dir.joinpath(*rel.with_suffix(ext).parts)
+
+
+def write_label_images(
+    results: Sequence[ImageResult],
+    out_dir: str | os.PathLike[str],
+    *,
+    fmt: Literal["png", "tif"] = "png",
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write one 16-bit label image per image (label k = instance k; higher score on top).
+
+    Sub-folders of ``file_name`` are kept. All targets are checked before anything is
+    written, so a refused overwrite or a name clash leaves the folder untouched.
+    """
+    fmt_l = fmt.lower()
+    if fmt_l not in ("png", "tif", "tiff"):
+        raise ValueError(f"fmt must be 'png' or 'tif', got {fmt!r}")
+    ext = ".png" if fmt_l == "png" else ".tif"
+    out = Path(out_dir)
+    targets: list[Path] = []
+    seen: dict[Path, str] = {}
+    for res in results:
+        target = _label_path(out, res.file_name, ext)
+        if target in seen:
+            raise ValueError(
+                f"{res.file_name!r} and {seen[target]!r} would both be written to '{target}'"
+            )
+        seen[target] = res.file_name
+        if target.exists() and not overwrite:
+            raise OutputExistsError(target)
+        targets.append(target)
+
+    written: list[Path] = []
+    for res, target in zip(results, targets):
+        labels = masks_to_label_image(
+            [inst.mask for inst in res.instances],
+            [inst.score for inst in res.instances],
+            shape=(res.height, res.width),
+        )
+        if ext == ".png":
+            if labels.dtype != np.uint16:
+                raise ValueError(
+                    f"{res.file_name!r} has {len(res.instances)} instances; PNG holds at most "
+                    f"65535 labels, use fmt='tif'"
+                )
+
+            def _write(tmp: Path, labels: np.ndarray = labels) -> None:
+                Image.fromarray(labels).save(tmp, format="PNG")
+        else:
+
+            def _write(tmp: Path, labels: np.ndarray = labels) -> None:
+                tifffile.imwrite(tmp, labels, compression="zlib", photometric="minisblack")
+
+        written.append(atomic_save(target, _write, overwrite=overwrite))
+    return written

@@ -1,0 +1,245 @@
+"""The expensive half of Free Mask: one backbone pass per image, cached on disk.
+
+``extract`` turns an image into a ``Features`` object: an L2-normalised key map at stride 8 of
+the network input, fused from several backbone levels (one level alone carries too little
+spatial detail or too little semantics; their fusion is what separates objects). Everything
+Free Mask does afterwards (queries, τ, NMS, refinement) is cheap post-processing on it, so the
+panel's sliders never re-run the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.atomic import atomic_save
+from engine.scale import estimate_object_size
+
+FEATURE_FORMAT_VERSION = 1
+DEFAULT_LEVELS = ("s8", "s16", "s32")
+# Objects should span about this many input pixels for the stride-32 query grid to see them.
+TARGET_OBJECT_SIZE = 96.0
+MAX_AUTO_SCALE = 4.0
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """How features are computed. Every field changes the cache key."""
+
+    backbone: str = "efficientnet-lite0"
+    levels: tuple[str, ...] = DEFAULT_LEVELS
+    input_scale: float | None = None  # None = automatic from the estimated object size
+    short_side: int | None = None  # resize so the short side has this length (official: 800)
+    max_side: int = 1333  # the long side of the network input never exceeds this
+    min_side: int = 64  # ... and the short side is never below this
+    dim: int | None = 64  # PCA dimensions kept (None = all channels)
+
+    def cache_key(self) -> str:
+        payload = json.dumps({**asdict(self), "v": FEATURE_FORMAT_VERSION}, sort_keys=True)
+        return hashlib.sha1(payload.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Features:
+    """A cached backbone pass: the key map plus what is needed to map it back to the image."""
+
+    keys: torch.Tensor  # (D, h, w) float32, unit length along D
+    image_size: tuple[int, int]  # (H, W) of the original image
+    input_size: tuple[int, int]  # (H, W) fed to the network
+    input_scale: float  # input / image size ratio actually used
+    auto_scale: bool  # whether input_scale was chosen automatically
+    object_size: float | None  # estimated object diameter in image pixels (auto mode)
+    config: FeatureConfig = field(default_factory=FeatureConfig)
+    backbone_seconds: float = 0.0
+    memo: dict = field(default_factory=dict, repr=False, compare=False)  # in-memory only
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return int(self.keys.shape[1]), int(self.keys.shape[2])
+
+    def to_bytes(self) -> bytes:
+        meta = {f: getattr(self, f) for f in _META_FIELDS}
+        meta["config"] = asdict(self.config)
+        buf = io.BytesIO()
+        torch.save({"keys": self.keys.half(), "meta": meta, "version": FEATURE_FORMAT_VERSION}, buf)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Features":
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        if obj.get("version") != FEATURE_FORMAT_VERSION:
+            raise ValueError("feature cache entry has an old format")
+        meta = dict(obj["meta"])
+        cfg = meta.pop("config")
+        cfg["levels"] = tuple(cfg["levels"])
+        meta["image_size"] = tuple(meta["image_size"])
+        meta["input_size"] = tuple(meta["input_size"])
+        keys = F.normalize(obj["keys"].float(), dim=0)
+        return cls(keys=keys, config=FeatureConfig(**cfg), **meta)
+
+
+_META_FIELDS = ("image_size", "input_size", "input_scale", "auto_scale", "object_size", "backbone_seconds")
+
+
+def choose_input_scale(image: np.ndarray, config: FeatureConfig) -> tuple[float, bool, float | None]:
+    """(scale, automatic?, estimated object size) for the network input.
+
+    Automatic mode upsamples images whose objects are small (e.g. 15–30 px nuclei) so that
+    each object covers a few cells of the stride-32 query grid; photos keep their size.
+    """
+    h, w = image.shape[:2]
+    base = config.short_side / min(h, w) if config.short_side else 1.0
+    auto = config.input_scale is None
+    size = None
+    if auto:
+        size = estimate_object_size(image)
+        factor = float(np.clip(TARGET_OBJECT_SIZE / max(size * base, 1.0), 1.0, MAX_AUTO_SCALE))
+    else:
+        factor = float(config.input_scale)
+    scale = base * factor
+    if max(h, w) * scale > config.max_side:
+        scale = config.max_side / max(h, w)
+    if min(h, w) * scale < config.min_side:
+        scale = config.min_side / min(h, w)
+    return scale, auto, size
+
+
+def fuse_levels(levels: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """L2-normalise each level (1, C, h, w), resize to ``size``, concatenate -> (C_total, h, w)."""
+    parts = []
+    for feat in levels:
+        feat = F.normalize(feat.float(), dim=1)
+        if feat.shape[-2:] != size:
+            feat = F.interpolate(feat, size=size, mode="bilinear", align_corners=False)
+        parts.append(feat)
+    return torch.cat(parts, dim=1)[0]
+
+
+def pca_project(keys: torch.Tensor, dim: int | None) -> torch.Tensor:
+    """Project (C, h, w) onto its top ``dim`` principal components, then L2-normalise.
+
+    Centring removes the component every location shares (mostly background), which raises
+    the contrast of cosine similarities; fewer dimensions make caching and matmuls cheap.
+    """
+    c, h, w = keys.shape
+    x = keys.reshape(c, -1).T  # (N, C)
+    if dim is not None and dim < c:
+        x = x - x.mean(dim=0, keepdim=True)
+        cov = x.T @ x / max(x.shape[0] - 1, 1)
+        _, vecs = torch.linalg.eigh(cov)
+        x = x @ vecs[:, -dim:].flip(1)
+    return F.normalize(x, dim=1).T.reshape(-1, h, w).contiguous()
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 (H, W, 3) -> uint8-range float tensor (1, 3, h, w), antialiased when shrinking."""
+    t = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None].float()
+    if tuple(t.shape[-2:]) != tuple(size):
+        shrink = size[0] < t.shape[-2] or size[1] < t.shape[-1]
+        t = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+    return t.clamp(0, 255)
+
+
+class FeatureExtractor:
+    """Holds one backbone on one device and turns images into ``Features``.
+
+    ``backbone_calls`` counts network passes so callers (and tests) can prove that
+    post-processing never re-runs the network.
+    """
+
+    def __init__(self, config: FeatureConfig | None = None, device: str | torch.device = "auto"):
+        from engine.backbones import build_backbone
+        from engine.device import resolve_device
+
+        self.config = config or FeatureConfig()
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.backbone = build_backbone(self.config.backbone, device=self.device)
+        self.backbone.eval()
+        self.backbone_calls = 0
+
+    def extract(self, image: np.ndarray) -> Features:
+        cfg = self.config
+        h, w = image.shape[:2]
+        scale, auto, obj_size = choose_input_scale(image, cfg)
+        in_size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        t0 = time.perf_counter()
+        resized = resize_image(image, in_size).to(torch.uint8)[0].permute(1, 2, 0).numpy()
+        x = self.backbone.preprocess(resized).to(self.device)
+        with torch.inference_mode():
+            out = self.backbone(x, levels=list(cfg.levels))
+        self.backbone_calls += 1
+        key_size = (math.ceil(in_size[0] / 8), math.ceil(in_size[1] / 8))
+        fused = fuse_levels([out[name] for name in cfg.levels], key_size)
+        keys = pca_project(fused, cfg.dim).cpu()
+        seconds = time.perf_counter() - t0
+        return Features(
+            keys=keys,
+            image_size=(h, w),
+            input_size=in_size,
+            input_scale=scale,
+            auto_scale=auto,
+            object_size=obj_size,
+            config=cfg,
+            backbone_seconds=seconds,
+        )
+
+
+class FeatureCache:
+    """On-disk cache: one file per (image content hash, feature config)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def path_for(self, image_hash: str, config: FeatureConfig) -> Path:
+        return self.root / f"{image_hash}-{config.cache_key()}.pt"
+
+    def get(self, image_hash: str, config: FeatureConfig) -> Features | None:
+        path = self.path_for(image_hash, config)
+        if not path.is_file():
+            return None
+        try:
+            return Features.from_bytes(path.read_bytes())
+        except Exception:  # a damaged or outdated entry is recomputed, never fatal
+            return None
+
+    def put(self, image_hash: str, features: Features) -> Path:
+        path = self.path_for(image_hash, features.config)
+        data = features.to_bytes()
+        return atomic_save(path, lambda tmp: Path(tmp).write_bytes(data), overwrite=True, backup=False)
+
+
+def extract_cached(
+    extractor: FeatureExtractor, image: np.ndarray, image_hash: str | None, cache: FeatureCache | None
+) -> tuple[Features, bool]:
+    """Features from the cache when present (returns ``(features, True)``), else computed and stored."""
+    if cache is not None and image_hash:
+        hit = cache.get(image_hash, extractor.config)
+        if hit is not None:
+            return hit, True
+    feats = extractor.extract(image)
+    if cache is not None and image_hash:
+        cache.put(image_hash, feats)
+    return feats, False
+
+
+def describe(features: Features) -> dict[str, Any]:
+    """A short, JSON-friendly summary (what the panel and the CLI show about a pass)."""
+    return {
+        "image_size": list(features.image_size),
+        "input_size": list(features.input_size),
+        "input_scale": round(features.input_scale, 3),
+        "auto_scale": features.auto_scale,
+        "object_size_px": None if features.object_size is None else round(features.object_size, 1),
+        "grid": list(features.grid_size),
+        "backbone_seconds": round(features.backbone_seconds, 3),
+    }

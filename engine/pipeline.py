@@ -1,0 +1,111 @@
+"""Free Mask over a batch of images: the loop shared by the CLI, the demo and the plugin.
+
+One bad file never stops a batch: it is recorded with a one-line reason and the loop goes on.
+Features are cached on disk by image content, so a rerun (or a resumed, interrupted run) skips
+the backbone for every image already seen.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from engine.features import FeatureCache, FeatureConfig, FeatureExtractor, extract_cached
+from engine.freemask import FreeMaskParams, postprocess
+from engine.images import ImageLoadError, file_sha1, list_images, load_image, relative_name
+from engine.structures import ImageResult
+
+ProgressFn = Callable[[int, int, str], None]  # (done, total, current file name)
+
+
+def default_cache_dir() -> Path:
+    """Feature cache shared by the CLI and the plugin (``FREESOLO_CACHE`` overrides)."""
+    root = os.environ.get("FREESOLO_CACHE")
+    base = Path(root) if root else Path.home() / ".cache" / "freesolo-napari"
+    return base / "features"
+
+
+@dataclass
+class BatchReport:
+    results: list[ImageResult] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # non-images passed over
+    cache_hits: int = 0
+    backbone_seconds: float = 0.0
+    postprocess_seconds: float = 0.0
+    total_seconds: float = 0.0
+    cancelled: bool = False
+    images: dict[str, Path] = field(default_factory=dict)  # file_name -> path on disk
+
+
+def input_root(inputs: Sequence[str | Path]) -> Path | None:
+    """The folder that COCO file names are relative to (the single input folder, if any)."""
+    if len(inputs) == 1 and Path(inputs[0]).is_dir():
+        return Path(inputs[0])
+    return None
+
+
+def run_freemask_batch(
+    inputs: Sequence[str | Path],
+    *,
+    feature_config: FeatureConfig | None = None,
+    params: FreeMaskParams | None = None,
+    device: str = "auto",
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
+    extractor: FeatureExtractor | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_result: Callable[[ImageResult, np.ndarray], None] | None = None,
+) -> BatchReport:
+    """Run Free Mask on every image of ``inputs`` (folders and/or files).
+
+    Raises only for problems with the whole batch (no images at all, missing input path);
+    per-file problems go to ``report.failures``.
+    """
+    params = (params or FreeMaskParams()).validated()
+    paths, skipped = list_images(inputs)
+    root = input_root(inputs)
+    report = BatchReport(skipped=[(str(p), why) for p, why in skipped])
+    extractor = extractor or FeatureExtractor(feature_config or FeatureConfig(), device=device)
+    cache = FeatureCache(cache_dir or default_cache_dir()) if use_cache else None
+    t_start = time.perf_counter()
+    for i, path in enumerate(paths):
+        if should_stop is not None and should_stop():
+            report.cancelled = True
+            break
+        name = relative_name(path, root if root is not None else path.parent)
+        if progress is not None:
+            progress(i, len(paths), name)
+        try:
+            image = load_image(path)
+            digest = file_sha1(path) if cache is not None else None
+            t0 = time.perf_counter()
+            feats, hit = extract_cached(extractor, image, digest, cache)
+            t1 = time.perf_counter()
+            result = postprocess(feats, params, image)
+            t2 = time.perf_counter()
+        except ImageLoadError as exc:
+            report.failures.append((str(path), str(exc)))
+            continue
+        except (OSError, RuntimeError, ValueError) as exc:  # e.g. out of memory on a huge image
+            report.failures.append((str(path), f"{path}: {type(exc).__name__}: {exc}"))
+            continue
+        report.cache_hits += int(hit)
+        report.backbone_seconds += 0.0 if hit else t1 - t0
+        report.postprocess_seconds += t2 - t1
+        h, w = image.shape[:2]
+        img_result = ImageResult(file_name=name, height=h, width=w, instances=result.instances)
+        report.results.append(img_result)
+        report.images[name] = path
+        if on_result is not None:
+            on_result(img_result, image)
+    if progress is not None and not report.cancelled:
+        progress(len(paths), len(paths), "")
+    report.total_seconds = time.perf_counter() - t_start
+    return report

@@ -1,0 +1,217 @@
+"""The FreeSOLO dock panel: run Free Mask on an image layer and tune it live.
+
+The backbone pass runs once per image in a worker thread and its features are kept; every
+control change re-runs only the engine's cheap post-processing (debounced), so the overlay
+follows the sliders without freezing the viewer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSlider,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from freesolo_napari.layers import show_instances
+
+if TYPE_CHECKING:
+    import napari
+
+DEBOUNCE_MS = 120
+
+
+def image_from_layer(layer) -> np.ndarray:
+    """RGB uint8 (H, W, 3) from a napari image layer (2D, grayscale or RGB/RGBA)."""
+    from engine.images import to_uint8_rgb
+
+    data = np.asarray(layer.data)
+    if data.ndim == 3 and data.shape[-1] not in (3, 4) or data.ndim > 3:
+        raise ValueError(f"layer '{layer.name}' is not a 2D image (shape {data.shape}); pick a single plane")
+    return to_uint8_rgb(data)
+
+
+class FreeSoloPanel(QWidget):
+    """One dock widget; napari passes the viewer as ``napari_viewer``."""
+
+    def __init__(self, napari_viewer: "napari.viewer.Viewer"):
+        super().__init__()
+        from engine.freemask import FreeMaskParams
+
+        self.viewer = napari_viewer
+        self.params = FreeMaskParams()
+        self._extractor = None
+        self._features: dict[str, tuple[np.ndarray, object]] = {}  # layer name -> (image, Features)
+        self._worker = None
+        self._pending = None
+        self._build_ui()
+        self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self._refresh_layers()
+
+    # ---- UI -------------------------------------------------------------------------------
+    def _build_ui(self) -> None:
+        self.layer_combo = QComboBox(toolTip="Image layer to segment")
+        self.run_button = QPushButton("Run Free Mask", toolTip="Backbone pass + Free Mask on the selected image")
+        self.run_button.clicked.connect(self.run_current)
+        self.cancel_button = QPushButton("Cancel", toolTip="Stop the running job", enabled=False)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.tau_slider = QSlider(Qt.Orientation.Horizontal, minimum=5, maximum=95, value=50,
+                                  toolTip="Soft-mask threshold τ: higher = tighter masks")
+        self.tau_label = QLabel("0.50")
+        self.topk_spin = QSpinBox(minimum=1, maximum=200, value=self.params.top_k, toolTip="Masks kept per image")
+        self.split_check = QCheckBox("split touching objects", toolTip="One instance per connected part")
+        self.refine_check = QCheckBox("refine boundaries", checked=True, toolTip="Image-guided filter on mask edges")
+        self.progress = QProgressBar(minimum=0, maximum=0, visible=False)
+        self.status = QLabel("Pick an image layer and press Run.", wordWrap=True)
+
+        for signal in (self.tau_slider.valueChanged, self.topk_spin.valueChanged,
+                       self.split_check.toggled, self.refine_check.toggled):
+            signal.connect(self._schedule_update)
+        self._debounce = QTimer(self, singleShot=True, interval=DEBOUNCE_MS)
+        self._debounce.timeout.connect(self.update_overlay)
+
+        form = QFormLayout()
+        form.addRow("image", self.layer_combo)
+        tau_row = QHBoxLayout()
+        tau_row.addWidget(self.tau_slider)
+        tau_row.addWidget(self.tau_label)
+        form.addRow("τ", tau_row)
+        form.addRow("top-k", self.topk_spin)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.split_check)
+        layout.addWidget(self.refine_check)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+    def _refresh_layers(self, *_args) -> None:
+        from napari.layers import Image
+
+        current = self.layer_combo.currentText()
+        names = [layer.name for layer in self.viewer.layers if isinstance(layer, Image)]
+        self.layer_combo.clear()
+        self.layer_combo.addItems(names)
+        if current in names:
+            self.layer_combo.setCurrentText(current)
+
+    def current_params(self):
+        tau = self.tau_slider.value() / 100.0
+        self.tau_label.setText(f"{tau:.2f}")
+        return replace(
+            self.params,
+            tau=tau,
+            top_k=self.topk_spin.value(),
+            split_components=self.split_check.isChecked(),
+            refine=self.refine_check.isChecked(),
+        ).validated()
+
+    # ---- work -----------------------------------------------------------------------------
+    @property
+    def backbone_calls(self) -> int:
+        return 0 if self._extractor is None else self._extractor.backbone_calls
+
+    def run_current(self) -> None:
+        """Compute features for the selected layer (worker thread), then show the masks."""
+        from napari.qt.threading import create_worker
+
+        name = self.layer_combo.currentText()
+        if not name:
+            self._notify("No image layer to segment: open an image first.")
+            return
+        try:
+            image = image_from_layer(self.viewer.layers[name])
+        except ValueError as exc:
+            self._notify(str(exc))
+            return
+        self._set_busy(True, f"Computing features for '{name}'…")
+        worker = create_worker(self._extract_and_post, name, image, self.current_params())
+        worker.returned.connect(self._on_result)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(lambda: self._set_busy(False))
+        self._worker = worker
+        worker.start()
+
+    def _extract_and_post(self, name: str, image: np.ndarray, params):
+        from engine.features import FeatureExtractor
+        from engine.freemask import postprocess
+
+        if self._extractor is None:
+            self._extractor = FeatureExtractor(device="auto")
+        feats = self._extractor.extract(image)
+        self._features[name] = (image, feats)
+        return name, postprocess(feats, params, image)
+
+    def _schedule_update(self, *_args) -> None:
+        self.current_params()  # keeps the τ label in step with the slider
+        self._debounce.start()
+
+    def update_overlay(self) -> None:
+        """Re-run post-processing only (never the backbone) for the current layer."""
+        from napari.qt.threading import create_worker
+
+        name = self.layer_combo.currentText()
+        if name not in self._features:
+            return
+        image, feats = self._features[name]
+        worker = create_worker(_postprocess_only, name, feats, self.current_params(), image)
+        worker.returned.connect(self._on_result)
+        worker.errored.connect(self._on_error)
+        worker.start()
+
+    def cancel(self) -> None:
+        if self._worker is not None:
+            self._worker.quit()
+        self._set_busy(False, "Cancelled.")
+
+    # ---- results --------------------------------------------------------------------------
+    def _on_result(self, payload) -> None:
+        name, result = payload
+        if name not in self.viewer.layers:
+            return
+        show_instances(self.viewer, self.viewer.layers[name], result.instances)
+        feats = self._features[name][1]
+        self.status.setText(
+            f"{len(result.instances)} masks on '{name}' · input scale {feats.input_scale:.2f}"
+            f"{' (auto)' if feats.auto_scale else ''} · backbone {feats.backbone_seconds:.2f}s"
+        )
+
+    def _on_error(self, exc: Exception) -> None:
+        self._notify(f"Free Mask failed: {exc}")
+
+    def _notify(self, message: str) -> None:
+        from napari.utils.notifications import show_warning
+
+        self.status.setText(message)
+        show_warning(message)
+
+    def _set_busy(self, busy: bool, message: str | None = None) -> None:
+        self.progress.setVisible(busy)
+        self.run_button.setEnabled(not busy)
+        self.cancel_button.setEnabled(busy)
+        if message:
+            self.status.setText(message)
+
+
+def _postprocess_only(name, feats, params, image):
+    from engine.freemask import postprocess
+
+    return name, postprocess(feats, params, image)

@@ -1,0 +1,157 @@
+"""Free Mask post-processing: pure functions on hand-made features, plus one real backbone pass."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.features import FeatureConfig, Features
+from engine.freemask import (
+    FreeMaskParams,
+    build_queries,
+    maskness,
+    postprocess,
+    query_similarity,
+    soft_masks,
+    upsample_crop,
+)
+
+
+def toy_features(size=(48, 64), image_size=None) -> tuple[Features, np.ndarray]:
+    """Keys with three 'objects' (distinct unit vectors) on a background vector."""
+    h, w = size
+    keys = torch.zeros(4, h, w)
+    keys[0] = 1.0
+    truth = np.zeros((h, w), np.int32)
+    for k, (y0, y1, x0, x1) in enumerate([(4, 16, 4, 20), (24, 40, 30, 50), (8, 20, 44, 60)], start=1):
+        keys[:, y0:y1, x0:x1] = 0
+        keys[k, y0:y1, x0:x1] = 1.0
+        truth[y0:y1, x0:x1] = k
+    keys = F.normalize(keys + 0.02 * torch.randn(4, h, w, generator=torch.Generator().manual_seed(0)), dim=0)
+    H, W = image_size or (h * 8, w * 8)
+    feats = Features(keys=keys, image_size=(H, W), input_size=(H, W), input_scale=1.0, auto_scale=False,
+                     object_size=None, config=FeatureConfig())
+    return feats, truth
+
+
+def _iou(a, b):
+    return (a & b).sum() / max((a | b).sum(), 1)
+
+
+def test_query_pyramid_sizes_and_unit_norm():
+    feats, _ = toy_features()
+    q = build_queries(feats.keys, (1.0, 0.5, 0.25), query_stride=32)
+    # stride-8 keys 48×64 -> base query grid 12×16, then 6×8 and 3×4
+    assert q.vectors.shape == (12 * 16 + 6 * 8 + 3 * 4, 4)
+    assert torch.allclose(q.vectors.norm(dim=1), torch.ones(len(q.vectors)), atol=1e-5)
+    assert set(q.scale.tolist()) == {1.0, 0.5, 0.25}
+
+
+def test_soft_masks_are_min_max_normalised():
+    feats, _ = toy_features()
+    q = build_queries(feats.keys, (1.0,), 32)
+    s = soft_masks(q.vectors, feats.keys)
+    assert torch.allclose(s.min(dim=1).values, torch.zeros(len(s)), atol=1e-6)
+    assert torch.allclose(s.max(dim=1).values, torch.ones(len(s)), atol=1e-6)
+
+
+def test_maskness_is_mean_soft_value_inside():
+    soft = torch.tensor([[0.2, 0.6, 0.8, 1.0], [0.1, 0.1, 0.1, 0.9]])
+    binary, area, m = maskness(soft, 0.5)
+    assert area.tolist() == [3, 1]
+    assert torch.allclose(m, torch.tensor([(0.6 + 0.8 + 1.0) / 3, 0.9]))
+
+
+def test_postprocess_finds_the_three_objects_without_refinement():
+    feats, truth = toy_features()
+    res = postprocess(feats, FreeMaskParams(refine=False, top_k=10))
+    H, W = feats.image_size
+    big_truth = np.kron(truth, np.ones((8, 8), np.int32))
+    for k in (1, 2, 3):
+        best = max(_iou(m.mask, big_truth == k) for m in res.instances)
+        assert best > 0.8, f"object {k} not found (best IoU {best:.2f})"
+    # duplicates of one object are decayed by Matrix NMS: object masks rank above their duplicates
+    scores = [m.score for m in res.instances]
+    assert scores == sorted(scores, reverse=True)
+    assert all(m.mask.shape == (H, W) and m.mask.dtype == bool for m in res.instances)
+    inst = res.instances[0]
+    assert inst.source == "freemask" and 0 < inst.maskness <= 1
+    assert inst.extra["scale"] in (1.0, 0.5, 0.25) and len(inst.extra["embedding"]) == 4
+    assert res.candidate_maskness.size > 0 and res.n_queries == 12 * 16 + 6 * 8 + 3 * 4
+
+
+def test_top_k_min_area_and_area_filters():
+    feats, _ = toy_features()
+    assert len(postprocess(feats, FreeMaskParams(refine=False, top_k=2)).instances) == 2
+    big = postprocess(feats, FreeMaskParams(refine=False, min_area=250_000)).instances
+    assert big == []
+    res = postprocess(feats, FreeMaskParams(refine=False, max_area_frac=0.3)).instances
+    H, W = feats.image_size
+    assert res and all(m.area <= 0.3 * H * W for m in res)
+    res = postprocess(feats, FreeMaskParams(refine=False, max_border_sides=0)).instances
+    assert res and all(not (m.mask[0].any() or m.mask[-1].any() or m.mask[:, 0].any() or m.mask[:, -1].any()) for m in res)
+
+
+def test_official_filters_drop_top_objects_and_wide_masks():
+    feats, _ = toy_features()
+    H, W = feats.image_size
+    res = postprocess(feats, FreeMaskParams(refine=False, center_y_min=0.2, max_box_width=0.95)).instances
+    for m in res:
+        ys, xs = np.nonzero(m.mask)
+        assert ys.mean() > 0.2 * H and xs.max() - xs.min() + 1 < 0.95 * W
+
+
+def test_split_components_separates_a_two_part_mask():
+    feats, truth = toy_features()
+    # make objects 1 and 3 share one feature vector: one query's mask then has two parts
+    keys = feats.keys.clone()
+    keys[:, 8:20, 44:60] = keys[:, 10, 10][:, None, None]
+    feats.keys = keys
+    merged = postprocess(feats, FreeMaskParams(refine=False, split_components=False)).instances
+    split = postprocess(feats, FreeMaskParams(refine=False, split_components=True, top_k=30)).instances
+    two_part = [m for m in merged if m.area > 0 and len(__import__("engine.masks", fromlist=["x"]).split_components(m.mask)) >= 2]
+    assert two_part, "expected a mask covering both objects when not splitting"
+    from engine.masks import split_components
+
+    assert all(len(split_components(m.mask)) == 1 for m in split)
+
+
+def test_params_validation_names_the_field():
+    with pytest.raises(ValueError, match="tau"):
+        FreeMaskParams(tau=1.5).validated()
+    with pytest.raises(ValueError, match="scales"):
+        FreeMaskParams(scales=()).validated()
+    with pytest.raises(ValueError, match="nms_kernel"):
+        FreeMaskParams(nms_kernel="box").validated()
+
+
+def test_upsample_crop_equals_full_interpolation():
+    soft = torch.rand(6, 9)
+    full = F.interpolate(soft[None, None], size=(48, 72), mode="bilinear", align_corners=False)[0, 0]
+    crop = upsample_crop(soft, (48, 72), (5, 30, 10, 70))
+    assert torch.allclose(crop, full[5:30, 10:70], atol=1e-5)
+
+
+def test_refinement_uses_the_image_and_soft_mask_on_demand(photo_features, photo_sample):
+    image, _ = photo_sample
+    plain = postprocess(photo_features, FreeMaskParams(refine=False), image)
+    refined = postprocess(photo_features, FreeMaskParams(refine=True), image)
+    assert refined.instances and plain.instances
+    assert refined.refine_radius >= 2
+    # refined masks follow image edges, so they differ from the blocky upsampled ones
+    assert not all(np.array_equal(a.mask, b.mask) for a, b in zip(plain.instances, refined.instances))
+    soft = refined.soft_mask(0)
+    assert soft.shape == image.shape[:2] and 0.0 <= soft.min() and soft.max() <= 1.0
+    sim = query_similarity(photo_features, 10, 10)
+    assert sim.shape == photo_features.grid_size and sim.max() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="features were computed"):
+        postprocess(photo_features, FreeMaskParams(), image[:50])
+
+
+def test_postprocess_never_runs_the_backbone(extractor, photo_sample):
+    image, _ = photo_sample
+    feats = extractor.extract(image)
+    calls = extractor.backbone_calls
+    for tau in (0.3, 0.5, 0.7):
+        postprocess(feats, FreeMaskParams(tau=tau, scales=(1.0, 0.5)), image)
+    assert extractor.backbone_calls == calls

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/baselines.py --data DIR [--n 40] [--size 320] [--kind photo]
+    python benchmarks/baselines.py --data DIR [--n 40] [--size 320] [--kind photo|cartoon|microscopy]
                                    [--seed 0] [--json OUT] [--overwrite]
 
 ``DIR`` gets ``images/``, ``gt.json`` (from ``engine.synthetic``) and one COCO result
@@ -35,7 +35,7 @@ from engine.baselines import BASELINES
 from engine.coco import build_results, read_coco
 from engine.evaluate import evaluate_segm
 from engine.structures import ImageResult, InstanceMask
-from engine.synthetic import write_synthetic_dataset
+from engine.synthetic import KINDS, write_synthetic_dataset
 
 METRICS = ("AP", "AP50", "AP75", "AR100")
 
@@ -120,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data", type=Path, required=True, help="data set folder (created if missing)")
     p.add_argument("--n", type=int, default=40, help="number of images (default: %(default)s)")
     p.add_argument("--size", type=int, default=320, help="image side in px (default: %(default)s)")
-    p.add_argument("--kind", choices=("photo", "microscopy"), default="photo")
+    p.add_argument("--kind", choices=KINDS, default="photo")
     p.add_argument("--seed", type=int, default=0, help="data set seed (default: %(default)s)")
     p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     p.add_argument("--overwrite", action="store_true", help="regenerate an existing data set")

@@ -3,10 +3,15 @@
 Tests, the demo and the benchmarks need ground truth without shipping data sets, so
 this module paints images whose instance label map is known by construction:
 
-* ``"photo"``: textured objects (blobs, ellipses, stars, rounded rectangles) on a
-  textured background, with shading, soft shadows and occlusion.  Object and
-  background grey levels overlap on purpose, so a plain Otsu threshold is not enough;
-  objects differ from the background by colour and texture.
+* ``"photo"``: objects (blobs, ellipses, stars, polygons, rounded rectangles) cut
+  from real images that ship with scikit-image, pasted with shading, soft shadows
+  and occlusion on a crop of another real texture (brick, grass, gravel, tissue...)
+  under uneven light.  Grey sources get random tints and some objects are pulled
+  towards the background's mean colour, so low-level colour grouping is not enough:
+  objects differ from the background mainly by *which* texture they are made of.
+* ``"cartoon"``: the earlier procedural version of ``"photo"`` (palette-coloured
+  procedural textures on a smooth background, hues far from the background's);
+  a colour segmenter such as Felzenszwalb does well on it.
 * ``"microscopy"``: many small bright nuclei on a dark, noisy, unevenly lit
   background, some of them touching.
 
@@ -16,6 +21,7 @@ Everything is driven by ``np.random.default_rng(seed)``; no global random state.
 from __future__ import annotations
 
 import colorsys
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,7 +40,7 @@ __all__ = [
     "write_synthetic_dataset",
 ]
 
-KINDS = ("photo", "microscopy")
+KINDS = ("photo", "cartoon", "microscopy")
 MIN_VISIBLE_PX = 40  # smaller visible remnants are not worth annotating
 
 
@@ -199,7 +205,7 @@ def _shape_mask(
     return out
 
 
-# ---------------------------------------------------------------------- photo kind
+# -------------------------------------------------------------------- cartoon kind
 
 
 def _texture(
@@ -313,6 +319,21 @@ def _window(mask: np.ndarray) -> tuple[slice, slice]:
     )
 
 
+def _visible(masks: Sequence[np.ndarray], shape: tuple[int, int]) -> list[int]:
+    """Indices of the masks whose visible part (later masks paint over earlier
+    ones) keeps at least ``MIN_VISIBLE_PX`` pixels; nearly hidden ones are dropped."""
+    keep = list(range(len(masks)))
+    while True:
+        labels = np.zeros(shape, dtype=np.int32)
+        for k, i in enumerate(keep, start=1):
+            labels[masks[i]] = k
+        counts = np.bincount(labels.ravel(), minlength=len(keep) + 1)[1:]
+        small = [keep[j] for j, c in enumerate(counts) if c < MIN_VISIBLE_PX]
+        if not small:
+            return keep
+        keep = [i for i in keep if i not in small]
+
+
 def _shade(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
     """Multiplicative shading: directional light plus a darker rim."""
     ys, xs = np.nonzero(mask)
@@ -328,25 +349,14 @@ def _shade(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
     return light * rim
 
 
-def _make_photo(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _make_cartoon(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     h, w = shape
     side = float(min(h, w))
     bg_hue = rng.random()
     canvas = _photo_background(rng, shape, bg_hue)
     masks = _place_photo_objects(rng, shape)
 
-    # visible parts follow painting order; drop objects that end up nearly hidden
-    keep = list(range(len(masks)))
-    while True:
-        labels = np.zeros(shape, dtype=np.int32)
-        for k, i in enumerate(keep, start=1):
-            labels[masks[i]] = k
-        counts = np.bincount(labels.ravel(), minlength=len(keep) + 1)[1:]
-        small = [keep[j] for j, c in enumerate(counts) if c < MIN_VISIBLE_PX]
-        if not small:
-            break
-        keep = [i for i in keep if i not in small]
-
+    keep = _visible(masks, shape)
     tex_kinds = ("spots", "stripes", "checker", "noise")
     for i in keep:
         mask = masks[i]
@@ -371,6 +381,174 @@ def _make_photo(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.nd
     for k, i in enumerate(keep, start=1):
         label_map[masks[i]] = k
     return image, _relabel(label_map)
+
+
+# ---------------------------------------------------------------------- photo kind
+
+# Real photographs and textures that ship inside scikit-image (no download needed).
+_BANK_NAMES = (
+    "brick", "grass", "gravel", "coffee", "chelsea", "astronaut", "rocket",
+    "immunohistochemistry", "hubble_deep_field", "retina", "cat", "coins", "moon", "camera",
+)
+# sources that look like a surface rather than a scene; only these become backgrounds,
+# so the background holds no object-like things (coins, faces) left unannotated
+_BACKGROUND_SOURCES = (
+    "brick", "grass", "gravel", "moon", "immunohistochemistry", "retina", "hubble_deep_field",
+)
+# crop boxes (fractions y0, y1, x0, x1) that leave out uninformative borders
+_BANK_BOX = {"retina": (0.18, 0.82, 0.18, 0.82), "hubble_deep_field": (0.0, 0.75, 0.0, 1.0)}
+_RGB2YIQ = np.array([[0.299, 0.587, 0.114], [0.5959, -0.2746, -0.3213], [0.2115, -0.5227, 0.3112]])
+_YIQ2RGB = np.linalg.inv(_RGB2YIQ)
+
+
+@functools.lru_cache(maxsize=1)
+def _texture_bank() -> tuple[tuple[str, np.ndarray], ...]:
+    """``(name, uint8 array)`` pairs: (H, W) for grey sources, (H, W, 3) for colour.
+
+    Images that this scikit-image cannot load offline are skipped. Cached (the
+    arrays are read-only), so every call sees the same bank and output stays
+    deterministic by seed.
+    """
+    import skimage.data
+
+    bank = []
+    for name in _BANK_NAMES:
+        try:
+            arr = np.asarray(getattr(skimage.data, name)())
+        except Exception:  # pragma: no cover - missing from this install / needs network
+            continue
+        if arr.ndim == 3:
+            arr = arr[..., :3]
+        if name in _BANK_BOX:
+            y0, y1, x0, x1 = _BANK_BOX[name]
+            h, w = arr.shape[:2]
+            arr = arr[int(y0 * h) : int(y1 * h), int(x0 * w) : int(x1 * w)]
+        arr = np.ascontiguousarray(arr, dtype=np.uint8)
+        arr.setflags(write=False)
+        bank.append((name, arr))
+    if len(bank) < 2:  # pragma: no cover
+        raise RuntimeError("the photo kind needs at least two scikit-image sample images")
+    return tuple(bank)
+
+
+def _colour_jitter(
+    rgb: np.ndarray, hue_shift: float, sat: float, bright: float, contrast: float
+) -> np.ndarray:
+    """Hue rotation / saturation / brightness / contrast in YIQ space (cheap, linear)."""
+    yiq = rgb @ _RGB2YIQ.T
+    y = yiq[..., 0]
+    mean = float(y.mean())
+    y = (y - mean) * contrast + mean * bright
+    c, s_ = np.cos(2 * np.pi * hue_shift), np.sin(2 * np.pi * hue_shift)
+    i = sat * (c * yiq[..., 1] - s_ * yiq[..., 2])
+    q = sat * (s_ * yiq[..., 1] + c * yiq[..., 2])
+    return np.clip(np.stack([y, i, q], axis=-1) @ _YIQ2RGB.T, 0.0, 1.0)
+
+
+def _real_texture(
+    rng: np.random.Generator, src: np.ndarray, shape: tuple[int, int], side: float
+) -> np.ndarray:
+    """(h, w, 3) float crop of a bank image: random rot90/flip, 0.6-1.6x rescale
+    (relative to a 320 px image), a random tint for grey sources and colour jitter."""
+    from skimage.transform import resize
+
+    h, w = shape
+    big_h, big_w = src.shape[:2]
+    k = int(rng.integers(4))
+    th, tw = (w, h) if k % 2 else (h, w)  # size before the rotation
+    zoom = rng.uniform(0.6, 1.6) * side / 320.0
+    zoom = max(zoom, th / big_h, tw / big_w)  # the crop must fit in the source
+    sh, sw = min(big_h, int(np.ceil(th / zoom))), min(big_w, int(np.ceil(tw / zoom)))
+    best, best_score = None, -1.0
+    for _ in range(4):  # prefer a crop with some texture over a flat patch of sky
+        y = int(rng.integers(0, big_h - sh + 1))
+        x = int(rng.integers(0, big_w - sw + 1))
+        crop = src[y : y + sh, x : x + sw]
+        sub = crop[::2, ::2].astype(np.float64)
+        # contrast plus fine structure (mean absolute difference of neighbours)
+        score = float(sub.std()) + 2.0 * float(np.abs(np.diff(sub, axis=0)).mean() + np.abs(np.diff(sub, axis=1)).mean())
+        if score > best_score:
+            best, best_score = crop, score
+        if score > 60:
+            break
+    assert best is not None
+    tex = resize(best.astype(np.float64) / 255.0, (th, tw), order=1, anti_aliasing=zoom < 1, preserve_range=True)
+    tex = np.rot90(tex, k)
+    if rng.random() < 0.5:
+        tex = tex[:, ::-1]
+    if tex.ndim == 2:  # grey source: random tint, so colours overlap sometimes
+        tint = _hsv(rng.random(), rng.uniform(0.05, 0.4), 1.0)
+        tex = tex[..., None] * tint / max(float(tint @ _RGB2YIQ[0]), 0.3)
+        hue_shift = 0.0
+    else:
+        hue_shift = rng.uniform(-0.06, 0.06)
+    return _colour_jitter(
+        np.clip(tex, 0.0, 1.0),
+        hue_shift,
+        sat=rng.uniform(0.6, 1.3),
+        bright=rng.uniform(0.75, 1.2),
+        contrast=rng.uniform(0.7, 1.2),
+    )
+
+
+def _make_photo(
+    rng: np.random.Generator, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
+    """Textured objects cut from one real image pasted on a crop of another.
+
+    Returns ``(image, labels, sources)``; ``sources`` names the bank image behind the
+    background (``"background"``) and behind each label 1..K (``"objects"``).
+    """
+    h, w = shape
+    side = float(min(h, w))
+    bank = _texture_bank()
+    names = [name for name, _ in bank]
+    bg_choices = [i for i, name in enumerate(names) if name in _BACKGROUND_SOURCES] or list(range(len(bank)))
+    bg_idx = int(rng.choice(bg_choices))
+    canvas = _real_texture(rng, bank[bg_idx][1], shape, side)
+
+    # gentle low-frequency illumination: a ramp plus a broad smooth bump
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    theta = rng.uniform(0, 2 * np.pi)
+    ramp = _normalise(xx * np.cos(theta) + yy * np.sin(theta)) - 0.5
+    illum = 1.0 + rng.uniform(0.1, 0.45) * ramp + rng.uniform(0.0, 0.25) * (_smooth_noise(rng, shape, side / 2) - 0.5)
+    canvas = canvas * illum[..., None]
+    background = canvas.copy()
+
+    masks = _place_photo_objects(rng, shape)
+    keep = _visible(masks, shape)
+
+    others = [i for i in range(len(bank)) if i != bg_idx]
+    used: list[int] = []
+    for i in keep:
+        mask = masks[i]
+        if rng.random() < 0.5:  # soft drop shadow on whatever lies below
+            off = rng.uniform(2, 7, size=2) * side / 320.0 * rng.choice([-1, 1], size=2)
+            shadow = ndi.gaussian_filter(ndi.shift(mask.astype(np.float64), off, order=1), 3.0 * side / 320.0)
+            canvas = canvas * (1.0 - rng.uniform(0.2, 0.45) * shadow)[..., None]
+        fresh = [j for j in others if j not in used]  # prefer sources not used yet
+        src_idx = int(rng.choice(fresh or others))
+        used.append(src_idx)
+        sl = _window(mask)
+        local = mask[sl]
+        tex = _real_texture(rng, bank[src_idx][1], local.shape, side)
+        if rng.random() < 0.35:  # camouflage: pull the mean colour towards the surroundings
+            target = background[sl][local].mean(axis=0)
+            tex = np.clip(tex + rng.uniform(0.5, 0.9) * (target - tex[local].mean(axis=0)), 0.0, 1.0)
+        tex = tex * _shade(rng, local)[..., None]
+        canvas[sl][local] = tex[local]
+
+    # camera: slight blur and sensor noise
+    canvas = ndi.gaussian_filter(canvas, sigma=(0.6, 0.6, 0))
+    canvas = canvas + rng.normal(0.0, rng.uniform(0.01, 0.025), size=canvas.shape)
+    image = np.clip(np.round(canvas * 255), 0, 255).astype(np.uint8)
+
+    label_map = np.zeros(shape, dtype=np.uint16)
+    for k, i in enumerate(keep, start=1):
+        label_map[masks[i]] = k
+    # every kept object has >= MIN_VISIBLE_PX visible pixels, so no label is dropped
+    sources = {"background": names[bg_idx], "objects": [names[j] for j in used]}
+    return image, _relabel(label_map), sources
 
 
 # ----------------------------------------------------------------- microscopy kind
@@ -490,7 +668,10 @@ def make_sample(
         raise ValueError(f"size too small: {size}")
     rng = np.random.default_rng(seed)
     if kind == "photo":
-        return _make_photo(rng, (h, w))
+        image, labels, _ = _make_photo(rng, (h, w))
+        return image, labels
+    if kind == "cartoon":
+        return _make_cartoon(rng, (h, w))
     return _make_microscopy(rng, (h, w))
 
 

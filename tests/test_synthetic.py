@@ -14,6 +14,9 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
 from engine.synthetic import (
+    _BACKGROUND_SOURCES,
+    _make_photo,
+    _texture_bank,
     label_map_to_masks,
     make_sample,
     render_overlay,
@@ -21,7 +24,7 @@ from engine.synthetic import (
     write_synthetic_dataset,
 )
 
-KINDS = ("photo", "microscopy")
+KINDS = ("photo", "cartoon", "microscopy")
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -64,10 +67,11 @@ def _extents(lab: np.ndarray) -> np.ndarray:
     return np.array([max(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start) for sl in ndi.find_objects(lab)])
 
 
-def test_photo_objects_are_within_size_range() -> None:
+@pytest.mark.parametrize("kind", ["photo", "cartoon"])
+def test_photo_and_cartoon_objects_are_within_size_range(kind: str) -> None:
     counts, extents = [], []
     for seed in range(8):
-        _, lab = make_sample(seed, kind="photo")
+        _, lab = make_sample(seed, kind=kind)
         counts.append(int(lab.max()))
         extents.extend(_extents(lab).tolist())
     assert all(1 <= c <= 7 for c in counts)
@@ -76,11 +80,10 @@ def test_photo_objects_are_within_size_range() -> None:
     assert 40 <= float(np.median(extents)) <= 120
 
 
-def test_photo_is_not_solved_by_otsu_but_objects_differ_in_colour() -> None:
-    """Grey levels overlap (Otsu is imperfect), yet colour separates objects."""
+def _otsu_iou_and_colour_gaps(kind: str, seeds: range) -> tuple[list[float], list[float]]:
     otsu_ious, colour_gaps = [], []
-    for seed in range(6):
-        img, lab = make_sample(seed, kind="photo")
+    for seed in seeds:
+        img, lab = make_sample(seed, kind=kind)
         gray = img.astype(float) @ np.array([0.2125, 0.7154, 0.0721])
         fg = gray > threshold_otsu(gray)
         if fg.sum() > fg.size / 2:
@@ -90,8 +93,56 @@ def test_photo_is_not_solved_by_otsu_but_objects_differ_in_colour() -> None:
         bg_mean = img[~truth].mean(axis=0)
         for k in range(1, int(lab.max()) + 1):
             colour_gaps.append(float(np.linalg.norm(img[lab == k].mean(axis=0) - bg_mean)))
+    return otsu_ious, colour_gaps
+
+
+def test_cartoon_is_not_solved_by_otsu_but_objects_differ_in_colour() -> None:
+    """Grey levels overlap (Otsu is imperfect), yet colour separates objects."""
+    otsu_ious, colour_gaps = _otsu_iou_and_colour_gaps("cartoon", range(6))
     assert np.mean(otsu_ious) < 0.8
     assert np.median(colour_gaps) > 40  # on the 0..255 scale
+
+
+def test_photo_is_not_solved_by_otsu_and_colour_overlaps_sometimes() -> None:
+    """Real textures: Otsu fails, and some objects are camouflaged in mean colour."""
+    otsu_ious, colour_gaps = _otsu_iou_and_colour_gaps("photo", range(10))
+    assert np.mean(otsu_ious) < 0.6
+    assert min(colour_gaps) < 40  # not every object stands out by its mean colour
+    assert np.median(colour_gaps) > 20  # ... but most still differ from the background
+
+
+def test_texture_bank_loads_offline_and_holds_grey_and_colour_sources() -> None:
+    bank = _texture_bank()
+    names = [name for name, _ in bank]
+    assert len(set(names)) == len(names) >= 8
+    assert _texture_bank() is bank  # cached
+    assert any(arr.ndim == 2 for _, arr in bank) and any(arr.ndim == 3 for _, arr in bank)
+    assert any(name in _BACKGROUND_SOURCES for name in names)
+    for _, arr in bank:
+        assert arr.dtype == np.uint8 and min(arr.shape[:2]) >= 200
+        assert not arr.flags.writeable
+
+
+@pytest.mark.parametrize("size", [(320, 320), (200, 240)])
+def test_photo_objects_come_from_another_texture_source_than_the_background(size: tuple[int, int]) -> None:
+    n_objects, n_distinct = 0, 0
+    for seed in range(10):
+        img, lab, sources = _make_photo(np.random.default_rng(seed), size)
+        # the internal generator is what make_sample uses
+        img2, lab2 = make_sample(seed, size=size, kind="photo")
+        np.testing.assert_array_equal(img, img2)
+        np.testing.assert_array_equal(lab, lab2)
+        objects = sources["objects"]
+        assert len(objects) == int(lab.max())
+        assert sources["background"] in _BACKGROUND_SOURCES
+        assert sources["background"] not in objects
+        n_objects += len(objects)
+        n_distinct += len(set(objects))
+    assert n_distinct == n_objects  # distinct sources are preferred (more than enough exist)
+
+
+def test_photo_differs_from_cartoon() -> None:
+    assert not np.array_equal(make_sample(0, kind="photo")[0], make_sample(0, kind="cartoon")[0])
 
 
 def test_microscopy_nuclei_are_15_to_30_px_and_grey() -> None:
@@ -133,9 +184,10 @@ def test_label_map_to_masks_round_trips() -> None:
     np.testing.assert_array_equal(rebuilt, lab)
 
 
-def test_write_synthetic_dataset_round_trips_through_pycocotools(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_write_synthetic_dataset_round_trips_through_pycocotools(tmp_path: Path, kind: str) -> None:
     n, size = 3, (96, 128)
-    image_dir, gt_json = write_synthetic_dataset(tmp_path / "ds", n, seed=5, size=size, kind="microscopy")
+    image_dir, gt_json = write_synthetic_dataset(tmp_path / "ds", n, seed=5, size=size, kind=kind)
     assert image_dir == tmp_path / "ds" / "images" and gt_json == tmp_path / "ds" / "gt.json"
     assert sorted(p.name for p in image_dir.iterdir()) == [f"img_{i:04d}.png" for i in range(n)]
 
@@ -145,7 +197,7 @@ def test_write_synthetic_dataset_round_trips_through_pycocotools(tmp_path: Path)
     for i, img_info in enumerate(coco.loadImgs(sorted(coco.getImgIds()))):
         assert img_info["file_name"] == f"img_{i:04d}.png"
         assert (img_info["height"], img_info["width"]) == size
-        image, labels = make_sample(sample_seed(5, i), size=size, kind="microscopy")
+        image, labels = make_sample(sample_seed(5, i), size=size, kind=kind)
         np.testing.assert_array_equal(np.asarray(Image.open(image_dir / img_info["file_name"])), image)
         anns = coco.loadAnns(coco.getAnnIds(imgIds=[img_info["id"]]))
         assert len(anns) == labels.max()
@@ -157,6 +209,7 @@ def test_write_synthetic_dataset_round_trips_through_pycocotools(tmp_path: Path)
         np.testing.assert_array_equal(rebuilt, labels)
         n_expected += int(labels.max())
     assert len(coco.getAnnIds()) == n_expected
+    assert json.loads(gt_json.read_text())["info"]["kind"] == kind
 
 
 def test_write_synthetic_dataset_refuses_to_overwrite(tmp_path: Path) -> None:

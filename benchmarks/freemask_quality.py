@@ -70,7 +70,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=320)
     ap.add_argument("--kind", default="photo")
     ap.add_argument("--seed", type=int, default=1000)
-    ap.add_argument("--sweep", choices=("default", "quick", "full", "levels"), default="default")
+    ap.add_argument("--sweep", choices=("default", "quick", "full", "levels", "tune"), default="default")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -94,6 +94,9 @@ def main() -> None:
             "official filters": replace(base, min_score=0.7, center_y_min=0.2, max_box_width=0.95),
         })
         feats += [replace(FeatureConfig(), input_scale=1.0), replace(FeatureConfig(), dim=None)]
+    if args.sweep == "tune":
+        feats = [replace(FeatureConfig(), dim=None), replace(FeatureConfig(), dim=64), replace(FeatureConfig(), dim=128)]
+        post = {f"tau {t} border<={b}": replace(base, tau=t, max_border_sides=b) for t in (0.5, 0.6, 0.7) for b in (4, 2)}
     if args.sweep == "levels":
         feats = [replace(FeatureConfig(), levels=lv, dim=d) for lv in (("s8", "s16", "s32"), ("s16", "s32"), ("s32", "head"), ("s8", "s16", "s32", "head"), ("s16",)) for d in (None, 64)]
     if args.sweep == "full":
@@ -103,7 +106,7 @@ def main() -> None:
                      "scales 1.0": replace(base, scales=(1.0,)), "scales 1,.5,.25,.125": replace(base, scales=(1.0, 0.5, 0.25, 0.125))})
     rows = []
     for fc in feats:
-        rows += evaluate_variants(image_dir, gt, fc, post if (fc == feats[0] or args.sweep == "levels") else {k: post[k] for k in list(post)[:1]})
+        rows += evaluate_variants(image_dir, gt, fc, post if (fc == feats[0] or args.sweep in ("levels", "tune")) else {k: post[k] for k in list(post)[:1]})
     print("\n| features | post-processing | AP | AP50 | AP75 | AR100 | backbone s/img | post s/img |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -115,29 +115,33 @@ def choose_input_scale(image: np.ndarray, config: FeatureConfig) -> tuple[float,
 
 
 def fuse_levels(levels: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-    """L2-normalise each level (1, C, h, w), resize to ``size``, concatenate -> (C_total, h, w)."""
+    """Resize each level (1, C, h, w) to ``size``, L2-normalise it, concatenate -> (C_total, h, w)."""
     parts = []
     for feat in levels:
-        feat = F.normalize(feat.float(), dim=1)
+        feat = feat.float()
         if feat.shape[-2:] != size:
             feat = F.interpolate(feat, size=size, mode="bilinear", align_corners=False)
-        parts.append(feat)
+        parts.append(F.normalize(feat, dim=1))
     return torch.cat(parts, dim=1)[0]
 
 
 def pca_project(keys: torch.Tensor, dim: int | None) -> torch.Tensor:
-    """Project (C, h, w) onto its top ``dim`` principal components, then L2-normalise.
+    """Project (C, h, w) onto its top ``dim`` uncentred principal axes, then L2-normalise.
 
-    Centring removes the component every location shares (mostly background), which raises
-    the contrast of cosine similarities; fewer dimensions make caching and matmuls cheap.
+    The axes come from the second-moment matrix, not the covariance: centring would remove
+    the direction every location shares, which measured here wrecks the contrast between
+    object and background similarities (AP50 0.15 -> 0.03). Fewer dimensions make caching
+    and the similarity matmul cheap. Falls back to all channels if the solver fails.
     """
     c, h, w = keys.shape
     x = keys.reshape(c, -1).T  # (N, C)
     if dim is not None and dim < c:
-        x = x - x.mean(dim=0, keepdim=True)
-        cov = x.T @ x / max(x.shape[0] - 1, 1)
-        _, vecs = torch.linalg.eigh(cov)
-        x = x @ vecs[:, -dim:].flip(1)
+        moment = (x.T.double() @ x.double()) / max(x.shape[0], 1)
+        try:
+            _, vecs = torch.linalg.eigh(moment)
+            x = x @ vecs[:, -dim:].flip(1).float()
+        except RuntimeError:  # ill-conditioned: keep every channel rather than fail the image
+            pass
     return F.normalize(x, dim=1).T.reshape(-1, h, w).contiguous()
 
 

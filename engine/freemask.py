@@ -189,7 +189,7 @@ def guide_stats(features: Features, image: np.ndarray, radius: int, eps: float) 
     if key not in memo:
         for old in [k for k in memo if isinstance(k, tuple) and len(k) == 3]:
             del memo[old]  # keep one entry: a new radius replaces the old statistics
-        guide = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+        guide = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1) / 255.0
         memo[key] = GuideStats.compute(guide, radius, eps)
     return memo[key]
 

@@ -95,8 +95,39 @@ def main() -> None:
         })
         feats += [replace(FeatureConfig(), input_scale=1.0), replace(FeatureConfig(), dim=None)]
     if args.sweep == "tune":
-        feats = [replace(FeatureConfig(), dim=None), replace(FeatureConfig(), dim=64), replace(FeatureConfig(), dim=128)]
-        post = {f"tau {t} border<={b}": replace(base, tau=t, max_border_sides=b) for t in (0.5, 0.6, 0.7) for b in (4, 2)}
+        feats = [replace(FeatureConfig(), dim=64)]
+        if args.kind == "microscopy":
+            feats += [replace(FeatureConfig(), input_scale=1.5), replace(FeatureConfig(), input_scale=2.0)]
+        b = replace(base, tau=0.6, max_border_sides=2, split_components=True)
+        post = {"tau .6 border<=2 split": b, "tau .5": replace(b, tau=0.5), "tau .55": replace(b, tau=0.55),
+                "tau .65": replace(b, tau=0.65), "tau .7": replace(b, tau=0.7), "no split": replace(b, split_components=False),
+                "border<=4": replace(b, max_border_sides=4), "top-k 100": replace(b, top_k=100),
+                "no refine": replace(b, refine=False)}
+    if args.sweep == "levels":
+        post = {"default": base, "tau .6": replace(base, tau=0.6), "border<=2": replace(base, max_border_sides=2), "border<=2 tau .6": replace(base, max_border_sides=2, tau=0.6)}
+    feats = [FeatureConfig()]
+    if args.sweep in ("quick", "full"):
+        post.update({
+            "no refine": replace(base, refine=False),
+            "tau 0.4": replace(base, tau=0.4),
+            "tau 0.6": replace(base, tau=0.6),
+            "split components": replace(base, split_components=True),
+            "max area 0.5": replace(base, max_area_frac=0.5),
+            "border<=2": replace(base, max_border_sides=2),
+            "border<=1": replace(base, max_border_sides=1),
+            "border<=2 tau .6": replace(base, max_border_sides=2, tau=0.6),
+            "border<=2 tau .6 split": replace(base, max_border_sides=2, tau=0.6, split_components=True),
+            "official filters": replace(base, min_score=0.7, center_y_min=0.2, max_box_width=0.95),
+        })
+        feats += [replace(FeatureConfig(), input_scale=1.0), replace(FeatureConfig(), dim=None)]
+    if args.sweep == "tune":
+        feats = [replace(FeatureConfig(), dim=64)] + ([replace(FeatureConfig(), dim=None)] if args.kind != "microscopy" else [])
+        b = replace(base, tau=0.6, max_border_sides=2)
+        post = {"tau .6 border<=2": b, "tau .55": replace(b, tau=0.55), "tau .65": replace(b, tau=0.65),
+                "tau .7": replace(b, tau=0.7), "tau .65 r16": replace(b, tau=0.65, refine_radius=16),
+                "border<=4": replace(b, max_border_sides=4), "split": replace(b, split_components=True),
+                "radius 6": replace(b, refine_radius=6), "radius 20": replace(b, refine_radius=20),
+                "no refine": replace(b, refine=False), "max area .5": replace(b, max_area_frac=0.5)}
     if args.sweep == "levels":
         feats = [replace(FeatureConfig(), levels=lv, dim=d) for lv in (("s8", "s16", "s32"), ("s16", "s32"), ("s32", "head"), ("s8", "s16", "s32", "head"), ("s16",)) for d in (None, 64)]
     if args.sweep == "full":
@@ -106,7 +137,7 @@ def main() -> None:
                      "scales 1.0": replace(base, scales=(1.0,)), "scales 1,.5,.25,.125": replace(base, scales=(1.0, 0.5, 0.25, 0.125))})
     rows = []
     for fc in feats:
-        rows += evaluate_variants(image_dir, gt, fc, post if (fc == feats[0] or args.sweep in ("levels", "tune")) else {k: post[k] for k in list(post)[:1]})
+        rows += evaluate_variants(image_dir, gt, fc, post if (fc == feats[0] or args.sweep in ("levels", "tune") and fc == feats[0]) else {k: post[k] for k in list(post)[:1]})
     print("\n| features | post-processing | AP | AP50 | AP75 | AR100 | backbone s/img | post s/img |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

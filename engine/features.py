@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.atomic import atomic_save
-from engine.scale import estimate_object_size
+from engine.scale import estimate_object_size, is_single_channel_like
 
 FEATURE_FORMAT_VERSION = 1
 DEFAULT_LEVELS = ("s8", "s16", "s32")
@@ -94,8 +94,9 @@ _META_FIELDS = ("image_size", "input_size", "input_scale", "auto_scale", "object
 def choose_input_scale(image: np.ndarray, config: FeatureConfig) -> tuple[float, bool, float | None]:
     """(scale, automatic?, estimated object size) for the network input.
 
-    Automatic mode upsamples images whose objects are small (e.g. 15–30 px nuclei) so that
-    each object covers a few cells of the stride-32 query grid; photos keep their size.
+    Automatic mode upsamples grayscale / single-colour images whose objects are small
+    (e.g. 15–30 px nuclei) so that each object covers a few cells of the stride-32 query grid.
+    Colour photos keep their size: there the blob-size estimate measures texture, not objects.
     """
     h, w = image.shape[:2]
     base = config.short_side / min(h, w) if config.short_side else 1.0
@@ -103,7 +104,9 @@ def choose_input_scale(image: np.ndarray, config: FeatureConfig) -> tuple[float,
     size = None
     if auto:
         size = estimate_object_size(image)
-        factor = float(np.clip(TARGET_OBJECT_SIZE / max(size * base, 1.0), 1.0, MAX_AUTO_SCALE))
+        factor = 1.0
+        if is_single_channel_like(image):
+            factor = float(np.clip(TARGET_OBJECT_SIZE / max(size * base, 1.0), 1.0, MAX_AUTO_SCALE))
     else:
         factor = float(config.input_scale)
     scale = base * factor

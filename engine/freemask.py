@@ -20,6 +20,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from engine.features import Features
 from engine.masks import split_components
@@ -27,6 +28,10 @@ from engine.nms import matrix_nms
 from engine.refine import GuideStats
 from engine.structures import InstanceMask
 
+# Backbone padding makes the outermost key cells look unlike their neighbours, so "touching
+# the image side" means reaching into this many cells of the border.
+BORDER_CELLS = 2
+DISTINCT_QUERY_COS = 0.95  # queries closer than this to a better one are not split again
 REFINE_RADIUS_AT_SCALE_1 = 12  # px; measured best on photo-like images at native resolution
 
 
@@ -194,6 +199,65 @@ def guide_stats(features: Features, image: np.ndarray, radius: int, eps: float) 
     return memo[key]
 
 
+@dataclass
+class Candidates:
+    """Masks entering Matrix NMS: whole query masks, or their connected parts."""
+
+    query: torch.Tensor  # (M,) index of the query each candidate comes from
+    binary: torch.Tensor  # (M, N) bool on the key grid
+    maskness: torch.Tensor  # (M,)
+
+
+def whole_mask_candidates(soft, binary, area, mness, top: int) -> Candidates:
+    valid = torch.nonzero(area > 1).flatten()
+    valid = valid[torch.argsort(mness[valid], descending=True)][:top]
+    return Candidates(valid, binary[valid], mness[valid])
+
+
+def _distinct_queries(cands: Candidates, queries: torch.Tensor, top: int, max_cos: float = DISTINCT_QUERY_COS) -> Candidates:
+    """The ``top`` best candidates after dropping queries nearly parallel to a better one.
+
+    Hundreds of queries on one background region (or one kind of object) give the same mask;
+    labelling them all would be wasted work and would crowd out the rarer queries.
+    """
+    vecs = queries[cands.query]
+    sim = (vecs @ vecs.T).triu(diagonal=1)  # rows: better candidates (sorted by maskness)
+    keep = ~(sim > max_cos).any(dim=0)
+    idx = torch.nonzero(keep).flatten()[:top]
+    return Candidates(cands.query[idx], cands.binary[idx], cands.maskness[idx])
+
+
+def component_candidates(soft, binary, area, mness, queries: torch.Tensor, grid: tuple[int, int], top: int) -> Candidates:
+    """Split the ``top`` best query masks into 8-connected parts (one labelling call for all).
+
+    Free Mask's masks are semantic: a query on one nucleus lights up every nucleus. Splitting
+    before NMS lets every part compete on its own maskness, and NMS then removes the copies of
+    the same part that other queries found.
+    """
+    whole = whole_mask_candidates(soft, binary, area, mness, soft.shape[0])
+    whole = _distinct_queries(whole, queries, top)
+    if whole.query.numel() == 0:
+        return whole
+    h, w = grid
+    volume = whole.binary.reshape(-1, h, w).numpy()
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = True  # connect within a mask, never across masks
+    labels, n = ndimage.label(volume, structure=structure)
+    if n == 0:
+        return whole
+    flat = torch.from_numpy(labels.reshape(len(volume), -1)).long()
+    soft_rows = soft[whole.query]
+    counts = torch.bincount(flat.flatten(), minlength=n + 1).float()
+    sums = torch.bincount(flat.flatten(), weights=soft_rows.flatten().double(), minlength=n + 1).float()
+    owner = torch.zeros(n + 1, dtype=torch.long)
+    owner[flat.flatten()] = torch.arange(len(volume)).repeat_interleave(h * w)
+    ids = torch.nonzero(counts[1:] > 1).flatten() + 1  # parts of at least 2 cells
+    comp_mness = sums[ids] / counts[ids]
+    ids = ids[torch.argsort(comp_mness, descending=True)][:top]
+    rows = owner[ids]
+    return Candidates(whole.query[rows], flat[rows] == ids[:, None], sums[ids] / counts[ids])
+
+
 def postprocess(
     features: Features, params: FreeMaskParams | None = None, image: np.ndarray | None = None
 ) -> FreeMaskResult:
@@ -205,60 +269,59 @@ def postprocess(
     keys = features.keys
     grid = features.grid_size
     H, W = features.image_size
+    if image is not None and tuple(image.shape[:2]) != (H, W):
+        raise ValueError(f"image is {tuple(image.shape[:2])} but features were computed for {(H, W)}")
     queries = build_queries(keys, p.scales, p.query_stride)
     soft = soft_masks(queries.vectors, keys)
     binary, area, mness = maskness(soft, p.tau)
-    valid = area > 1
-    cand = torch.nonzero(valid).flatten()
-    cand = cand[torch.argsort(mness[cand], descending=True)][: p.pre_nms_top]
-    decayed = matrix_nms(binary[cand].float(), mness[cand], kernel=p.nms_kernel, sigma=p.nms_sigma)
+    if p.split_components:
+        cands = component_candidates(soft, binary, area, mness, queries.vectors, grid, p.pre_nms_top)
+    else:
+        cands = whole_mask_candidates(soft, binary, area, mness, p.pre_nms_top)
+    cands = drop_background_candidates(cands, grid, p)
+    decayed = matrix_nms(cands.binary.float(), cands.maskness, kernel=p.nms_kernel, sigma=p.nms_sigma)
     order = torch.argsort(decayed, descending=True)
     order = order[decayed[order] >= p.min_score]
     radius = p.refine_radius or auto_refine_radius(features)
-    if image is not None and tuple(image.shape[:2]) != (H, W):
-        raise ValueError(f"image is {tuple(image.shape[:2])} but features were computed for {(H, W)}")
     guide = guide_stats(features, image, radius, p.refine_eps) if (p.refine and image is not None) else None
 
-    found: list[tuple[InstanceMask, int]] = []
-    slots = cand[order[: 3 * p.top_k]]  # spare candidates replace ones the filters drop
-    for rank, qi in enumerate(slots.tolist()):
+    found: list[tuple[InstanceMask, torch.Tensor]] = []
+    for ci in order[: 3 * p.top_k].tolist():  # spare candidates replace ones the filters drop
         if len(found) >= p.top_k:
             break
-        score = float(decayed[order[rank]])
+        qi = int(cands.query[ci])
+        region = soft[qi]
+        if p.split_components:  # keep this part only (grown by one cell for the refinement)
+            gate = F.max_pool2d(cands.binary[ci].reshape(1, *grid).float(), 3, stride=1, padding=1)
+            region = region * gate.flatten()
+        mask = _full_resolution_mask(region, cands.binary[ci], grid, (H, W), p, radius, guide)
+        if mask is None or not _passes_filters(mask, p, (H, W), margin=round(BORDER_CELLS * H / grid[0])):
+            continue
         qy, qx = queries.yx[qi].tolist()
-        for mask, part_mness, whole_mness in _full_resolution_parts(
-            soft[qi], binary[qi], grid, (H, W), p, radius, guide
-        ):
-            if not _passes_filters(mask, p, (H, W)):
-                continue
-            inst = InstanceMask(
-                mask=mask,
-                score=score * (part_mness / whole_mness if whole_mness > 0 else 1.0),
-                maskness=float(mness[qi]),
-                source="freemask",
-                extra={
-                    "scale": float(queries.scale[qi]),
-                    "query_yx": [round((qy + 0.5) * H / grid[0] - 0.5, 1), round((qx + 0.5) * W / grid[1] - 0.5, 1)],
-                    "embedding": [round(v, 4) for v in queries.vectors[qi].tolist()],
-                },
-            )
-            found.append((inst, qi))
-    found.sort(key=lambda pair: pair[0].score, reverse=True)
-    found = found[: p.top_k]
-    for slot, (inst, _) in enumerate(found):
-        inst.extra["_slot"] = slot
-    kept_q = torch.tensor([qi for _, qi in found], dtype=torch.long)
+        inst = InstanceMask(
+            mask=mask,
+            score=float(decayed[ci]),
+            maskness=float(cands.maskness[ci]),
+            source="freemask",
+            extra={
+                "scale": float(queries.scale[qi]),
+                "query_yx": [round((qy + 0.5) * H / grid[0] - 0.5, 1), round((qx + 0.5) * W / grid[1] - 0.5, 1)],
+                "embedding": [round(v, 4) for v in queries.vectors[qi].tolist()],
+                "_slot": len(found),
+            },
+        )
+        found.append((inst, region))
     return FreeMaskResult(
         instances=[inst for inst, _ in found],
-        candidate_maskness=mness[valid].numpy(),
+        candidate_maskness=mness[area > 1].numpy(),
         n_queries=int(queries.vectors.shape[0]),
         refine_radius=int(radius),
-        _soft=soft[kept_q].reshape(-1, *grid),
+        _soft=torch.stack([r.reshape(grid) for _, r in found]) if found else torch.zeros(0, *grid),
         _features=features,
     )
 
 
-def _full_resolution_parts(
+def _full_resolution_mask(
     soft_q: torch.Tensor,
     binary_q: torch.Tensor,
     grid: tuple[int, int],
@@ -266,39 +329,57 @@ def _full_resolution_parts(
     p: FreeMaskParams,
     radius: int,
     guide: GuideStats | None,
-) -> list[tuple[np.ndarray, float, float]]:
-    """Upsample one query's soft mask inside its box, refine, threshold, optionally split.
+) -> np.ndarray | None:
+    """Upsample one candidate's soft mask inside its box, refine, threshold at τ.
 
-    Returns (full-size bool mask, maskness of the part, maskness of the whole) per part.
+    With ``split_components`` only the largest full-resolution part is kept, so every
+    instance is one connected object.
     """
     H, W = image_size
     y0, y1, x0, x1 = _crop_box(binary_q, grid, image_size, radius if guide is not None else 0)
     crop = upsample_crop(soft_q.reshape(grid), image_size, (y0, y1, x0, x1))
     if guide is not None:
         crop = guide.filter(crop, (y0, y1, x0, x1)).clamp_(0.0, 1.0)
-    crop_np = crop.numpy()
-    inside = crop_np >= p.tau
+    inside = crop.numpy() >= p.tau
     if not inside.any():
-        return []
-    whole = float(crop_np[inside].mean())
-    pieces = split_components(inside, min_area=max(p.min_area, 1)) if p.split_components else [inside]
-    out = []
-    for piece in pieces:
-        full = np.zeros((H, W), dtype=bool)
-        full[y0:y1, x0:x1] = piece
-        out.append((full, float(crop_np[piece].mean()) if piece.any() else 0.0, whole))
-    return out
+        return None
+    if p.split_components:
+        parts = split_components(inside, min_area=1)
+        inside = parts[0] if parts else inside
+    full = np.zeros((H, W), dtype=bool)
+    full[y0:y1, x0:x1] = inside
+    return full
 
 
-def _passes_filters(mask: np.ndarray, p: FreeMaskParams, image_size: tuple[int, int]) -> bool:
+def border_sides(mask: np.ndarray | torch.Tensor, margin: int = 1) -> int:
+    """How many image sides the mask reaches (within ``margin`` pixels of the edge)."""
+    m = max(1, int(margin))
+    return int(mask[:m].any()) + int(mask[-m:].any()) + int(mask[:, :m].any()) + int(mask[:, -m:].any())
+
+
+def drop_background_candidates(cands: Candidates, grid: tuple[int, int], p: FreeMaskParams) -> Candidates:
+    """Apply the border and area filters on the key grid already, before NMS.
+
+    Background regions reach several image sides; removing them here keeps them from
+    taking top-k slots and from decaying real objects in Matrix NMS.
+    """
+    if p.max_border_sides >= 4 and p.max_area_frac >= 1.0:
+        return cands
+    m = cands.binary.reshape(-1, *grid)
+    e = BORDER_CELLS
+    sides = (m[:, :e].flatten(1).any(1).int() + m[:, -e:].flatten(1).any(1).int()
+             + m[:, :, :e].flatten(1).any(1).int() + m[:, :, -e:].flatten(1).any(1).int())
+    keep = (sides <= p.max_border_sides) & (m.flatten(1).sum(1) <= p.max_area_frac * grid[0] * grid[1])
+    return Candidates(cands.query[keep], cands.binary[keep], cands.maskness[keep])
+
+
+def _passes_filters(mask: np.ndarray, p: FreeMaskParams, image_size: tuple[int, int], margin: int = 1) -> bool:
     H, W = image_size
     area = int(mask.sum())
     if area < max(p.min_area, 2) or area > p.max_area_frac * H * W:
         return False
-    if p.max_border_sides < 4:
-        sides = int(mask[0].any()) + int(mask[-1].any()) + int(mask[:, 0].any()) + int(mask[:, -1].any())
-        if sides > p.max_border_sides:
-            return False
+    if p.max_border_sides < 4 and border_sides(mask, margin) > p.max_border_sides:
+        return False
     if p.center_y_min is not None or p.max_box_width is not None:
         ys, xs = np.nonzero(mask)
         if p.center_y_min is not None and ys.mean() <= p.center_y_min * H:

@@ -43,3 +43,25 @@ def estimate_object_size(image: np.ndarray) -> float:
     sigmas, strength, f = blob_scale_profile(image)
     best = sigmas[int(np.argmax(strength))]
     return float(best * 2.0 * np.sqrt(2.0) * f)
+
+
+def colour_spread(image: np.ndarray) -> float:
+    """How far the pixel colours leave one line in RGB space (second/first principal variance).
+
+    0 for grayscale and single-dye fluorescence; photos are typically above 0.02.
+    """
+    if image.ndim == 2 or image.shape[2] == 1:
+        return 0.0
+    x = image.reshape(-1, image.shape[2])[:: max(1, image.shape[0] * image.shape[1] // 50_000)].astype(np.float64)
+    x = x - x.mean(axis=0)
+    ev = np.linalg.eigvalsh(x.T @ x / max(len(x), 1))
+    return float(ev[-2] / ev[-1]) if ev[-1] > 1e-9 else 0.0
+
+
+def is_single_channel_like(image: np.ndarray, max_spread: float = 0.01) -> bool:
+    """True for grayscale or one-colour images (microscopy), where blob sizes mean objects.
+
+    In colour photos the blob-size estimate is fooled by texture (gravel, foliage), so the
+    automatic input scale only upsamples single-channel-like images.
+    """
+    return colour_spread(image) < max_spread

@@ -93,3 +93,17 @@ def test_features_bytes_reject_other_versions(photo_features):
     assert Features.from_bytes(data).grid_size == photo_features.grid_size
     with pytest.raises(Exception):
         Features.from_bytes(b"not a torch file")
+
+
+def test_single_channel_detection_gates_auto_upscaling():
+    from engine.scale import colour_spread, is_single_channel_like
+
+    nuclei, _ = make_sample(5, (160, 160), kind="microscopy")
+    photo, _ = make_sample(5, (160, 160), kind="cartoon")
+    green = np.zeros_like(nuclei)
+    green[..., 1] = nuclei[..., 0]  # one-dye fluorescence shown in green
+    assert is_single_channel_like(nuclei) and is_single_channel_like(green)
+    assert not is_single_channel_like(photo) and colour_spread(photo) > 0.02
+    # a colour photo keeps its native scale whatever its texture looks like
+    s, auto, size = choose_input_scale(photo, FeatureConfig())
+    assert auto and s == pytest.approx(1.0) and size is not None

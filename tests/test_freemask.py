@@ -155,3 +155,44 @@ def test_postprocess_never_runs_the_backbone(extractor, photo_sample):
     for tau in (0.3, 0.5, 0.7):
         postprocess(feats, FreeMaskParams(tau=tau, scales=(1.0, 0.5)), image)
     assert extractor.backbone_calls == calls
+
+
+def test_background_candidates_are_dropped_on_the_key_grid():
+    from engine.freemask import Candidates, drop_background_candidates
+
+    grid = (10, 10)
+    full = torch.ones(10, 10, dtype=torch.bool)  # touches all four sides
+    corner = torch.zeros(10, 10, dtype=torch.bool)
+    corner[:4, :4] = True  # touches two sides
+    inner = torch.zeros(10, 10, dtype=torch.bool)
+    inner[4:6, 4:6] = True
+    cands = Candidates(torch.arange(3), torch.stack([full, corner, inner]).reshape(3, -1), torch.ones(3))
+    kept = drop_background_candidates(cands, grid, FreeMaskParams(max_border_sides=2))
+    assert kept.query.tolist() == [1, 2]
+    kept = drop_background_candidates(cands, grid, FreeMaskParams(max_border_sides=0))
+    assert kept.query.tolist() == [2]
+    kept = drop_background_candidates(cands, grid, FreeMaskParams(max_area_frac=0.1))
+    assert kept.query.tolist() == [2]
+
+
+def test_split_mode_finds_every_copy_of_a_repeated_object():
+    """Many identical objects (nuclei): one query lights all of them; splitting yields each one."""
+    h, w = 48, 64
+    keys = torch.zeros(2, h, w)
+    keys[0] = 1.0
+    truth = np.zeros((h, w), np.int32)
+    k = 0
+    for y in range(6, 42, 12):
+        for x in range(6, 58, 12):
+            k += 1
+            keys[:, y:y + 5, x:x + 5] = torch.tensor([0.0, 1.0])[:, None, None]
+            truth[y:y + 5, x:x + 5] = k
+    keys = F.normalize(keys + 0.01 * torch.randn(2, h, w, generator=torch.Generator().manual_seed(1)), dim=0)
+    feats = Features(keys=keys, image_size=(h * 8, w * 8), input_size=(h * 8, w * 8), input_scale=1.0,
+                     auto_scale=False, object_size=None, config=FeatureConfig())
+    big = np.kron(truth, np.ones((8, 8), np.int32))
+    res = postprocess(feats, FreeMaskParams(refine=False, split_components=True, top_k=50, max_border_sides=2))
+    found = sum(any(_iou(m.mask, big == j) > 0.5 for m in res.instances) for j in range(1, k + 1))
+    assert found == k, f"found {found} of {k} objects"
+    merged = postprocess(feats, FreeMaskParams(refine=False, split_components=False, top_k=50))
+    assert sum(any(_iou(m.mask, big == j) > 0.5 for m in merged.instances) for j in range(1, k + 1)) < k

@@ -59,17 +59,24 @@ def add_feature_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_freemask_options(p: argparse.ArgumentParser) -> None:
+    from engine.freemask import FreeMaskParams
+
+    d = FreeMaskParams()
     g = p.add_argument_group("Free Mask post-processing (cheap; never re-runs the backbone)")
-    g.add_argument("--tau", type=float, default=0.5, help="soft-mask threshold τ (default: %(default)s)")
-    g.add_argument("--scales", type=_floats, default=(1.0, 0.5, 0.25), help="query pyramid scales (default: 1.0,0.5,0.25)")
-    g.add_argument("--top-k", type=int, default=20, help="masks kept per image (default: %(default)s)")
-    g.add_argument("--pre-nms-top", type=int, default=200, help="candidates entering Matrix NMS (default: %(default)s)")
-    g.add_argument("--nms-kernel", choices=("gaussian", "linear"), default="gaussian", help="Matrix NMS kernel")
-    g.add_argument("--nms-sigma", type=float, default=2.0, help="gaussian Matrix NMS σ (default: %(default)s)")
-    g.add_argument("--min-score", type=float, default=0.0, help="minimum decayed maskness (official script: 0.7)")
-    g.add_argument("--min-area", type=int, default=16, help="minimum mask area in image px (default: %(default)s)")
-    g.add_argument("--max-area-frac", type=float, default=1.0, help="drop masks covering more of the image than this")
-    g.add_argument("--split-components", action="store_true", help="one instance per connected part (touching objects)")
+    g.add_argument("--tau", type=float, default=d.tau, help="soft-mask threshold τ (default: %(default)s; paper: 0.5)")
+    g.add_argument("--scales", type=_floats, default=d.scales, help="query pyramid scales (default: 1.0,0.5,0.25)")
+    g.add_argument("--top-k", type=int, default=d.top_k, help="masks kept per image (default: %(default)s)")
+    g.add_argument("--pre-nms-top", type=int, default=d.pre_nms_top, help="candidates entering Matrix NMS (default: %(default)s)")
+    g.add_argument("--nms-kernel", choices=("gaussian", "linear"), default=d.nms_kernel, help="Matrix NMS kernel (default: %(default)s)")
+    g.add_argument("--nms-sigma", type=float, default=d.nms_sigma, help="gaussian Matrix NMS σ (default: %(default)s)")
+    g.add_argument("--min-score", type=float, default=d.min_score, help="minimum decayed maskness (official script: 0.7)")
+    g.add_argument("--min-area", type=int, default=d.min_area, help="minimum mask area in image px (default: %(default)s)")
+    g.add_argument("--max-area-frac", type=float, default=d.max_area_frac, help="drop masks covering more of the image than this")
+    g.add_argument("--max-border-sides", type=int, default=d.max_border_sides, choices=range(5), metavar="0-4",
+                   help="drop masks reaching more image sides than this: background (default: %(default)s; 4 = off)")
+    g.add_argument("--split-components", action=argparse.BooleanOptionalAction, default=d.split_components,
+                   help="one instance per connected part, so one query lighting up several objects gives each of them "
+                   "(default: on; --no-split-components keeps the paper's whole masks)")
     g.add_argument("--no-refine", action="store_true", help="skip the image-guided boundary refinement")
     g.add_argument("--refine-radius", type=int, default=None, help="guided filter radius in image px (default: 12 / input scale)")
     g.add_argument("--official-filters", action="store_true",
@@ -104,6 +111,7 @@ def params_from_args(args: argparse.Namespace):
         min_score=max(args.min_score, 0.7 if official else 0.0),
         min_area=args.min_area,
         max_area_frac=args.max_area_frac,
+        max_border_sides=args.max_border_sides,
         split_components=args.split_components,
         refine=not args.no_refine,
         refine_radius=args.refine_radius,

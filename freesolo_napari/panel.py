@@ -69,11 +69,12 @@ class FreeSoloPanel(QWidget):
         self.run_button.clicked.connect(self.run_current)
         self.cancel_button = QPushButton("Cancel", toolTip="Stop the running job", enabled=False)
         self.cancel_button.clicked.connect(self.cancel)
-        self.tau_slider = QSlider(Qt.Orientation.Horizontal, minimum=5, maximum=95, value=50,
+        self.tau_slider = QSlider(Qt.Orientation.Horizontal, minimum=5, maximum=95, value=round(self.params.tau * 100),
                                   toolTip="Soft-mask threshold τ: higher = tighter masks")
-        self.tau_label = QLabel("0.50")
+        self.tau_label = QLabel(f"{self.params.tau:.2f}")
         self.topk_spin = QSpinBox(minimum=1, maximum=200, value=self.params.top_k, toolTip="Masks kept per image")
-        self.split_check = QCheckBox("split touching objects", toolTip="One instance per connected part")
+        self.split_check = QCheckBox("one instance per part", checked=self.params.split_components,
+                                     toolTip="Split each mask into its connected parts (a query often lights up several objects)")
         self.refine_check = QCheckBox("refine boundaries", checked=True, toolTip="Image-guided filter on mask edges")
         self.progress = QProgressBar(minimum=0, maximum=0, visible=False)
         self.status = QLabel("Pick an image layer and press Run.", wordWrap=True)

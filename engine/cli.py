@@ -65,7 +65,8 @@ def add_freemask_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("Free Mask post-processing (cheap; never re-runs the backbone)")
     g.add_argument("--tau", type=float, default=d.tau, help="soft-mask threshold τ (default: %(default)s; paper: 0.5)")
     g.add_argument("--scales", type=_floats, default=d.scales, help="query pyramid scales (default: 1.0,0.5,0.25)")
-    g.add_argument("--top-k", type=int, default=d.top_k, help="masks kept per image (default: %(default)s)")
+    g.add_argument("--top-k", type=int, default=d.top_k,
+                   help="masks kept per image (default: 20, or 100 when the automatic input scale found small objects)")
     g.add_argument("--pre-nms-top", type=int, default=d.pre_nms_top, help="candidates entering Matrix NMS (default: %(default)s)")
     g.add_argument("--nms-kernel", choices=("gaussian", "linear"), default=d.nms_kernel, help="Matrix NMS kernel (default: %(default)s)")
     g.add_argument("--nms-sigma", type=float, default=d.nms_sigma, help="gaussian Matrix NMS σ (default: %(default)s)")

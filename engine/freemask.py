@@ -23,14 +23,13 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from engine.features import Features
-from engine.masks import split_components
 from engine.nms import matrix_nms
 from engine.refine import GuideStats
 from engine.structures import InstanceMask
 
 # Backbone padding makes the outermost key cells look unlike their neighbours, so "touching
-# the image side" means reaching into this many cells of the border.
-BORDER_CELLS = 2
+# the image side" means reaching within this many network-input pixels of it.
+BORDER_INPUT_PX = 16
 DISTINCT_QUERY_COS = 0.95  # queries closer than this to a better one are not split again
 REFINE_RADIUS_AT_SCALE_1 = 12  # px; measured best on photo-like images at native resolution
 
@@ -43,7 +42,8 @@ class FreeMaskParams:
     scales: tuple[float, ...] = (1.0, 0.5, 0.25)  # query pyramid, relative to the query grid
     query_stride: int = 32  # input pixels per query cell at scale 1.0
     pre_nms_top: int = 200  # candidates kept by maskness before Matrix NMS (cost control)
-    top_k: int = 20  # masks returned per image
+    score_stride: int = 16  # key grid (input px per cell) on which candidates are ranked: 8 or 16
+    top_k: int | None = None  # masks per image; None = 20, or 100 for auto-upscaled small objects
     nms_kernel: Literal["gaussian", "linear"] = "gaussian"
     nms_sigma: float = 2.0
     min_score: float = 0.0  # decayed maskness threshold (official script: 0.7)
@@ -63,7 +63,9 @@ class FreeMaskParams:
             raise ValueError(f"tau must be in (0, 1), got {self.tau}")
         if not self.scales or any(not 0.0 < s <= 4.0 for s in self.scales):
             raise ValueError(f"scales must be non-empty values in (0, 4], got {self.scales}")
-        if self.top_k < 1 or self.pre_nms_top < 1:
+        if self.score_stride not in (8, 16, 32):
+            raise ValueError(f"score_stride must be 8, 16 or 32, got {self.score_stride}")
+        if (self.top_k is not None and self.top_k < 1) or self.pre_nms_top < 1:
             raise ValueError("top_k and pre_nms_top must be at least 1")
         if self.nms_kernel not in ("gaussian", "linear"):
             raise ValueError(f"nms_kernel must be 'gaussian' or 'linear', got {self.nms_kernel!r}")
@@ -94,6 +96,7 @@ class FreeMaskResult:
     candidate_maskness: np.ndarray  # maskness of every candidate (histogram of τ's effect)
     n_queries: int
     refine_radius: int
+    top_k: int = 20
     _soft: torch.Tensor = field(repr=False, default_factory=lambda: torch.zeros(0))
     _features: Features | None = field(repr=False, default=None)
 
@@ -168,6 +171,15 @@ def upsample_crop(soft: torch.Tensor, out_size: tuple[int, int], box: tuple[int,
     c0, c1, cw = _axis(x0, x1, w, out_size[1])
     rows = soft[r0] * (1 - rw)[:, None] + soft[r1] * rw[:, None]
     return rows[:, c0] * (1 - cw)[None] + rows[:, c1] * cw[None]
+
+
+def auto_top_k(features: Features) -> int:
+    """20 masks per image (the paper's), 100 where the automatic input scale found small objects.
+
+    Images that needed upsampling (nuclei and the like) typically hold dozens of objects; on
+    the project's nuclei set top-100 raised AP50 from 0.50 to 0.64.
+    """
+    return 100 if features.auto_scale and features.input_scale > 1.0 else 20
 
 
 def auto_refine_radius(features: Features) -> int:
@@ -258,6 +270,23 @@ def component_candidates(soft, binary, area, mness, queries: torch.Tensor, grid:
     return Candidates(whole.query[rows], flat[rows] == ids[:, None], sums[ids] / counts[ids])
 
 
+def score_keys(features: Features, score_stride: int) -> torch.Tensor:
+    """The key map pooled to ``score_stride`` (memoised): where candidates are scored and ranked.
+
+    Scoring every query against every stride-8 key costs Q × N work per slider move; ranking
+    on a coarser grid (the paper ranks on stride 32) is 4× cheaper at stride 16, and only the
+    kept masks are then recomputed on the stride-8 grid.
+    """
+    factor = max(1, score_stride // 8)
+    if factor == 1:
+        return features.keys
+    key = ("score_keys", factor)
+    if key not in features.memo:
+        pooled = F.avg_pool2d(features.keys[None], factor, ceil_mode=True)[0]
+        features.memo[key] = F.normalize(pooled, dim=0)
+    return features.memo[key]
+
+
 def postprocess(
     features: Features, params: FreeMaskParams | None = None, image: np.ndarray | None = None
 ) -> FreeMaskResult:
@@ -272,31 +301,42 @@ def postprocess(
     if image is not None and tuple(image.shape[:2]) != (H, W):
         raise ValueError(f"image is {tuple(image.shape[:2])} but features were computed for {(H, W)}")
     queries = build_queries(keys, p.scales, p.query_stride)
-    soft = soft_masks(queries.vectors, keys)
+    coarse = score_keys(features, p.score_stride)
+    cgrid = (int(coarse.shape[1]), int(coarse.shape[2]))
+    soft = soft_masks(queries.vectors, coarse)
     binary, area, mness = maskness(soft, p.tau)
     if p.split_components:
-        cands = component_candidates(soft, binary, area, mness, queries.vectors, grid, p.pre_nms_top)
+        cands = component_candidates(soft, binary, area, mness, queries.vectors, cgrid, p.pre_nms_top)
     else:
         cands = whole_mask_candidates(soft, binary, area, mness, p.pre_nms_top)
-    cands = drop_background_candidates(cands, grid, p)
+    cands = drop_background_candidates(cands, cgrid, p, border_cells=max(1, -(-BORDER_INPUT_PX // p.score_stride)))
     decayed = matrix_nms(cands.binary.float(), cands.maskness, kernel=p.nms_kernel, sigma=p.nms_sigma)
     order = torch.argsort(decayed, descending=True)
     order = order[decayed[order] >= p.min_score]
     radius = p.refine_radius or auto_refine_radius(features)
     guide = guide_stats(features, image, radius, p.refine_eps) if (p.refine and image is not None) else None
+    margin = round(BORDER_INPUT_PX / max(features.input_scale, 1e-6))
 
     found: list[tuple[InstanceMask, torch.Tensor]] = []
-    for ci in order[: 3 * p.top_k].tolist():  # spare candidates replace ones the filters drop
-        if len(found) >= p.top_k:
+    top_k = p.top_k or auto_top_k(features)
+    for ci in order[: 2 * top_k].tolist():  # spare candidates replace ones the filters drop
+        if len(found) >= top_k:
             break
         qi = int(cands.query[ci])
-        region = soft[qi]
-        if p.split_components:  # keep this part only (grown by one cell for the refinement)
-            gate = F.max_pool2d(cands.binary[ci].reshape(1, *grid).float(), 3, stride=1, padding=1)
+        region = soft_masks(queries.vectors[qi: qi + 1], keys)[0]  # the kept mask, on the fine grid
+        if p.split_components:  # keep this part only (grown by one coarse cell for the refinement)
+            gate = F.max_pool2d(cands.binary[ci].reshape(1, *cgrid).float(), 3, stride=1, padding=1)
+            gate = F.interpolate(gate[None], size=grid, mode="nearest")[0]
             region = region * gate.flatten()
-        mask = _full_resolution_mask(region, cands.binary[ci], grid, (H, W), p, radius, guide)
-        if mask is None or not _passes_filters(mask, p, (H, W), margin=round(BORDER_CELLS * H / grid[0])):
+        fine_binary = region >= p.tau
+        if not bool(fine_binary.any()):
             continue
+        out = _full_resolution_mask(region, fine_binary, grid, (H, W), p, radius, guide)
+        if out is None or not _passes_filters(*out, p, (H, W), margin=margin):
+            continue
+        crop, (y0, y1, x0, x1) = out
+        mask = np.zeros((H, W), dtype=bool)
+        mask[y0:y1, x0:x1] = crop
         qy, qx = queries.yx[qi].tolist()
         inst = InstanceMask(
             mask=mask,
@@ -312,6 +352,7 @@ def postprocess(
         )
         found.append((inst, region))
     return FreeMaskResult(
+        top_k=top_k,
         instances=[inst for inst, _ in found],
         candidate_maskness=mness[area > 1].numpy(),
         n_queries=int(queries.vectors.shape[0]),
@@ -329,11 +370,11 @@ def _full_resolution_mask(
     p: FreeMaskParams,
     radius: int,
     guide: GuideStats | None,
-) -> np.ndarray | None:
+) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
     """Upsample one candidate's soft mask inside its box, refine, threshold at τ.
 
-    With ``split_components`` only the largest full-resolution part is kept, so every
-    instance is one connected object.
+    Returns the mask crop and its box (y0, y1, x0, x1). With ``split_components`` only the
+    largest full-resolution part is kept, so every instance is one connected object.
     """
     H, W = image_size
     y0, y1, x0, x1 = _crop_box(binary_q, grid, image_size, radius if guide is not None else 0)
@@ -344,20 +385,13 @@ def _full_resolution_mask(
     if not inside.any():
         return None
     if p.split_components:
-        parts = split_components(inside, min_area=1)
-        inside = parts[0] if parts else inside
-    full = np.zeros((H, W), dtype=bool)
-    full[y0:y1, x0:x1] = inside
-    return full
+        inside = largest_part(inside)
+    return inside, (y0, y1, x0, x1)
 
 
-def border_sides(mask: np.ndarray | torch.Tensor, margin: int = 1) -> int:
-    """How many image sides the mask reaches (within ``margin`` pixels of the edge)."""
-    m = max(1, int(margin))
-    return int(mask[:m].any()) + int(mask[-m:].any()) + int(mask[:, :m].any()) + int(mask[:, -m:].any())
-
-
-def drop_background_candidates(cands: Candidates, grid: tuple[int, int], p: FreeMaskParams) -> Candidates:
+def drop_background_candidates(
+    cands: Candidates, grid: tuple[int, int], p: FreeMaskParams, border_cells: int = 1
+) -> Candidates:
     """Apply the border and area filters on the key grid already, before NMS.
 
     Background regions reach several image sides; removing them here keeps them from
@@ -366,23 +400,40 @@ def drop_background_candidates(cands: Candidates, grid: tuple[int, int], p: Free
     if p.max_border_sides >= 4 and p.max_area_frac >= 1.0:
         return cands
     m = cands.binary.reshape(-1, *grid)
-    e = BORDER_CELLS
+    e = max(1, border_cells)
     sides = (m[:, :e].flatten(1).any(1).int() + m[:, -e:].flatten(1).any(1).int()
              + m[:, :, :e].flatten(1).any(1).int() + m[:, :, -e:].flatten(1).any(1).int())
     keep = (sides <= p.max_border_sides) & (m.flatten(1).sum(1) <= p.max_area_frac * grid[0] * grid[1])
     return Candidates(cands.query[keep], cands.binary[keep], cands.maskness[keep])
 
 
-def _passes_filters(mask: np.ndarray, p: FreeMaskParams, image_size: tuple[int, int], margin: int = 1) -> bool:
+def largest_part(mask: np.ndarray) -> np.ndarray:
+    """The biggest 8-connected part of a boolean mask."""
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    if n <= 1:
+        return mask
+    return labels == (np.argmax(np.bincount(labels.ravel())[1:]) + 1)
+
+
+def _passes_filters(
+    crop: np.ndarray, box: tuple[int, int, int, int], p: FreeMaskParams, image_size: tuple[int, int], margin: int = 1
+) -> bool:
+    """Area, border and the official filters, on a mask crop placed at ``box`` in the image."""
     H, W = image_size
-    area = int(mask.sum())
+    y0, y1, x0, x1 = box
+    area = int(crop.sum())
     if area < max(p.min_area, 2) or area > p.max_area_frac * H * W:
         return False
-    if p.max_border_sides < 4 and border_sides(mask, margin) > p.max_border_sides:
-        return False
+    if p.max_border_sides < 4:
+        m = max(1, int(margin))
+        rows, cols = crop.any(axis=1), crop.any(axis=0)
+        ys, xs = np.nonzero(rows)[0] + y0, np.nonzero(cols)[0] + x0
+        sides = int(ys.min() < m) + int(ys.max() >= H - m) + int(xs.min() < m) + int(xs.max() >= W - m)
+        if sides > p.max_border_sides:
+            return False
     if p.center_y_min is not None or p.max_box_width is not None:
-        ys, xs = np.nonzero(mask)
-        if p.center_y_min is not None and ys.mean() <= p.center_y_min * H:
+        ys, xs = np.nonzero(crop)
+        if p.center_y_min is not None and ys.mean() + y0 <= p.center_y_min * H:
             return False
         if p.max_box_width is not None and (xs.max() - xs.min() + 1) >= p.max_box_width * W:
             return False

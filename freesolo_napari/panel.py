@@ -72,7 +72,8 @@ class FreeSoloPanel(QWidget):
         self.tau_slider = QSlider(Qt.Orientation.Horizontal, minimum=5, maximum=95, value=round(self.params.tau * 100),
                                   toolTip="Soft-mask threshold τ: higher = tighter masks")
         self.tau_label = QLabel(f"{self.params.tau:.2f}")
-        self.topk_spin = QSpinBox(minimum=1, maximum=200, value=self.params.top_k, toolTip="Masks kept per image")
+        self.topk_spin = QSpinBox(minimum=0, maximum=500, value=self.params.top_k or 0, specialValueText="auto",
+                                  toolTip="Masks kept per image (auto: 20, or 100 for upscaled small objects)")
         self.split_check = QCheckBox("one instance per part", checked=self.params.split_components,
                                      toolTip="Split each mask into its connected parts (a query often lights up several objects)")
         self.refine_check = QCheckBox("refine boundaries", checked=True, toolTip="Image-guided filter on mask edges")
@@ -120,7 +121,7 @@ class FreeSoloPanel(QWidget):
         return replace(
             self.params,
             tau=tau,
-            top_k=self.topk_spin.value(),
+            top_k=self.topk_spin.value() or None,
             split_components=self.split_check.isChecked(),
             refine=self.refine_check.isChecked(),
         ).validated()

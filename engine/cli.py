@@ -182,6 +182,23 @@ def write_outputs(report, out: Path, fmt: str, labels: Path | None, overlays: Pa
     return written
 
 
+def readable_subset(instances, limit: int = 30, max_overlap: float = 0.5):
+    """The best-scored masks that do not mostly cover one already shown: what a person can read.
+
+    The COCO file keeps every mask (low-scored ones only add recall); overlays would be a
+    patchwork if they drew them all.
+    """
+    shown, covered = [], None
+    for inst in sorted(instances, key=lambda m: m.score, reverse=True):
+        if covered is not None and (inst.mask & covered).sum() > max_overlap * max(inst.area, 1):
+            continue
+        shown.append(inst)
+        covered = inst.mask.copy() if covered is None else covered | inst.mask
+        if len(shown) >= limit:
+            break
+    return shown
+
+
 def write_overlays(report, folder: Path, overwrite: bool) -> list[Path]:
     from PIL import Image
 
@@ -192,7 +209,8 @@ def write_overlays(report, folder: Path, overwrite: bool) -> list[Path]:
     written = []
     for res in report.results:
         image = load_image(report.images[res.file_name])
-        over = render_overlay(image, [m.mask for m in res.instances], [m.score for m in res.instances])
+        shown = readable_subset(res.instances)
+        over = render_overlay(image, [m.mask for m in shown], [m.score for m in shown])
         target = folder / (str(Path(res.file_name).with_suffix("")) + "_overlay.png")
         written.append(atomic_save(target, lambda tmp, a=over: Image.fromarray(a).save(tmp, format="PNG"), overwrite=overwrite))
     return written

@@ -196,3 +196,29 @@ def test_split_mode_finds_every_copy_of_a_repeated_object():
     assert found == k, f"found {found} of {k} objects"
     merged = postprocess(feats, FreeMaskParams(refine=False, split_components=False, top_k=50))
     assert sum(any(_iou(m.mask, big == j) > 0.5 for m in merged.instances) for j in range(1, k + 1)) < k
+
+
+def test_auto_top_k_follows_the_automatic_input_scale():
+    from dataclasses import replace as dc_replace
+
+    from engine.freemask import auto_top_k
+
+    feats, _ = toy_features()
+    assert auto_top_k(feats) == 20
+    upscaled = dc_replace(feats, auto_scale=True, input_scale=2.5)
+    assert auto_top_k(upscaled) == 100
+    assert auto_top_k(dc_replace(feats, auto_scale=False, input_scale=2.5)) == 20  # user's own scale
+    res = postprocess(upscaled, FreeMaskParams(refine=False))
+    assert res.top_k == 100
+
+
+def test_score_stride_16_ranks_on_pooled_keys_but_returns_fine_masks():
+    feats, truth = toy_features()
+    coarse = postprocess(feats, FreeMaskParams(refine=False, score_stride=16))
+    fine = postprocess(feats, FreeMaskParams(refine=False, score_stride=8))
+    big = np.kron(truth, np.ones((8, 8), np.int32))
+    for res in (coarse, fine):
+        for k in (1, 2, 3):
+            assert max(_iou(m.mask, big == k) for m in res.instances) > 0.8
+    with pytest.raises(ValueError, match="score_stride"):
+        FreeMaskParams(score_stride=12).validated()

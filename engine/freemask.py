@@ -113,7 +113,7 @@ def build_queries(keys: torch.Tensor, scales: tuple[float, ...], query_stride: i
     d, h, w = keys.shape
     ratio = 8.0 / query_stride  # keys live at stride 8
     vecs, sc, yx = [], [], []
-    for s in sorted(set(scales), reverse=True):
+    for s in sorted(set(scales)):  # coarse first: they survive de-duplication
         gh = max(1, round(h * ratio * s))
         gw = max(1, round(w * ratio * s))
         pooled = F.adaptive_avg_pool2d(keys[None], (gh, gw))[0]
@@ -137,8 +137,9 @@ def soft_masks(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
 def maskness(soft: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(binary masks, areas, maskness = mean soft value inside each mask)."""
     binary = soft >= tau
-    area = binary.sum(dim=1)
-    inside = (soft * binary).sum(dim=1)
+    weights = binary.to(soft.dtype)  # float sums are several times faster than bool sums
+    area = weights.sum(dim=1)
+    inside = (soft * weights).sum(dim=1)
     return binary, area, inside / area.clamp_min(1)
 
 
@@ -226,28 +227,27 @@ def whole_mask_candidates(soft, binary, area, mness, top: int) -> Candidates:
     return Candidates(valid, binary[valid], mness[valid])
 
 
-def _distinct_queries(cands: Candidates, queries: torch.Tensor, top: int, max_cos: float = DISTINCT_QUERY_COS) -> Candidates:
-    """The ``top`` best candidates after dropping queries nearly parallel to a better one.
+def distinct_queries(queries: Queries, max_cos: float = DISTINCT_QUERY_COS) -> Queries:
+    """Drop queries nearly parallel to an earlier one (coarse scales first).
 
-    Hundreds of queries on one background region (or one kind of object) give the same mask;
-    labelling them all would be wasted work and would crowd out the rarer queries.
+    Hundreds of queries on one background region, or on one kind of object, give the same
+    mask; scoring, labelling and suppressing all of them is wasted work (and near-copies
+    would crowd out rarer queries in the candidate cap). One Q×Q product decides.
     """
-    vecs = queries[cands.query]
-    sim = (vecs @ vecs.T).triu(diagonal=1)  # rows: better candidates (sorted by maskness)
+    v = queries.vectors
+    sim = (v @ v.T).triu(diagonal=1)
     keep = ~(sim > max_cos).any(dim=0)
-    idx = torch.nonzero(keep).flatten()[:top]
-    return Candidates(cands.query[idx], cands.binary[idx], cands.maskness[idx])
+    return Queries(v[keep], queries.scale[keep], queries.yx[keep])
 
 
-def component_candidates(soft, binary, area, mness, queries: torch.Tensor, grid: tuple[int, int], top: int) -> Candidates:
+def component_candidates(soft, binary, area, mness, grid: tuple[int, int], top: int) -> Candidates:
     """Split the ``top`` best query masks into 8-connected parts (one labelling call for all).
 
     Free Mask's masks are semantic: a query on one nucleus lights up every nucleus. Splitting
     before NMS lets every part compete on its own maskness, and NMS then removes the copies of
     the same part that other queries found.
     """
-    whole = whole_mask_candidates(soft, binary, area, mness, soft.shape[0])
-    whole = _distinct_queries(whole, queries, top)
+    whole = whole_mask_candidates(soft, binary, area, mness, top)
     if whole.query.numel() == 0:
         return whole
     h, w = grid
@@ -300,13 +300,13 @@ def postprocess(
     H, W = features.image_size
     if image is not None and tuple(image.shape[:2]) != (H, W):
         raise ValueError(f"image is {tuple(image.shape[:2])} but features were computed for {(H, W)}")
-    queries = build_queries(keys, p.scales, p.query_stride)
+    queries = distinct_queries(build_queries(keys, p.scales, p.query_stride))
     coarse = score_keys(features, p.score_stride)
     cgrid = (int(coarse.shape[1]), int(coarse.shape[2]))
     soft = soft_masks(queries.vectors, coarse)
     binary, area, mness = maskness(soft, p.tau)
     if p.split_components:
-        cands = component_candidates(soft, binary, area, mness, queries.vectors, cgrid, p.pre_nms_top)
+        cands = component_candidates(soft, binary, area, mness, cgrid, p.pre_nms_top)
     else:
         cands = whole_mask_candidates(soft, binary, area, mness, p.pre_nms_top)
     cands = drop_background_candidates(cands, cgrid, p, border_cells=max(1, -(-BORDER_INPUT_PX // p.score_stride)))

@@ -77,7 +77,8 @@ def test_postprocess_finds_the_three_objects_without_refinement():
     inst = res.instances[0]
     assert inst.source == "freemask" and 0 < inst.maskness <= 1
     assert inst.extra["scale"] in (1.0, 0.5, 0.25) and len(inst.extra["embedding"]) == 4
-    assert res.candidate_maskness.size > 0 and res.n_queries == 12 * 16 + 6 * 8 + 3 * 4
+    # near-identical queries are merged before scoring: 4 distinct vectors (+ noise) remain few
+    assert res.candidate_maskness.size > 0 and 4 <= res.n_queries < 12 * 16 + 6 * 8 + 3 * 4
 
 
 def test_top_k_min_area_and_area_filters():
@@ -222,3 +223,13 @@ def test_score_stride_16_ranks_on_pooled_keys_but_returns_fine_masks():
             assert max(_iou(m.mask, big == k) for m in res.instances) > 0.8
     with pytest.raises(ValueError, match="score_stride"):
         FreeMaskParams(score_stride=12).validated()
+
+
+def test_distinct_queries_drops_near_copies_keeps_distinct_ones():
+    from engine.freemask import Queries, distinct_queries
+
+    v = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.01], [0.0, 1.0], [0.7, 0.7]]), dim=1)
+    q = Queries(v, torch.ones(4), torch.zeros(4, 2))
+    kept = distinct_queries(q, max_cos=0.95)
+    assert kept.vectors.shape[0] == 3
+    assert torch.allclose(kept.vectors[0], v[0]) and torch.allclose(kept.vectors[1], v[2])

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 MAX_FILTER_SIDE = 512  # guide statistics are computed at most at this resolution
+MIN_FILTER_RADIUS = 6  # ... and at a resolution where the radius is about this many pixels
 
 
 def _axis_count(n: int, r: int) -> np.ndarray:
@@ -61,7 +62,7 @@ class GuideStats:
     def compute(cls, guide: torch.Tensor, radius: int, eps: float = 1e-3, max_side: int = MAX_FILTER_SIDE) -> "GuideStats":
         full = guide.float()
         c, H, W = full.shape
-        factor = max(1.0, max(H, W) / max_side)
+        factor = max(1.0, max(H, W) / max_side, radius / MIN_FILTER_RADIUS)
         if factor > 1.0:
             size = (max(1, round(H / factor)), max(1, round(W / factor)))
             small = F.interpolate(full[None], size=size, mode="area")[0]

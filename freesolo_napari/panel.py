@@ -7,25 +7,22 @@ follows the sliders without freezing the viewer.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
-    QCheckBox,
     QComboBox,
     QFormLayout,
     QHBoxLayout,
     QLabel,
     QProgressBar,
     QPushButton,
-    QSlider,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
+from freesolo_napari.controls import FreeMaskControls
 from freesolo_napari.layers import show_instances
 
 if TYPE_CHECKING:
@@ -69,41 +66,29 @@ class FreeSoloPanel(QWidget):
         self.run_button.clicked.connect(self.run_current)
         self.cancel_button = QPushButton("Cancel", toolTip="Stop the running job", enabled=False)
         self.cancel_button.clicked.connect(self.cancel)
-        self.tau_slider = QSlider(Qt.Orientation.Horizontal, minimum=5, maximum=95, value=round(self.params.tau * 100),
-                                  toolTip="Soft-mask threshold τ: higher = tighter masks")
-        self.tau_label = QLabel(f"{self.params.tau:.2f}")
-        self.topk_spin = QSpinBox(minimum=0, maximum=500, value=self.params.top_k or 0, specialValueText="auto",
-                                  toolTip="Masks kept per image (auto: 20, or 100 for upscaled small objects)")
-        self.split_check = QCheckBox("one instance per part", checked=self.params.split_components,
-                                     toolTip="Split each mask into its connected parts (a query often lights up several objects)")
-        self.refine_check = QCheckBox("refine boundaries", checked=True, toolTip="Image-guided filter on mask edges")
+        self.controls = FreeMaskControls(self.params)
+        self.controls.changed.connect(self._schedule_update)
         self.progress = QProgressBar(minimum=0, maximum=0, visible=False)
         self.status = QLabel("Pick an image layer and press Run.", wordWrap=True)
-
-        for signal in (self.tau_slider.valueChanged, self.topk_spin.valueChanged,
-                       self.split_check.toggled, self.refine_check.toggled):
-            signal.connect(self._schedule_update)
         self._debounce = QTimer(self, singleShot=True, interval=DEBOUNCE_MS)
         self._debounce.timeout.connect(self.update_overlay)
 
         form = QFormLayout()
         form.addRow("image", self.layer_combo)
-        tau_row = QHBoxLayout()
-        tau_row.addWidget(self.tau_slider)
-        tau_row.addWidget(self.tau_label)
-        form.addRow("τ", tau_row)
-        form.addRow("top-k", self.topk_spin)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        layout.addWidget(self.split_check)
-        layout.addWidget(self.refine_check)
+        layout.addWidget(self.controls)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addStretch(1)
+
+    @property
+    def tau_slider(self):
+        return self.controls.tau.slider
 
     def _refresh_layers(self, *_args) -> None:
         from napari.layers import Image
@@ -116,15 +101,7 @@ class FreeSoloPanel(QWidget):
             self.layer_combo.setCurrentText(current)
 
     def current_params(self):
-        tau = self.tau_slider.value() / 100.0
-        self.tau_label.setText(f"{tau:.2f}")
-        return replace(
-            self.params,
-            tau=tau,
-            top_k=self.topk_spin.value() or None,
-            split_components=self.split_check.isChecked(),
-            refine=self.refine_check.isChecked(),
-        ).validated()
+        return self.controls.params()
 
     # ---- work -----------------------------------------------------------------------------
     @property
@@ -144,8 +121,13 @@ class FreeSoloPanel(QWidget):
         except ValueError as exc:
             self._notify(str(exc))
             return
+        try:
+            params = self.current_params()
+        except ValueError as exc:
+            self._notify(str(exc))
+            return
         self._set_busy(True, f"Computing features for '{name}'…")
-        worker = create_worker(self._extract_and_post, name, image, self.current_params())
+        worker = create_worker(self._extract_and_post, name, image, params)
         worker.returned.connect(self._on_result)
         worker.errored.connect(self._on_error)
         worker.finished.connect(lambda: self._set_busy(False))
@@ -163,7 +145,6 @@ class FreeSoloPanel(QWidget):
         return name, postprocess(feats, params, image)
 
     def _schedule_update(self, *_args) -> None:
-        self.current_params()  # keeps the τ label in step with the slider
         self._debounce.start()
 
     def update_overlay(self) -> None:
@@ -174,7 +155,12 @@ class FreeSoloPanel(QWidget):
         if name not in self._features:
             return
         image, feats = self._features[name]
-        worker = create_worker(_postprocess_only, name, feats, self.current_params(), image)
+        try:
+            params = self.current_params()
+        except ValueError as exc:
+            self._notify(str(exc))
+            return
+        worker = create_worker(_postprocess_only, name, feats, params, image)
         worker.returned.connect(self._on_result)
         worker.errored.connect(self._on_error)
         worker.start()
@@ -191,9 +177,11 @@ class FreeSoloPanel(QWidget):
             return
         show_instances(self.viewer, self.viewer.layers[name], result.instances)
         feats = self._features[name][1]
+        size = f", objects ≈{feats.object_size:.0f} px" if feats.object_size else ""
         self.status.setText(
-            f"{len(result.instances)} masks on '{name}' · input scale {feats.input_scale:.2f}"
-            f"{' (auto)' if feats.auto_scale else ''} · backbone {feats.backbone_seconds:.2f}s"
+            f"{len(result.instances)} masks on '{name}' (top-k {result.top_k})\n"
+            f"input scale {feats.input_scale:.2f}{' (auto' + size + ')' if feats.auto_scale else ''}"
+            f" · backbone {feats.backbone_seconds:.2f}s · refine radius {result.refine_radius}px"
         )
 
     def _on_error(self, exc: Exception) -> None:

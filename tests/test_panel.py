@@ -38,7 +38,7 @@ def test_run_then_slider_updates_overlay_without_backbone(panel, qtbot):
     qtbot.waitUntil(lambda: not np.array_equal(_labels_layers(viewer)[0].data, first), timeout=30_000)
     assert widget.backbone_calls == 1, "a slider change must not re-run the backbone"
     assert len(_labels_layers(viewer)) == 1, "the Labels layer is reused, not duplicated"
-    assert widget.tau_label.text() == "0.80"
+    assert widget.controls.tau.label.text() == "0.80"
     tight = (_labels_layers(viewer)[0].data > 0).sum()
     assert tight < (first > 0).sum()
 
@@ -50,3 +50,46 @@ def test_non_2d_layer_is_reported_and_panel_stays_usable(panel, qtbot):
     widget.run_button.click()
     assert "not a 2D image" in widget.status.text()
     assert widget.run_button.isEnabled()
+
+
+def test_controls_build_params_and_reject_bad_scales(panel, qtbot):
+    from freesolo_napari.controls import parse_scales
+
+    _viewer, widget = panel
+    c = widget.controls
+    c.scale_checks[3].setChecked(True)  # add 0.125
+    assert c.params().scales == (1.0, 0.5, 0.25, 0.125)
+    c.scale_checks[0].setChecked(False)
+    assert c.params().scales == (0.5, 0.25, 0.125)
+    c.nms_kernel.setCurrentText("linear")
+    c.min_area.setValue(50)
+    c.top_k.setValue(7)
+    p = c.params()
+    assert (p.nms_kernel, p.min_area, p.top_k) == ("linear", 50, 7)
+    c.scales_edit.setText("1, banana")
+    with pytest.raises(ValueError, match="banana"):
+        c.params()
+    widget.run_button.click()  # a bad value is a message, not a crash
+    assert "banana" in widget.status.text() and widget.run_button.isEnabled()
+    assert parse_scales("0.5;1,0.5") == (1.0, 0.5)
+    for name in ("tau", "min_score"):
+        assert getattr(c, name).toolTip()
+    assert all(w.toolTip() for w in (c.top_k, c.min_area, c.nms_kernel, c.nms_sigma, c.split, c.refine, c.radius))
+
+
+def test_screenshot_of_panel_with_overlay(make_napari_viewer, qtbot):
+    """Saves docs/panel.png (shown in the README) from a real, visible viewer."""
+    from pathlib import Path
+
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("freesolo-napari", "synthetic-photo")
+    _dock, widget = viewer.window.add_plugin_dock_widget("freesolo-napari", "FreeSOLO")
+    widget.run_button.click()
+    qtbot.waitUntil(lambda: len(_labels_layers(viewer)) == 1 and widget.run_button.isEnabled(), timeout=120_000)
+    viewer.window._qt_window.resize(1400, 900)
+    qtbot.wait(300)
+    out = Path(__file__).resolve().parents[1] / "docs" / "panel.png"
+    out.parent.mkdir(exist_ok=True)
+    shot = viewer.screenshot(path=str(out), canvas_only=False)
+    assert out.is_file() and shot.shape[0] > 300 and shot.shape[1] > 600
+    assert shot[..., :3].std() > 5  # not a blank window

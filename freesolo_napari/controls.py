@@ -1,0 +1,143 @@
+"""The Free Mask parameter controls: Qt widgets in, ``FreeMaskParams`` out.
+
+Kept apart from the panel so the panel only wires work and results; every control here emits
+``changed`` and the panel re-runs the (cheap) post-processing on cached features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QSlider,
+    QSpinBox,
+    QWidget,
+)
+
+from engine.freemask import FreeMaskParams
+
+COMMON_SCALES = (1.0, 0.5, 0.25, 0.125)
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    """'1, 0.5,0.25' -> (1.0, 0.5, 0.25); raises ValueError with the offending entry."""
+    values = []
+    for part in text.replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            values.append(float(part))
+        except ValueError:
+            raise ValueError(f"pyramid scale {part!r} is not a number") from None
+    if not values:
+        raise ValueError("choose at least one pyramid scale")
+    return tuple(sorted(set(values), reverse=True))
+
+
+class _Slider(QWidget):
+    """A 0.01-step slider with its value shown beside it."""
+
+    def __init__(self, value: float, lo: float, hi: float, tip: str):
+        super().__init__(toolTip=tip)
+        self.slider = QSlider(Qt.Orientation.Horizontal, minimum=round(lo * 100), maximum=round(hi * 100),
+                              value=round(value * 100), toolTip=tip)
+        self.label = QLabel(f"{value:.2f}")
+        self.slider.valueChanged.connect(lambda v: self.label.setText(f"{v / 100:.2f}"))
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.slider)
+        row.addWidget(self.label)
+
+    def value(self) -> float:
+        return self.slider.value() / 100.0
+
+
+class FreeMaskControls(QWidget):
+    """Every Free Mask knob, with a tooltip each; ``params()`` validates and returns them."""
+
+    changed = Signal()
+
+    def __init__(self, params: FreeMaskParams | None = None):
+        super().__init__()
+        p = params or FreeMaskParams()
+        self._base = p
+        self.tau = _Slider(p.tau, 0.05, 0.95, "Soft-mask threshold τ: higher gives tighter, fewer masks")
+        self.min_score = _Slider(p.min_score, 0.0, 0.95, "Hide masks whose decayed maskness is below this")
+        self.scale_checks = [QCheckBox(f"{s:g}", checked=s in p.scales, toolTip="Query pyramid scale")
+                             for s in COMMON_SCALES]
+        self.scales_edit = QLineEdit(", ".join(f"{s:g}" for s in p.scales),
+                                     toolTip="Pyramid scales as a list (edit for other values, e.g. 0.75)")
+        self.top_k = QSpinBox(minimum=0, maximum=500, value=p.top_k or 0, specialValueText="auto",
+                              toolTip="Masks kept per image (auto: 20, or 100 for upscaled small objects)")
+        self.min_area = QSpinBox(minimum=0, maximum=1_000_000, value=p.min_area, toolTip="Smallest mask kept, in pixels")
+        self.nms_kernel = QComboBox(toolTip="Matrix NMS decay: gaussian (σ below) or linear")
+        self.nms_kernel.addItems(["gaussian", "linear"])
+        self.nms_kernel.setCurrentText(p.nms_kernel)
+        self.nms_sigma = QDoubleSpinBox(minimum=0.1, maximum=20.0, singleStep=0.5, value=p.nms_sigma,
+                                        toolTip="Gaussian Matrix NMS σ: higher suppresses overlaps harder")
+        self.split = QCheckBox("one instance per part", checked=p.split_components,
+                               toolTip="Split each mask into its connected parts (a query often lights up several objects)")
+        self.refine = QCheckBox("refine boundaries", checked=p.refine, toolTip="Image-guided filter on mask edges")
+        self.radius = QSpinBox(minimum=0, maximum=64, value=p.refine_radius or 0, specialValueText="auto",
+                               toolTip="Refinement radius in image pixels (auto: 12 / input scale)")
+
+        scales_row = QHBoxLayout()
+        for box in self.scale_checks:
+            scales_row.addWidget(box)
+            box.toggled.connect(self._checks_to_text)
+        form = QFormLayout(self)
+        form.setContentsMargins(0, 0, 0, 0)
+        form.addRow("τ", self.tau)
+        form.addRow("pyramid scales", scales_row)
+        form.addRow("", self.scales_edit)
+        form.addRow("min score", self.min_score)
+        form.addRow("top-k", self.top_k)
+        form.addRow("min area (px)", self.min_area)
+        form.addRow("NMS kernel", self.nms_kernel)
+        form.addRow("NMS σ", self.nms_sigma)
+        form.addRow("refine radius", self.radius)
+        form.addRow(self.split)
+        form.addRow(self.refine)
+
+        for signal in (self.tau.slider.valueChanged, self.min_score.slider.valueChanged, self.top_k.valueChanged,
+                       self.min_area.valueChanged, self.nms_kernel.currentTextChanged, self.nms_sigma.valueChanged,
+                       self.radius.valueChanged, self.split.toggled, self.refine.toggled,
+                       self.scales_edit.editingFinished):
+            signal.connect(lambda *_: self.changed.emit())
+
+    def _checks_to_text(self, *_args) -> None:
+        chosen = [s for s, box in zip(COMMON_SCALES, self.scale_checks) if box.isChecked()]
+        extra = [s for s in self._edited_scales() if s not in COMMON_SCALES]
+        self.scales_edit.setText(", ".join(f"{s:g}" for s in sorted(set(chosen + extra), reverse=True)))
+        self.changed.emit()
+
+    def _edited_scales(self) -> list[float]:
+        try:
+            return list(parse_scales(self.scales_edit.text()))
+        except ValueError:
+            return []
+
+    def params(self) -> FreeMaskParams:
+        """The current settings; raises ValueError naming the bad field."""
+        return replace(
+            self._base,
+            tau=self.tau.value(),
+            min_score=self.min_score.value(),
+            scales=parse_scales(self.scales_edit.text()),
+            top_k=self.top_k.value() or None,
+            min_area=self.min_area.value(),
+            nms_kernel=self.nms_kernel.currentText(),
+            nms_sigma=self.nms_sigma.value(),
+            split_components=self.split.isChecked(),
+            refine=self.refine.isChecked(),
+            refine_radius=self.radius.value() or None,
+        ).validated()

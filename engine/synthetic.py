@@ -372,14 +372,7 @@ def _make_cartoon(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.
         tex = tex * _shade(rng, local)[..., None]
         canvas[sl][local] = tex[local]
 
-    # camera: slight blur and sensor noise
-    canvas = ndi.gaussian_filter(canvas, sigma=(0.6, 0.6, 0))
-    canvas = canvas + rng.normal(0.0, rng.uniform(0.01, 0.03), size=canvas.shape)
-    image = np.clip(np.round(canvas * 255), 0, 255).astype(np.uint8)
-
-    label_map = np.zeros(shape, dtype=np.uint16)
-    for k, i in enumerate(keep, start=1):
-        label_map[masks[i]] = k
+    image, label_map = _camera_and_labels(rng, canvas, masks, keep, shape, max_noise=0.03)
     return image, _relabel(label_map)
 
 
@@ -491,6 +484,24 @@ def _real_texture(
     )
 
 
+def _camera_and_labels(
+    rng: np.random.Generator,
+    canvas: np.ndarray,
+    masks: list[np.ndarray],
+    keep: list[int],
+    shape: tuple[int, int],
+    max_noise: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Slight camera blur and sensor noise, then the label map of the kept (visible) objects."""
+    canvas = ndi.gaussian_filter(canvas, sigma=(0.6, 0.6, 0))
+    canvas = canvas + rng.normal(0.0, rng.uniform(0.01, max_noise), size=canvas.shape)
+    image = np.clip(np.round(canvas * 255), 0, 255).astype(np.uint8)
+    label_map = np.zeros(shape, dtype=np.uint16)
+    for k, i in enumerate(keep, start=1):
+        label_map[masks[i]] = k
+    return image, label_map
+
+
 def _make_photo(
     rng: np.random.Generator, shape: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
@@ -538,14 +549,7 @@ def _make_photo(
         tex = tex * _shade(rng, local)[..., None]
         canvas[sl][local] = tex[local]
 
-    # camera: slight blur and sensor noise
-    canvas = ndi.gaussian_filter(canvas, sigma=(0.6, 0.6, 0))
-    canvas = canvas + rng.normal(0.0, rng.uniform(0.01, 0.025), size=canvas.shape)
-    image = np.clip(np.round(canvas * 255), 0, 255).astype(np.uint8)
-
-    label_map = np.zeros(shape, dtype=np.uint16)
-    for k, i in enumerate(keep, start=1):
-        label_map[masks[i]] = k
+    image, label_map = _camera_and_labels(rng, canvas, masks, keep, shape, max_noise=0.025)
     # every kept object has >= MIN_VISIBLE_PX visible pixels, so no label is dropped
     sources = {"background": names[bg_idx], "objects": [names[j] for j in used]}
     return image, _relabel(label_map), sources

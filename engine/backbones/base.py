@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["LEVELS", "Backbone", "BackboneError"]
+__all__ = ["LEVELS", "Backbone", "BackboneError", "load_exact_state"]
 
 #: All level names a backbone may offer, shallow to deep.
 LEVELS: tuple[str, ...] = ("s4", "s8", "s16", "s32", "head")
@@ -21,6 +21,27 @@ LEVELS: tuple[str, ...] = ("s4", "s8", "s16", "s32", "head")
 
 class BackboneError(RuntimeError):
     """A backbone cannot be built or loaded; the message names the file or name at fault."""
+
+
+def load_exact_state(model: nn.Module, state, source: str, what: str) -> nn.Module:
+    """Load ``state`` strictly, or raise one BackboneError listing a few missing/unexpected keys.
+
+    ``what`` names the layout in the message (e.g. "EfficientNet", "ResNet (torchvision layout)").
+    """
+    expected = set(model.state_dict())
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - expected)
+
+    def _few(keys: list[str]) -> str:
+        return f"{keys[:5]}{' ...' if len(keys) > 5 else ''} ({len(keys)})"
+
+    if missing or unexpected:
+        raise BackboneError(f"{source}: {what} keys do not match; missing {_few(missing)}, unexpected {_few(unexpected)}")
+    try:
+        model.load_state_dict(dict(state), strict=True)
+    except RuntimeError as exc:
+        raise BackboneError(f"{source}: cannot load {what} weights: {exc}") from exc
+    return model.eval()
 
 
 class Backbone(nn.Module):

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Backbone, BackboneError
+from .base import Backbone, BackboneError, load_exact_state
 
 __all__ = [
     "BlockSpec",
@@ -213,20 +213,7 @@ class EfficientNetLite(Backbone):
     ) -> EfficientNetLite:
         """Build the matching network and load every key strictly."""
         model = cls(config_from_state_dict(state, source), name=name)
-        expected = set(model.state_dict())
-        missing = sorted(expected - set(state))
-        unexpected = sorted(set(state) - expected)
-        if missing or unexpected:
-            raise BackboneError(
-                f"{source}: EfficientNet keys do not match; missing {missing[:5]}"
-                f"{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
-                f"{' ...' if len(unexpected) > 5 else ''}"
-            )
-        try:
-            model.load_state_dict(dict(state), strict=True)
-        except RuntimeError as exc:
-            raise BackboneError(f"{source}: cannot load EfficientNet weights: {exc}") from exc
-        return model.eval()
+        return load_exact_state(model, state, source, "EfficientNet")
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu6(self._bn1(self._conv_head(x)))

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Backbone, BackboneError
+from .base import Backbone, BackboneError, load_exact_state
 
 __all__ = ["Bottleneck", "ResNet", "is_resnet_state", "resnet_layout"]
 
@@ -132,20 +132,7 @@ class ResNet(Backbone):
         if not is_classifier:
             kept = {k: v for k, v in kept.items() if k not in fc_keys}
         model = cls(blocks, num_classes=_IMAGENET_CLASSES if is_classifier else None, name=name)
-        expected = set(model.state_dict())
-        missing = sorted(expected - set(kept))
-        unexpected = sorted(set(kept) - expected)
-        if missing or unexpected:
-            raise BackboneError(
-                f"{source}: ResNet keys do not match the torchvision layout; "
-                f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''} ({len(missing)}), "
-                f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)})"
-            )
-        try:
-            model.load_state_dict(kept, strict=True)
-        except RuntimeError as exc:
-            raise BackboneError(f"{source}: cannot load ResNet weights: {exc}") from exc
-        return model.eval()
+        return load_exact_state(model, kept, source, "ResNet (torchvision layout)")
 
     def forward(self, x: torch.Tensor, levels: Sequence[str]) -> dict[str, torch.Tensor]:
         wanted = self.check_levels(levels)

@@ -7,6 +7,7 @@ follows the sliders without freezing the viewer.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -53,7 +54,7 @@ class FreeSoloPanel(QWidget):
         self._extractor = None
         self._features: dict[str, tuple[np.ndarray, object]] = {}  # layer name -> (image, Features)
         self._worker = None
-        self._pending = None
+        self._automatic: dict[str, np.ndarray] = {}  # last automatic labels, to mark user edits
         self._build_ui()
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
@@ -68,6 +69,10 @@ class FreeSoloPanel(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.controls = FreeMaskControls(self.params)
         self.controls.changed.connect(self._schedule_update)
+        self.export_button = QPushButton("Export COCO…", toolTip="Write the masks shown (with your edits) as COCO JSON")
+        self.export_button.clicked.connect(self._ask_export)
+        self.import_button = QPushButton("Import COCO…", toolTip="Show a COCO file's masks on the open images to review them")
+        self.import_button.clicked.connect(self._ask_import)
         self.progress = QProgressBar(minimum=0, maximum=0, visible=False)
         self.status = QLabel("Pick an image layer and press Run.", wordWrap=True)
         self._debounce = QTimer(self, singleShot=True, interval=DEBOUNCE_MS)
@@ -82,6 +87,10 @@ class FreeSoloPanel(QWidget):
         layout.addLayout(form)
         layout.addWidget(self.controls)
         layout.addLayout(buttons)
+        exchange = QHBoxLayout()
+        exchange.addWidget(self.export_button)
+        exchange.addWidget(self.import_button)
+        layout.addLayout(exchange)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addStretch(1)
@@ -165,6 +174,45 @@ class FreeSoloPanel(QWidget):
         worker.errored.connect(self._on_error)
         worker.start()
 
+    # ---- COCO in and out ------------------------------------------------------------------
+    def export_coco(self, path: str, segmentation: str = "rle", overwrite: bool = False) -> None:
+        from freesolo_napari.exchange import export_coco
+
+        try:
+            written, n = export_coco(self.viewer, path, segmentation=segmentation, overwrite=overwrite,
+                                     automatic=self._automatic)
+        except (ValueError, OSError) as exc:
+            self._notify(f"Export failed: {exc}")
+            return
+        self.status.setText(f"Exported {n} image(s) to {written}")
+
+    def import_coco(self, path: str) -> None:
+        from freesolo_napari.exchange import import_coco
+
+        try:
+            matched, problems = import_coco(self.viewer, path)
+        except (ValueError, OSError) as exc:
+            self._notify(f"Import failed: {exc}")
+            return
+        text = f"Imported masks for {matched} image(s) from {Path(path).name}"
+        if problems:
+            text += f"; {len(problems)} problem(s): " + "; ".join(problems[:3])
+        self.status.setText(text)
+
+    def _ask_export(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getSaveFileName(self, "Export COCO", "masks.json", "COCO JSON (*.json)")
+        if path:  # the dialog already asked before replacing a file; the old one is kept as .bak
+            self.export_coco(path, overwrite=True)
+
+    def _ask_import(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getOpenFileName(self, "Import COCO", "", "COCO JSON (*.json)")
+        if path:
+            self.import_coco(path)
+
     def cancel(self) -> None:
         if self._worker is not None:
             self._worker.quit()
@@ -175,7 +223,8 @@ class FreeSoloPanel(QWidget):
         name, result = payload
         if name not in self.viewer.layers:
             return
-        show_instances(self.viewer, self.viewer.layers[name], result.instances)
+        layer = show_instances(self.viewer, self.viewer.layers[name], result.instances)
+        self._automatic[name] = np.asarray(layer.data).copy()
         feats = self._features[name][1]
         size = f", objects ≈{feats.object_size:.0f} px" if feats.object_size else ""
         self.status.setText(

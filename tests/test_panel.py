@@ -93,3 +93,42 @@ def test_screenshot_of_panel_with_overlay(make_napari_viewer, qtbot):
     shot = viewer.screenshot(path=str(out), canvas_only=False)
     assert out.is_file() and shot.shape[0] > 300 and shot.shape[1] > 600
     assert shot[..., :3].std() > 5  # not a blank window
+
+
+def test_export_with_edits_then_import_round_trip(panel, qtbot, tmp_path, make_napari_viewer):
+    from engine.coco import load_image_results
+
+    viewer, widget = panel
+    widget.run_button.click()
+    qtbot.waitUntil(lambda: len(_labels_layers(viewer)) == 1 and widget.run_button.isEnabled(), timeout=120_000)
+    labels = _labels_layers(viewer)[0]
+    data = labels.data.copy()
+    ids = [i for i in np.unique(data) if i > 0]
+    assert len(ids) >= 2
+    data[data == ids[0]] = 0  # the user deletes one mask ...
+    data[:6, :6] = ids[1]  # ... and paints onto another
+    labels.data = data
+
+    out = tmp_path / "masks.json"
+    widget.export_coco(str(out))
+    assert "Exported 1 image" in widget.status.text()
+    res = load_image_results(out)["synthetic photo.png"]
+    assert len(res.instances) == len(ids) - 1
+    sources = [m.source for m in res.instances]
+    assert sources.count("edited") == 1 and sources.count("freemask") == len(ids) - 2
+    widget.export_coco(str(out))  # never overwritten silently
+    assert "already exists" in widget.status.text()
+
+    # import onto a fresh viewer holding the same image: the same masks come back
+    viewer2 = make_napari_viewer()
+    viewer2.open_sample("freesolo-napari", "synthetic-photo")
+    _dock, w2 = viewer2.window.add_plugin_dock_widget("freesolo-napari", "FreeSOLO")
+    w2.import_coco(str(out))
+    assert "Imported masks for 1 image" in w2.status.text()
+    back = _labels_layers(viewer2)[0].data
+    assert set(np.unique(back)) - {0} and ((back > 0) == (data > 0)).mean() > 0.99
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{ broken")
+    w2.import_coco(str(bad))
+    assert "bad.json" in w2.status.text() and w2.import_button.isEnabled()

@@ -1,0 +1,90 @@
+"""COCO export and import for the panel: Labels layers <-> engine ImageResults.
+
+Only glue: encoding, validation and atomic writing are the engine's (``engine.coco``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from engine.coco import build_coco_dataset, load_image_results, write_coco
+from engine.masks import label_image_to_masks
+from engine.structures import ImageResult, InstanceMask
+from freesolo_napari.layers import labels_name, show_instances
+
+
+def image_file_name(layer) -> str:
+    """The name an image layer is exported under: its file's name, else the layer name + .png."""
+    path = getattr(getattr(layer, "source", None), "path", None)
+    return Path(path).name if path else f"{layer.name}.png"
+
+
+def layer_result(image_layer, labels_layer, automatic: np.ndarray | None = None) -> ImageResult:
+    """The masks currently painted in ``labels_layer`` (user edits included) as an ImageResult.
+
+    A label whose pixels differ from the last automatic result (``automatic``) is marked
+    ``source="edited"``; new labels painted by hand are edited too.
+    """
+    data = np.asarray(labels_layer.data)
+    h, w = data.shape[:2]
+    table = labels_layer.features
+    rows = {int(i): k for k, i in enumerate(table["index"])} if "index" in getattr(table, "columns", []) else {}
+    instances = []
+    ids = np.unique(data[data > 0])
+    for label_id, mask in zip(ids, label_image_to_masks(data)):
+        row = rows.get(int(label_id))
+        score = float(table["score"].iloc[row]) if row is not None else 1.0
+        mness = float(table["maskness"].iloc[row]) if row is not None else None
+        source = str(table["source"].iloc[row]) if row is not None else "edited"
+        if automatic is not None and not np.array_equal(mask, automatic == label_id):
+            source = "edited"
+        instances.append(InstanceMask(mask=mask, score=score, maskness=mness, source=source))
+    return ImageResult(image_file_name(image_layer), h, w, instances)
+
+
+def export_coco(viewer, path: str | Path, *, segmentation: str = "rle", overwrite: bool = False,
+                automatic: dict[str, np.ndarray] | None = None) -> tuple[Path, int]:
+    """Write every image that has a masks layer; returns (path, number of images)."""
+    from napari.layers import Image
+
+    results = []
+    for layer in viewer.layers:
+        if isinstance(layer, Image) and labels_name(layer.name) in viewer.layers:
+            auto = (automatic or {}).get(layer.name)
+            results.append(layer_result(layer, viewer.layers[labels_name(layer.name)], auto))
+    if not results:
+        raise ValueError("nothing to export: run Free Mask (or import masks) on an image first")
+    written = write_coco(path, build_coco_dataset(results, segmentation=segmentation,
+                                                  info={"description": "freesolo-napari export"}), overwrite=overwrite)
+    return written, len(results)
+
+
+def import_coco(viewer, path: str | Path) -> tuple[int, list[str]]:
+    """Show a COCO file's masks on the open images whose file (or layer) name matches.
+
+    Returns (images matched, problems). Entries the engine's reader rejects are reported,
+    never fatal; images of the file that are not open are listed as problems.
+    """
+    from napari.layers import Image
+
+    problems: list[str] = []
+    results = load_image_results(path, source=None, problems=problems)
+    layers = {}
+    for layer in viewer.layers:
+        if isinstance(layer, Image):
+            layers[image_file_name(layer)] = layer
+            layers[Path(image_file_name(layer)).stem] = layer
+    matched = 0
+    for name, res in results.items():
+        layer = layers.get(name) or layers.get(Path(name).stem)
+        if layer is None:
+            problems.append(f"{name}: no open image with this name")
+            continue
+        if np.asarray(layer.data).shape[:2] != (res.height, res.width):
+            problems.append(f"{name}: size {res.height}×{res.width} does not match the open image")
+            continue
+        show_instances(viewer, layer, res.instances)
+        matched += 1
+    return matched, problems

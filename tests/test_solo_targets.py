@@ -241,6 +241,17 @@ def test_input_validation_and_float_masks():
         assert torch.equal(tb.positive_index[lvl], tf.positive_index[lvl])
 
 
+def test_from_head_copies_grids_and_ranges():
+    from types import SimpleNamespace
+
+    head = SimpleNamespace(num_grids=[24, 16, 12], scale_ranges=[[1, 96], [48, 192], [96, 2048]])
+    cfg = TargetConfig.from_head(head, mask_stride=8)
+    assert cfg.num_grids == (24, 16, 12) and cfg.scale_ranges[2] == (96.0, 2048.0)
+    assert cfg.mask_stride == 8 and cfg.sigma == 0.2
+    t = assign_targets(_centred_square(40)[None], (256, 256), cfg)
+    assert [c.shape[-1] for c in t.category] == [24, 16, 12] and t.masks.shape[-1] == 32
+
+
 # --------------------------------------------------------------------------- reference
 
 

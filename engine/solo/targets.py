@@ -82,6 +82,22 @@ class TargetConfig:
         """
         return cls(num_grids=(24, 16, 12), scale_ranges=((1, 64), (32, 128), (64, 2048)))
 
+    @classmethod
+    def from_head(cls, head: object, sigma: float = 0.2, mask_stride: int = 4) -> TargetConfig:
+        """Targets matching a model head config (anything with ``num_grids`` and ``scale_ranges``).
+
+        Building the targets from the head the model was built with keeps the two from
+        drifting apart (grid sizes must match the category maps the head predicts).
+        """
+        return cls(
+            num_grids=tuple(int(s) for s in head.num_grids),  # type: ignore[attr-defined]
+            scale_ranges=tuple(
+                (float(lo), float(hi)) for lo, hi in head.scale_ranges  # type: ignore[attr-defined]
+            ),
+            sigma=sigma,
+            mask_stride=mask_stride,
+        )
+
 
 def mask_target_size(image_size: tuple[int, int], stride: int) -> tuple[int, int]:
     """Size of the unified mask feature for an input of ``image_size``: ``ceil`` of H, W / stride."""

@@ -158,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--size", type=int, default=320, help="image side in px (default: %(default)s)")
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     demo.set_defaults(func=cmd_demo)
+
+    from engine.cli_solo import add_solo_commands
+
+    add_solo_commands(sub)
     return parser
 
 
@@ -287,7 +291,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from engine.coco import CocoFormatError
         from engine.images import NoImagesError
 
-        user_errors += (BackboneError, CocoFormatError, NoImagesError)
+        from engine.solo.train import CheckpointError, TrainingDivergedError
+
+        user_errors += (BackboneError, CocoFormatError, NoImagesError, CheckpointError, TrainingDivergedError)
     except ImportError:  # pragma: no cover - partial installs still report cleanly
         pass
     started = time.perf_counter()

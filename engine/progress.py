@@ -25,7 +25,7 @@ class ProgressBar:
         eta = elapsed / done * (total - done) if done else float("nan")
         eta_txt = f"{eta:5.0f}s" if eta == eta else "    ?"
         fill = int(frac * self.width)
-        text = f"{self.title} [{'#' * fill}{'.' * (self.width - fill)}] {done}/{total} ETA {eta_txt} {label[:40]}"
+        text = f"{self.title} [{'#' * fill}{'.' * (self.width - fill)}] {done}/{total} ETA {eta_txt} {label[:70]}"
         if self.tty:
             self.stream.write("\r" + text.ljust(110))
             if done >= total:

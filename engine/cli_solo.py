@@ -1,0 +1,136 @@
+"""``freesolo train``, ``predict`` and ``selftrain``: the SOLO half of the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_solo_commands(sub) -> None:
+    from engine.solo.train import TrainConfig
+
+    d = TrainConfig()
+    tr = sub.add_parser("train", help="train a class-agnostic SOLO on coarse masks (FreeSOLO's weak losses)",
+                        description="Train SOLO on IMAGES with the masks of a COCO file (e.g. from freesolo freemask). "
+                        "Writes RUN_DIR/checkpoint.pt every --checkpoint-every iterations, RUN_DIR/model.pt at the end, "
+                        "RUN_DIR/log.jsonl and RUN_DIR/loss.png. Ctrl-C saves a checkpoint; --resume continues.")
+    tr.add_argument("images", type=Path, help="folder of training images")
+    tr.add_argument("--masks", required=True, type=Path, help="COCO file with the coarse masks")
+    tr.add_argument("--out", required=True, type=Path, help="run folder")
+    _train_options(tr, d)
+    tr.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
+    tr.set_defaults(func=cmd_train)
+
+    pr = sub.add_parser("predict", help="run a trained SOLO over images (COCO JSON out)")
+    pr.add_argument("images", nargs="+", help="image files and/or folders")
+    pr.add_argument("--model", required=True, type=Path, help="RUN_DIR/model.pt")
+    pr.add_argument("--out", required=True, type=Path, help="output COCO JSON")
+    pr.add_argument("--score-thr", type=float, default=0.1, help="minimum score (default: %(default)s)")
+    pr.add_argument("--max-per-image", type=int, default=100, help="masks per image (default: %(default)s)")
+    pr.add_argument("--format", choices=("rle", "polygon"), default="rle")
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--overwrite", action="store_true")
+    pr.set_defaults(func=cmd_predict)
+
+    st = sub.add_parser("selftrain", help="Free Mask, then SOLO, then self-training rounds on a folder",
+                        description="RUN_DIR/round_0 holds Free Mask's coarse masks, round_1 SOLO trained on them, "
+                        "round_K (K >= 2) SOLO retrained on round K-1's confident predictions. Resumable.")
+    st.add_argument("images", type=Path)
+    st.add_argument("--out", required=True, type=Path)
+    st.add_argument("--rounds", type=int, default=2, help="training rounds (default: %(default)s)")
+    st.add_argument("--keep-thr", type=float, default=0.3, help="score kept as a pseudo-label (default: %(default)s)")
+    st.add_argument("--max-keep", type=int, default=20, help="pseudo-labels per image (default: %(default)s)")
+    st.add_argument("--eval-images", type=Path, default=None, help="labeled images to evaluate each round on")
+    st.add_argument("--gt", type=Path, default=None, help="ground truth COCO for --eval-images (or for IMAGES)")
+    _train_options(st, d)
+    st.set_defaults(func=cmd_selftrain)
+
+
+def _train_options(p: argparse.ArgumentParser, d) -> None:
+    p.add_argument("--iters", type=int, default=d.iters, help="iterations (default: %(default)s)")
+    p.add_argument("--batch", type=int, default=d.batch, help="images per iteration (default: %(default)s)")
+    p.add_argument("--size", type=int, default=d.size, help="training image size, long side (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=d.lr, help="learning rate (default: %(default)s)")
+    p.add_argument("--optimizer", choices=("adamw", "sgd"), default=d.optimizer, help="(default: %(default)s)")
+    p.add_argument("--preset", choices=("cpu-small", "paper"), default="cpu-small", help="model size (default: %(default)s)")
+    p.add_argument("--mask-loss", choices=("weak", "full"), default=d.mask_loss,
+                   help="weak: projection Dice + pairwise (FreeSOLO); full: plain SOLO Dice (default: %(default)s)")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+
+
+def _train_config(args):
+    from engine.solo.train import TrainConfig
+
+    return TrainConfig(iters=args.iters, batch=args.batch, size=args.size, lr=args.lr, optimizer=args.optimizer,
+                       mask_loss=args.mask_loss,
+                       checkpoint_every=args.checkpoint_every)
+
+
+def _model_config(args):
+    from engine.solo.config import SoloConfig
+
+    return SoloConfig.paper() if args.preset == "paper" else SoloConfig.cpu_small()
+
+
+def _loss_bar(title: str):
+    from engine.progress import ProgressBar
+
+    bar = ProgressBar(title)
+
+    def show(i: int, n: int, info) -> None:  # info: loss terms (training) or a file name (Free Mask)
+        text = info if isinstance(info, str) else " ".join(f"{k}={v:.3f}" for k, v in info.items() if k != "lr")
+        bar(i, n, text)
+
+    return show
+
+
+def cmd_train(args) -> int:
+    from engine.device import configure_cpu_threads, resolve_device
+    from engine.solo.plot import plot_losses
+    from engine.solo.train import train
+
+    configure_cpu_threads()
+    try:
+        result = train(args.images, args.masks, args.out, cfg=_train_config(args), model_cfg=_model_config(args),
+                       device=resolve_device(args.device), resume=args.resume, progress=_loss_bar("train"))
+    except KeyboardInterrupt:
+        print(f"interrupted: the last checkpoint is in {args.out}; continue with --resume", file=sys.stderr)
+        return 130
+    for problem in result.problems:
+        print(f"skipped: {problem}", file=sys.stderr)
+    plot_losses(args.out / "log.jsonl", args.out / "loss.png")
+    print(f"{result.iterations} iterations in {result.seconds:.0f}s -> {result.model_path} (loss plot {args.out / 'loss.png'})")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from engine.cli import _check_outputs_free
+    from engine.coco import build_coco_dataset, write_coco
+    from engine.device import configure_cpu_threads, resolve_device
+    from engine.progress import ProgressBar
+    from engine.solo.predict import predict_folder
+
+    configure_cpu_threads()
+    _check_outputs_free([args.out], args.overwrite)
+    report = predict_folder(args.images, args.model, score_thr=args.score_thr, max_per_image=args.max_per_image,
+                            device=resolve_device(args.device), progress=ProgressBar("predict"))
+    for _path, why in report.failures:
+        print(f"error: {why}", file=sys.stderr)
+    written = write_coco(args.out, build_coco_dataset(report.results, segmentation=args.format), overwrite=args.overwrite)
+    print(f"{len(report.results)} images, {sum(len(r.instances) for r in report.results)} masks -> {written}")
+    return 1 if report.failures else 0
+
+
+def cmd_selftrain(args) -> int:
+    from engine.device import configure_cpu_threads, resolve_device
+    from engine.selftrain import format_summary, selftrain
+
+    configure_cpu_threads()
+    rows = selftrain(args.images, args.out, rounds=args.rounds, train_cfg=_train_config(args), keep_thr=args.keep_thr,
+                     max_keep=args.max_keep, device=str(resolve_device(args.device)), eval_images=args.eval_images,
+                     gt=args.gt, progress=_loss_bar("selftrain"))
+    print(format_summary(rows))
+    print(f"outputs in {args.out}")
+    return 0

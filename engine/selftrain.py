@@ -1,0 +1,131 @@
+"""Self-training rounds (``freesolo selftrain``): Free Mask -> SOLO -> SOLO on its own predictions.
+
+RUN_DIR/round_0/  Free Mask's coarse masks (coarse.json)
+RUN_DIR/round_1/  SOLO trained on them (model.pt, predictions.json)
+RUN_DIR/round_K/  for K >= 2, a SOLO retrained (from the pretrained backbone) on round K-1's
+                  kept predictions (score >= keep_thr, at most max_keep per image)
+
+Every round is skipped when its outputs exist, and a round's training resumes from its last
+checkpoint, so an interrupted run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from engine.atomic import atomic_write_json
+from engine.coco import build_coco_dataset, load_image_results, write_coco
+from engine.evaluate import evaluate_segm
+from engine.pipeline import run_freemask_batch
+from engine.solo.predict import predict_folder
+from engine.solo.train import FINAL, TrainConfig, train
+from engine.structures import ImageResult
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class RoundSummary:
+    round: int
+    what: str
+    images: int
+    masks: int
+    seconds: float = 0.0
+    metrics: dict = field(default_factory=dict)
+
+
+def keep_predictions(path: Path, keep_thr: float, max_keep: int) -> list[ImageResult]:
+    """The confident part of a round's predictions, as the next round's training masks."""
+    kept = []
+    for res in load_image_results(path).values():
+        best = sorted((m for m in res.instances if m.score >= keep_thr), key=lambda m: m.score, reverse=True)
+        kept.append(ImageResult(res.file_name, res.height, res.width, best[:max_keep]))
+    return kept
+
+
+def selftrain(
+    images: Path,
+    out: Path,
+    *,
+    rounds: int = 2,
+    train_cfg: TrainConfig | None = None,
+    keep_thr: float = 0.3,
+    max_keep: int = 20,
+    device: str = "cpu",
+    eval_images: Path | None = None,
+    gt: Path | None = None,
+    say: Say = print,
+    progress=None,
+) -> list[RoundSummary]:
+    import time
+
+    cfg = train_cfg or TrainConfig()
+    out.mkdir(parents=True, exist_ok=True)
+    summaries: list[RoundSummary] = []
+    r0 = out / "round_0" / "coarse.json"
+    if not r0.exists():
+        t0 = time.perf_counter()
+        say("round 0: Free Mask coarse masks")
+        report = run_freemask_batch([images], device=device, progress=progress)
+        write_coco(r0, build_coco_dataset(report.results))
+        (out / "round_0" / "seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}")
+    summaries.append(_summary(0, "Free Mask", r0, out / "round_0", eval_images, gt, device))
+    masks = r0
+    for k in range(1, rounds + 1):
+        rdir = out / f"round_{k}"
+        pred = rdir / "predictions.json"
+        if k >= 2:
+            masks = rdir / "train_masks.json"
+            if not masks.exists():
+                write_coco(masks, build_coco_dataset(keep_predictions(out / f"round_{k - 1}" / "predictions.json",
+                                                                      keep_thr, max_keep)))
+        if not pred.exists():
+            t0 = time.perf_counter()
+            say(f"round {k}: training SOLO on {masks.relative_to(out)}")
+            result = train(images, masks, rdir, cfg=replace(cfg, positive_only_focal=k >= 2), device=device,
+                           resume=True, progress=progress)
+            for problem in result.problems[:5]:
+                say(f"  skipped: {problem}")
+            report = predict_folder([images], rdir / FINAL, device=device)
+            write_coco(pred, build_coco_dataset(report.results))
+            (rdir / "seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}")
+        summaries.append(_summary(k, "SOLO" if k == 1 else "self-trained SOLO", pred, rdir, eval_images, gt, device))
+        masks = pred
+    atomic_write_json(out / "summary.json", [s.__dict__ for s in summaries], overwrite=True, backup=False)
+    return summaries
+
+
+def _summary(k: int, what: str, pred: Path, rdir: Path, eval_images: Path | None, gt: Path | None,
+             device: str) -> RoundSummary:
+    results = load_image_results(pred)
+    seconds = float((rdir / "seconds.txt").read_text()) if (rdir / "seconds.txt").exists() else 0.0
+    s = RoundSummary(k, what, len(results), sum(len(r.instances) for r in results.values()), seconds)
+    if gt is not None:
+        if k == 0 and eval_images is not None:
+            ev = rdir / "eval_predictions.json"
+            if not ev.exists():
+                write_coco(ev, build_coco_dataset(run_freemask_batch([eval_images], device=device).results))
+        elif eval_images is not None:
+            ev = rdir / "eval_predictions.json"
+            if not ev.exists():
+                write_coco(ev, build_coco_dataset(predict_folder([eval_images], rdir / FINAL, device=device).results))
+        else:
+            ev = pred
+        s.metrics = {key: round(v, 4) for key, v in evaluate_segm(gt, ev).items() if isinstance(v, float)}
+    return s
+
+
+def format_summary(rows: list[RoundSummary]) -> str:
+    lines = ["| round | model | images | masks | AP | AP50 | AR100 | seconds |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        m = r.metrics
+        lines.append(f"| {r.round} | {r.what} | {r.images} | {r.masks} | {m.get('AP', '-')} | {m.get('AP50', '-')} "
+                     f"| {m.get('AR100', '-')} | {r.seconds:.0f} |")
+    return "\n".join(lines)
+
+
+def load_summary(out: Path) -> list[dict]:
+    return json.loads((out / "summary.json").read_text())

@@ -1,0 +1,90 @@
+"""Training data for the SOLO student: images + coarse masks, letterboxed to one square size.
+
+Bad entries never stop training: images listed in the coarse-mask file but missing from the
+folder, unreadable images and masks whose size does not match their image are reported and
+skipped; images whose coarse-mask list is empty stay in (they teach "background").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.coco import load_image_results
+from engine.images import ImageLoadError, list_images, load_image, relative_name
+
+
+@dataclass
+class TrainSample:
+    file_name: str
+    image: torch.Tensor  # (3, S, S) uint8, letterboxed (image top-left, zero padding)
+    masks: torch.Tensor  # (M, S, S) bool
+    weights: torch.Tensor  # (M,) float: pseudo-label confidence (1 for coarse masks)
+    content: tuple[int, int]  # (h, w) of the real image inside the S×S square
+
+
+def letterbox(image: np.ndarray, size: int) -> tuple[torch.Tensor, float, tuple[int, int]]:
+    """Resize so the long side is ``size``, pad to size×size: (uint8 (3,S,S), scale, (h, w))."""
+    h, w = image.shape[:2]
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    t = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None].float()
+    t = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False, antialias=scale < 1)
+    out = torch.zeros(3, size, size, dtype=torch.uint8)
+    out[:, :nh, :nw] = t[0].round().clamp(0, 255).to(torch.uint8)
+    return out, scale, (nh, nw)
+
+
+def letterbox_masks(masks: list[np.ndarray], content: tuple[int, int], size: int) -> torch.Tensor:
+    if not masks:
+        return torch.zeros(0, size, size, dtype=torch.bool)
+    m = torch.from_numpy(np.stack(masks)).float()[:, None]
+    m = F.interpolate(m, size=content, mode="bilinear", align_corners=False)[:, 0] >= 0.5
+    out = torch.zeros(len(masks), size, size, dtype=torch.bool)
+    out[:, : content[0], : content[1]] = m
+    return out
+
+
+def load_training_set(
+    image_dir: str | Path, masks_json: str | Path, size: int, *, min_score: float | None = None
+) -> tuple[list[TrainSample], list[str]]:
+    """(samples, problems) for the images of ``masks_json`` found in ``image_dir``."""
+    problems: list[str] = []
+    results = load_image_results(masks_json, problems=problems)
+    paths, _skipped = list_images([image_dir], recursive=True)
+    by_name = {relative_name(p, image_dir): p for p in paths}
+    samples = []
+    for name, res in results.items():
+        path = by_name.get(name)
+        if path is None:
+            problems.append(f"{name}: listed in {Path(masks_json).name} but not found in {image_dir}")
+            continue
+        try:
+            image = load_image(path)
+        except ImageLoadError as exc:
+            problems.append(str(exc))
+            continue
+        kept = []
+        for k, inst in enumerate(res.instances):
+            if inst.mask.shape != image.shape[:2]:
+                problems.append(f"{name}: mask {k} is {inst.mask.shape}, image is {image.shape[:2]}; skipped")
+            elif inst.mask.any() and (min_score is None or inst.score >= min_score):
+                kept.append(inst)
+        tensor, _scale, content = letterbox(image, size)
+        samples.append(TrainSample(
+            file_name=name,
+            image=tensor,
+            masks=letterbox_masks([m.mask for m in kept], content, size),
+            weights=torch.tensor([float(m.extra.get("weight", 1.0)) for m in kept], dtype=torch.float32),
+            content=content,
+        ))
+    return samples, problems
+
+
+def flip_sample(sample: TrainSample) -> TrainSample:
+    """Horizontal flip of the whole square (padding moves to the left; the model never minds)."""
+    return TrainSample(sample.file_name, sample.image.flip(-1), sample.masks.flip(-1), sample.weights, sample.content)

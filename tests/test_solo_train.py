@@ -1,0 +1,103 @@
+"""SOLO training, resume, prediction and self-training, for real on tiny generated data."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.cli import main
+from engine.coco import build_coco_dataset, write_coco
+from engine.solo.train import CheckpointError, TrainConfig, load_model, train
+from engine.synthetic import label_map_to_masks, make_sample, write_synthetic_dataset
+from engine.structures import ImageResult
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """4 small images with their true masks as 'coarse' masks (plus one empty and one missing entry)."""
+    root = tmp_path_factory.mktemp("solo")
+    image_dir, gt = write_synthetic_dataset(root, 4, seed=11, size=(128, 128), kind="cartoon")
+    results = []
+    for i in range(4):
+        _img, labels = make_sample_for(i)
+        masks = label_map_to_masks(labels, source="freemask")
+        results.append(ImageResult(f"img_{i:04d}.png", 128, 128, masks if i != 3 else []))  # one empty image
+    results.append(ImageResult("missing.png", 128, 128, []))
+    write_coco(root / "coarse.json", build_coco_dataset(results))
+    return root
+
+
+def make_sample_for(i):
+    from engine.synthetic import sample_seed
+
+    return make_sample(sample_seed(11, i), (128, 128), kind="cartoon")
+
+
+def test_train_checkpoints_resumes_and_predicts(data, tmp_path):
+    cfg = TrainConfig(iters=6, batch=2, size=128, checkpoint_every=3)
+    res = train(data / "images", data / "coarse.json", tmp_path / "run", cfg=cfg)
+    assert res.iterations == 6 and res.model_path.name == "model.pt"
+    assert any("missing.png" in p for p in res.problems)  # reported, not fatal
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in log] == list(range(1, 7))
+    assert all({"category", "mask", "pairwise", "total"} <= set(r) for r in log)
+    # resume: only the missing iterations run, from the saved step
+    more = train(data / "images", data / "coarse.json", tmp_path / "run", cfg=TrainConfig(iters=9, batch=2, size=128),
+                 resume=True)
+    assert more.iterations == 9
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in log][-3:] == [7, 8, 9]
+    model, state = load_model(tmp_path / "run" / "model.pt")
+    assert state["step"] == 9 and not any(k.startswith("backbone.") for k in state["state_dict"])
+
+
+def test_stopping_early_keeps_a_checkpoint_and_no_final_model(data, tmp_path):
+    calls = {"n": 0}
+
+    def stop():
+        calls["n"] += 1
+        return calls["n"] > 2
+
+    res = train(data / "images", data / "coarse.json", tmp_path / "r", cfg=TrainConfig(iters=50, size=128),
+                should_stop=stop)
+    assert res.iterations == 2 and res.model_path.name == "checkpoint.pt"
+    assert not (tmp_path / "r" / "model.pt").exists()
+
+
+def test_bad_checkpoints_are_clear_errors(tmp_path):
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="model.pt"):
+        load_model(bad)
+    torch.save({"format": "something else"}, bad)
+    with pytest.raises(CheckpointError, match="not a freesolo"):
+        load_model(bad)
+
+
+def test_cli_train_predict_eval_and_selftrain(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", str(data / "images"), "--masks", str(data / "coarse.json"), "--out", str(run),
+                 "--iters", "4", "--size", "128", "--device", "cpu"]) == 0
+    assert (run / "model.pt").is_file() and (run / "loss.png").is_file()
+    pred = tmp_path / "pred.json"
+    assert main(["predict", str(data / "images"), "--model", str(run / "model.pt"), "--out", str(pred),
+                 "--score-thr", "0.01", "--device", "cpu"]) == 0
+    assert json.loads(pred.read_text())["images"]
+    assert main(["eval", str(data / "gt.json"), str(pred)]) == 0
+    capsys.readouterr()
+    st = tmp_path / "st"
+    assert main(["selftrain", str(data / "images"), "--out", str(st), "--rounds", "2", "--iters", "3", "--size", "128",
+                 "--gt", str(data / "gt.json"), "--device", "cpu", "--keep-thr", "0.0"]) == 0
+    out = capsys.readouterr().out
+    for k in range(3):
+        assert f"| {k} |" in out
+    assert (st / "round_0" / "coarse.json").is_file()
+    assert (st / "round_1" / "model.pt").is_file() and (st / "round_2" / "predictions.json").is_file()
+    assert (st / "round_2" / "train_masks.json").is_file()
+    # resumable: a second run finds every round done and trains nothing
+    assert main(["selftrain", str(data / "images"), "--out", str(st), "--rounds", "2", "--iters", "3", "--size", "128",
+                 "--device", "cpu"]) == 0
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"x")
+    assert main(["predict", str(data / "images"), "--model", str(bad), "--out", str(tmp_path / "p2.json")]) == 2

@@ -20,6 +20,9 @@ def add_solo_commands(sub) -> None:
     tr.add_argument("--out", required=True, type=Path, help="run folder")
     _train_options(tr, d)
     tr.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
+    tr.add_argument("--nproc", type=int, default=1,
+                    help="training processes on this machine (DistributedDataParallel; gloo on CPU, NCCL on GPUs). "
+                    "Multi-node: torchrun --nnodes ... -m engine.cli train ...")
     tr.set_defaults(func=cmd_train)
 
     pr = sub.add_parser("predict", help="run a trained SOLO over images (COCO JSON out)")
@@ -92,9 +95,21 @@ def cmd_train(args) -> int:
     from engine.solo.train import train
 
     configure_cpu_threads()
+    device = resolve_device(args.device)
+    if args.nproc > 1:
+        from engine.solo.distributed import launch
+        from engine.solo.train import load_model
+
+        launch(train, args.nproc, args.images, args.masks, args.out, cfg=_train_config(args),
+               model_cfg=_model_config(args), device=device, resume=args.resume)
+        _model, state = load_model(args.out / "checkpoint.pt")
+        plot_losses(args.out / "log.jsonl", args.out / "loss.png")
+        print(f"{state['step']} iterations on {args.nproc} processes (images per rank "
+              f"{state.get('images_per_rank')}) -> {args.out / 'model.pt'}")
+        return 0
     try:
         result = train(args.images, args.masks, args.out, cfg=_train_config(args), model_cfg=_model_config(args),
-                       device=resolve_device(args.device), resume=args.resume, progress=_loss_bar("train"))
+                       device=device, resume=args.resume, progress=_loss_bar("train"))
     except KeyboardInterrupt:
         print(f"interrupted: the last checkpoint is in {args.out}; continue with --resume", file=sys.stderr)
         return 130

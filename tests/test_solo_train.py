@@ -101,3 +101,16 @@ def test_cli_train_predict_eval_and_selftrain(data, tmp_path, capsys):
     bad = tmp_path / "broken.pt"
     bad.write_bytes(b"x")
     assert main(["predict", str(data / "images"), "--model", str(bad), "--out", str(tmp_path / "p2.json")]) == 2
+
+
+def test_two_gloo_processes_both_train_and_rank0_writes(data, tmp_path, capsys):
+    run = tmp_path / "ddp"
+    code = main(["train", str(data / "images"), "--masks", str(data / "coarse.json"), "--out", str(run),
+                 "--iters", "3", "--batch", "2", "--size", "128", "--device", "cpu", "--nproc", "2"])
+    assert code == 0
+    model, state = load_model(run / "model.pt")
+    assert state["world_size"] == 2
+    assert len(state["images_per_rank"]) == 2 and all(n == 3 for n in state["images_per_rank"])  # 1 image × 3 iters each
+    lines = (run / "log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["iter"] for x in lines] == [1, 2, 3]  # one writer: rank 0
+    assert "2 processes" in capsys.readouterr().out

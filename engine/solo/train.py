@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.atomic import atomic_save
+from engine.solo import distributed
 from engine.solo.config import SoloConfig
 from engine.solo.data import TrainSample, flip_sample, load_training_set
 from engine.solo.losses import (
@@ -140,8 +142,10 @@ def compute_losses(
             mask_terms.append(weak_mask_loss(prob, tgt, alpha=cfg.alpha))
         pair_terms.append(pairwise_affinity_loss(logit_masks, color_sim[b_idx[order]], _box_masks(tgt),
                                                  threshold=cfg.pairwise_threshold))
-    zero = mf.sum() * 0.0
-    losses = {"category": cfg.focal_weight * torch.stack(cate).sum() / max(n_pos, 1)}
+    # every output takes part in the graph, so every trainable parameter gets a gradient even in
+    # a batch without positives (DistributedDataParallel needs the same parameters on all ranks)
+    zero = (mf.sum() + sum(k.sum() for k in outputs.kernels) + sum(c.sum() for c in outputs.categories)) * 0.0
+    losses = {"category": cfg.focal_weight * torch.stack(cate).sum() / max(n_pos, 1) + zero}
     losses["mask"] = cfg.mask_weight * torch.cat(mask_terms).mean() if mask_terms else zero
     ramp = warmup_factor(step, cfg.pairwise_warmup)
     losses["pairwise"] = cfg.pairwise_weight * ramp * torch.cat(pair_terms).mean() if pair_terms else zero
@@ -204,7 +208,16 @@ def train(
     should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     cfg = cfg or TrainConfig()
-    out = Path(out_dir)
+    device = torch.device(device)
+    info = distributed.setup(device)
+    try:
+        return _train(image_dir, masks_json, Path(out_dir), cfg, model_cfg, device, resume, progress, should_stop, info)
+    finally:
+        distributed.teardown(info)
+
+
+def _train(image_dir, masks_json, out: Path, cfg: TrainConfig, model_cfg, device, resume, progress, should_stop,
+           info: distributed.DistInfo) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     samples, problems = load_training_set(image_dir, masks_json, cfg.size)
@@ -233,14 +246,20 @@ def train(
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
+    if info.world > 1:  # same initial weights everywhere (seeded), different batches per rank
+        random.seed(cfg.seed * 1000 + info.rank + step)
+    net = distributed.wrap(model, info, device)
+    per_rank = max(1, cfg.batch // info.world)  # the global batch stays cfg.batch
+    seen = 0
     tcfg = TargetConfig.from_head(model.cfg.head, mask_stride=4)
     bank = FeatureBank(model)
     last: dict[str, float] = {}
-    with (out / LOG).open("a") as log:
+    with (out / LOG).open("a") if info.is_main else open(os.devnull, "w") as log:
         while step < cfg.iters:
             if should_stop is not None and should_stop():
                 break
-            picks = [random.randrange(len(samples)) for _ in range(cfg.batch)]
+            picks = [random.randrange(len(samples)) for _ in range(per_rank)]
+            seen += len(picks)
             flips = [random.random() < 0.5 for _ in picks]
             batch = [flip_sample(samples[i]) if f else samples[i] for i, f in zip(picks, flips)]
             feats = [bank.get(i, samples[i], f) for i, f in zip(picks, flips)]
@@ -248,7 +267,8 @@ def train(
             lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / max(cfg.iters, 1)))
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            outputs = model.forward_from_features(stacked)
+            cats, kernels, mask_feats, strides = net(stacked)
+            outputs = SoloOutputs(list(cats), list(kernels), mask_feats, strides)
             losses = compute_losses(outputs, batch, tcfg, cfg, step)
             total = sum(losses.values())
             if not torch.isfinite(total):
@@ -258,13 +278,19 @@ def train(
             total.backward()
             optimizer.step()
             step += 1
-            last = {k: round(float(v.detach()), 5) for k, v in losses.items()} | {"total": round(float(total.detach()), 5), "lr": lr}
+            last = {k: round(float(v.detach()), 5) for k, v in losses.items()}
+            last |= {"total": round(float(total.detach()), 5), "lr": lr}
             log.write(json.dumps({"iter": step, **last}) + "\n")
-            if progress is not None:
+            if progress is not None and info.is_main:
                 progress(step, cfg.iters, last)
-            if step % cfg.checkpoint_every == 0:
+            if step % cfg.checkpoint_every == 0 and info.is_main:
                 log.flush()
                 save_checkpoint(ckpt, model, optimizer, step, cfg)
-    save_checkpoint(ckpt, model, optimizer, step, cfg)
-    final = save_checkpoint(out / FINAL, model, None, step, cfg) if step >= cfg.iters else ckpt
+    counts = distributed.gather_counts(seen, info)
+    final = ckpt
+    if info.is_main:
+        extra = {"images_per_rank": counts, "world_size": info.world}
+        save_checkpoint(ckpt, model, optimizer, step, cfg, extra)
+        if step >= cfg.iters:
+            final = save_checkpoint(out / FINAL, model, None, step, cfg, extra)
     return TrainResult(final, step, problems, time.perf_counter() - t0, last)

@@ -114,3 +114,12 @@ def test_two_gloo_processes_both_train_and_rank0_writes(data, tmp_path, capsys):
     lines = (run / "log.jsonl").read_text().splitlines()
     assert [json.loads(x)["iter"] for x in lines] == [1, 2, 3]  # one writer: rank 0
     assert "2 processes" in capsys.readouterr().out
+
+
+def test_each_torchrun_process_takes_its_own_gpu(monkeypatch):
+    from engine.solo.distributed import local_device
+
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert local_device(torch.device("cuda")) == torch.device("cuda", 3)
+    assert local_device(torch.device("cuda", 1)) == torch.device("cuda", 1)  # an explicit choice wins
+    assert local_device(torch.device("cpu")) == torch.device("cpu")

@@ -28,6 +28,13 @@ class DistInfo:
         return self.rank == 0
 
 
+def local_device(device: torch.device) -> torch.device:
+    """On CUDA under torchrun, each process takes the GPU numbered by its LOCAL_RANK."""
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return device
+
+
 def setup(device: torch.device) -> DistInfo:
     """Join the process group that torchrun (or ``launch``) described in the environment."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -36,9 +43,9 @@ def setup(device: torch.device) -> DistInfo:
     if dist.is_initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(), False)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    dist.init_process_group(backend=backend)
     return DistInfo(dist.get_rank(), dist.get_world_size(), True)
 
 

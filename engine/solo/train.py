@@ -208,7 +208,7 @@ def train(
     should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     cfg = cfg or TrainConfig()
-    device = torch.device(device)
+    device = distributed.local_device(torch.device(device))
     info = distributed.setup(device)
     try:
         return _train(image_dir, masks_json, Path(out_dir), cfg, model_cfg, device, resume, progress, should_stop, info)

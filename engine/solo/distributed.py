@@ -82,8 +82,7 @@ def wrap(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
     if info.world <= 1:
         return heads
     ids = [device.index] if device.type == "cuda" else None
-    # the frozen backbone's BatchNorm statistics never change: no buffer broadcast needed
-    return nn.parallel.DistributedDataParallel(heads, device_ids=ids, broadcast_buffers=False)
+    return nn.parallel.DistributedDataParallel(heads, device_ids=ids)
 
 
 def free_port() -> int:

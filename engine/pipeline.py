@@ -7,11 +7,12 @@ the backbone for every image already seen.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -50,6 +51,37 @@ def input_root(inputs: Sequence[str | Path]) -> Path | None:
     return None
 
 
+def iter_batch(
+    inputs: Sequence[str | Path],
+    report: BatchReport,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[tuple[str, Path, np.ndarray]]:
+    """(file name, path, image) for every loadable image of ``inputs``: the loop every batch shares.
+
+    Non-images go to ``report.skipped``, unreadable files to ``report.failures``; a stop request
+    sets ``report.cancelled``. Progress is reported before each image and once at the end.
+    """
+    paths, skipped = list_images(inputs)
+    root = input_root(inputs)
+    report.skipped += [(str(p), why) for p, why in skipped]
+    for i, path in enumerate(paths):
+        if should_stop is not None and should_stop():
+            report.cancelled = True
+            return
+        name = relative_name(path, root if root is not None else path.parent)
+        if progress is not None:
+            progress(i, len(paths), name)
+        try:
+            image = load_image(path)
+        except ImageLoadError as exc:
+            report.failures.append((str(path), str(exc)))
+            continue
+        yield name, path, image
+    if progress is not None:
+        progress(len(paths), len(paths), "")
+
+
 def run_freemask_batch(
     inputs: Sequence[str | Path],
     *,
@@ -69,30 +101,20 @@ def run_freemask_batch(
     per-file problems go to ``report.failures``.
     """
     params = (params or FreeMaskParams()).validated()
-    paths, skipped = list_images(inputs)
-    root = input_root(inputs)
-    report = BatchReport(skipped=[(str(p), why) for p, why in skipped])
+    report = BatchReport()
+    images = iter_batch(inputs, report, progress, should_stop)
+    first = next(images, None)  # lists the inputs: a missing path or empty folder fails before the model loads
     extractor = extractor or FeatureExtractor(feature_config or FeatureConfig(), device=device)
     cache = FeatureCache(cache_dir or default_cache_dir()) if use_cache else None
     t_start = time.perf_counter()
-    for i, path in enumerate(paths):
-        if should_stop is not None and should_stop():
-            report.cancelled = True
-            break
-        name = relative_name(path, root if root is not None else path.parent)
-        if progress is not None:
-            progress(i, len(paths), name)
+    for name, path, image in itertools.chain([first] if first is not None else [], images):
         try:
-            image = load_image(path)
             digest = file_sha1(path) if cache is not None else None
             t0 = time.perf_counter()
             feats, hit = extract_cached(extractor, image, digest, cache)
             t1 = time.perf_counter()
             result = postprocess(feats, params, image)
             t2 = time.perf_counter()
-        except ImageLoadError as exc:
-            report.failures.append((str(path), str(exc)))
-            continue
         except (OSError, RuntimeError, ValueError) as exc:  # e.g. out of memory on a huge image
             report.failures.append((str(path), f"{path}: {type(exc).__name__}: {exc}"))
             continue
@@ -105,7 +127,5 @@ def run_freemask_batch(
         report.images[name] = path
         if on_result is not None:
             on_result(img_result, image)
-    if progress is not None and not report.cancelled:
-        progress(len(paths), len(paths), "")
     report.total_seconds = time.perf_counter() - t_start
     return report

@@ -8,8 +8,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from engine.images import ImageLoadError, list_images, load_image, relative_name
-from engine.pipeline import BatchReport, input_root
+from engine.pipeline import BatchReport, iter_batch
 from engine.solo.data import letterbox
 from engine.solo.postprocess import predict_instances
 from engine.solo.train import load_model
@@ -34,21 +33,8 @@ def predict_folder(
         inference = replace(inference, score_thr=score_thr)
     if max_per_image is not None:
         inference = replace(inference, max_per_image=max_per_image)
-    paths, skipped = list_images(inputs)
-    root = input_root(inputs)
-    report = BatchReport(skipped=[(str(p), why) for p, why in skipped])
-    for i, path in enumerate(paths):
-        if should_stop is not None and should_stop():
-            report.cancelled = True
-            break
-        name = relative_name(path, root if root is not None else path.parent)
-        if progress is not None:
-            progress(i, len(paths), name)
-        try:
-            image = load_image(path)
-        except ImageLoadError as exc:
-            report.failures.append((str(path), str(exc)))
-            continue
+    report = BatchReport()
+    for name, path, image in iter_batch(inputs, report, progress, should_stop):
         square, _scale, content = letterbox(image, size)
         x = model.backbone.preprocess(square.permute(1, 2, 0).numpy())
         with torch.inference_mode():
@@ -56,6 +42,4 @@ def predict_folder(
         instances = predict_instances(outputs, 0, image.shape[:2], content, inference)
         report.results.append(ImageResult(name, image.shape[0], image.shape[1], instances))
         report.images[name] = path
-    if progress is not None and not report.cancelled:
-        progress(len(paths), len(paths), "")
     return report

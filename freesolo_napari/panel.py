@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFormLayout,
     QHBoxLayout,
@@ -24,6 +25,7 @@ from qtpy.QtWidgets import (
 )
 
 from freesolo_napari.controls import FreeMaskControls
+from freesolo_napari.inspect import MasknessHistogram
 from freesolo_napari.layers import show_instances
 
 if TYPE_CHECKING:
@@ -73,6 +75,10 @@ class FreeSoloPanel(QWidget):
         self.export_button.clicked.connect(self._ask_export)
         self.import_button = QPushButton("Import COCO…", toolTip="Show a COCO file's masks on the open images to review them")
         self.import_button.clicked.connect(self._ask_import)
+        self.histogram = MasknessHistogram()
+        self.inspect_check = QCheckBox("inspect queries (click the image)",
+                                       toolTip="Click a pixel to see its query's soft mask, τ contour and maskness")
+        self.inspect_check.toggled.connect(self._toggle_inspector)
         self.progress = QProgressBar(minimum=0, maximum=0, visible=False)
         self.status = QLabel("Pick an image layer and press Run.", wordWrap=True)
         self._debounce = QTimer(self, singleShot=True, interval=DEBOUNCE_MS)
@@ -91,6 +97,9 @@ class FreeSoloPanel(QWidget):
         exchange.addWidget(self.export_button)
         exchange.addWidget(self.import_button)
         layout.addLayout(exchange)
+        layout.addWidget(QLabel("maskness of all candidates"))
+        layout.addWidget(self.histogram)
+        layout.addWidget(self.inspect_check)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addStretch(1)
@@ -174,6 +183,35 @@ class FreeSoloPanel(QWidget):
         worker.errored.connect(self._on_error)
         worker.start()
 
+    # ---- query inspector ------------------------------------------------------------------
+    def inspect_query(self, y: float, x: float) -> str:
+        """Show the soft mask of the query at image pixel (y, x) of the current layer."""
+        from freesolo_napari.inspect import show_query
+
+        name = self.layer_combo.currentText()
+        if name not in self._features:
+            self.status.setText("Run Free Mask on this image first, then click to inspect a query.")
+            return self.status.text()
+        image, feats = self._features[name]
+        tau = self.controls.tau.value()
+        mness, frac = show_query(self.viewer, self.viewer.layers[name], feats, y, x, tau)
+        self.status.setText(f"query at ({y:.0f}, {x:.0f}): maskness {mness:.2f} at τ {tau:.2f}, "
+                            f"mask covers {frac:.0%} of the image")
+        return self.status.text()
+
+    def _toggle_inspector(self, on: bool) -> None:
+        callbacks = self.viewer.mouse_drag_callbacks
+        if on and self._on_click not in callbacks:
+            callbacks.append(self._on_click)
+        elif not on and self._on_click in callbacks:
+            callbacks.remove(self._on_click)
+
+    def _on_click(self, viewer, event) -> None:
+        name = self.layer_combo.currentText()
+        if name in viewer.layers:
+            y, x = viewer.layers[name].world_to_data(event.position)[-2:]
+            self.inspect_query(float(y), float(x))
+
     # ---- COCO in and out ------------------------------------------------------------------
     def export_coco(self, path: str, segmentation: str = "rle", overwrite: bool = False) -> None:
         from freesolo_napari.exchange import export_coco
@@ -226,6 +264,7 @@ class FreeSoloPanel(QWidget):
         layer = show_instances(self.viewer, self.viewer.layers[name], result.instances)
         self._automatic[name] = np.asarray(layer.data).copy()
         feats = self._features[name][1]
+        self.histogram.set_values(result.candidate_maskness, self.controls.min_score.value())
         size = f", objects ≈{feats.object_size:.0f} px" if feats.object_size else ""
         self.status.setText(
             f"{len(result.instances)} masks on '{name}' (top-k {result.top_k})\n"

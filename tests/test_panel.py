@@ -132,3 +132,25 @@ def test_export_with_edits_then_import_round_trip(panel, qtbot, tmp_path, make_n
     bad.write_text("{ broken")
     w2.import_coco(str(bad))
     assert "bad.json" in w2.status.text() and w2.import_button.isEnabled()
+
+
+def test_query_inspector_and_histogram(panel, qtbot):
+    viewer, widget = panel
+    assert "first" in widget.inspect_query(10, 10)  # before any run: a hint, no crash
+    widget.run_button.click()
+    qtbot.waitUntil(lambda: len(_labels_layers(viewer)) == 1 and widget.run_button.isEnabled(), timeout=120_000)
+    assert widget.histogram.counts.sum() > 0  # every candidate's maskness is binned
+    calls = widget.backbone_calls
+    text = widget.inspect_query(200, 200)
+    assert "maskness" in text and "τ 0.65" in text
+    layer = viewer.layers["query soft mask"]
+    soft = np.asarray(layer.data)
+    assert soft.max() == pytest.approx(1.0) and soft.min() == pytest.approx(0.0)
+    h, w = viewer.layers["synthetic photo"].data.shape[:2]
+    assert layer.scale[0] * soft.shape[0] == pytest.approx(h, rel=0.05)  # drawn at image size
+    assert "query soft mask · τ contour" in viewer.layers
+    assert widget.backbone_calls == calls  # inspecting never runs the network
+    widget.inspect_check.setChecked(True)
+    assert widget._on_click in viewer.mouse_drag_callbacks
+    widget.inspect_check.setChecked(False)
+    assert widget._on_click not in viewer.mouse_drag_callbacks

@@ -1,0 +1,93 @@
+"""Visual debugging of τ and scales: a query's soft mask on click, and a maskness histogram.
+
+Both read what the engine already computed (``query_similarity``, ``candidate_maskness``);
+nothing here re-runs the backbone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from qtpy.QtCore import QRectF, Qt
+from qtpy.QtGui import QColor, QPainter, QPen
+from qtpy.QtWidgets import QWidget
+
+QUERY_LAYER = "query soft mask"
+
+
+def show_query(viewer, image_layer, features, y: float, x: float, tau: float) -> tuple[float, float]:
+    """Show the soft mask of the query at image pixel (y, x) with its τ contour.
+
+    Returns (maskness, mask area fraction) of that query at τ: what the user is judging.
+    """
+    soft = np.asarray(_query_similarity(features, y, x), dtype=np.float32)
+    h, w = features.image_size
+    scale = (h / soft.shape[0], w / soft.shape[1])
+    translate = (scale[0] / 2 - 0.5, scale[1] / 2 - 0.5)  # cell centres on pixel centres
+    inside = soft >= tau
+    maskness = float(soft[inside].mean()) if inside.any() else 0.0
+    if QUERY_LAYER in viewer.layers:
+        layer = viewer.layers[QUERY_LAYER]
+        layer.data = soft
+        layer.scale = scale
+        layer.translate = translate
+    else:
+        layer = viewer.add_image(soft, name=QUERY_LAYER, colormap="magma", opacity=0.6, contrast_limits=(0, 1),
+                                 scale=scale, translate=translate, blending="additive")
+    contour = f"{QUERY_LAYER} · τ contour"
+    edge = inside & ~_erode(inside)
+    if contour in viewer.layers:
+        viewer.layers[contour].data = edge.astype(np.uint8)
+        viewer.layers[contour].scale = scale
+        viewer.layers[contour].translate = translate
+    else:
+        viewer.add_labels(edge.astype(np.uint8), name=contour, scale=scale, translate=translate, opacity=1.0)
+    return maskness, float(inside.mean())
+
+
+def _query_similarity(features, y, x):
+    from engine.freemask import query_similarity
+
+    return query_similarity(features, y, x)
+
+
+def _erode(mask: np.ndarray) -> np.ndarray:
+    out = mask.copy()
+    out[1:] &= mask[:-1]
+    out[:-1] &= mask[1:]
+    out[:, 1:] &= mask[:, :-1]
+    out[:, :-1] &= mask[:, 1:]
+    return out
+
+
+class MasknessHistogram(QWidget):
+    """Histogram of every candidate's maskness, with the score threshold marked."""
+
+    def __init__(self, bins: int = 30):
+        super().__init__(toolTip="Maskness of every candidate mask; the red line is the minimum score")
+        self.setMinimumHeight(70)
+        self.bins = bins
+        self.counts = np.zeros(bins, dtype=int)
+        self.threshold = 0.0
+
+    def set_values(self, values: np.ndarray, threshold: float) -> None:
+        self.counts = np.histogram(np.clip(values, 0, 1), bins=self.bins, range=(0.0, 1.0))[0]
+        self.threshold = float(threshold)
+        self.update()
+
+    def paintEvent(self, _event) -> None:  # noqa: N802 (Qt's name)
+        p = QPainter(self)
+        w, h = self.width(), self.height()
+        top = max(int(self.counts.max()), 1)
+        bar = w / self.bins
+        p.setPen(Qt.PenStyle.NoPen)
+        p.setBrush(QColor(120, 170, 220))
+        for i, c in enumerate(self.counts):
+            bh = (h - 14) * c / top
+            p.drawRect(QRectF(i * bar + 1, h - 12 - bh, bar - 2, bh))
+        p.setPen(QPen(QColor(230, 60, 60), 2))
+        x = self.threshold * w
+        p.drawLine(int(x), 0, int(x), h - 12)
+        p.setPen(QColor(200, 200, 200))
+        p.drawText(2, h - 1, "0")
+        p.drawText(w - 10, h - 1, "1")
+        p.end()

@@ -123,3 +123,19 @@ def test_each_torchrun_process_takes_its_own_gpu(monkeypatch):
     assert local_device(torch.device("cuda")) == torch.device("cuda", 3)
     assert local_device(torch.device("cuda", 1)) == torch.device("cuda", 1)  # an explicit choice wins
     assert local_device(torch.device("cpu")) == torch.device("cpu")
+
+
+def test_divergence_stops_clearly_and_keeps_the_last_good_checkpoint(data, tmp_path, capsys):
+    from engine.solo.train import TrainingDivergedError
+
+    run = tmp_path / "nan"
+    train(data / "images", data / "coarse.json", run, cfg=TrainConfig(iters=2, size=128, checkpoint_every=1))
+    with pytest.raises(TrainingDivergedError, match="last good"):
+        train(data / "images", data / "coarse.json", run,
+              cfg=TrainConfig(iters=6, size=128, lr=1e30, checkpoint_every=1), resume=True)
+    _model, state = load_model(run / "checkpoint.pt")
+    assert 2 <= state["step"] < 6  # stopped early; the checkpoint on disk is from before the blow-up
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+    code = main(["train", str(data / "images"), "--masks", str(data / "coarse.json"), "--out", str(run),
+                 "--iters", "6", "--size", "128", "--lr", "1e30", "--checkpoint-every", "1", "--resume"])
+    assert code == 2 and "last good" in capsys.readouterr().err

@@ -161,6 +161,11 @@ def _fit(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def save_checkpoint(path: Path, model: SoloV2, optimizer, step: int, cfg: TrainConfig, extra: dict | None = None) -> Path:
+    """Write config + weights atomically; weights that are not finite are never written."""
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise TrainingDivergedError(
+            f"weights became NaN/inf by iteration {step} ({bad[0]} …); {path.name} keeps the last good state")
     state = {
         "format": "freesolo-solo-v1",
         "model_config": model.cfg.to_dict(),
@@ -273,7 +278,7 @@ def _train(image_dir, masks_json, out: Path, cfg: TrainConfig, model_cfg, device
             total = sum(losses.values())
             if not torch.isfinite(total):
                 raise TrainingDivergedError(
-                    f"loss became {float(total)} at iteration {step}; the last good checkpoint is kept in {ckpt}")
+                    f"loss became {float(total.detach())} at iteration {step}; the last good checkpoint is kept in {ckpt}")
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()

@@ -104,7 +104,7 @@ class FreeMaskResult:
         """Full-resolution soft mask (before refinement) of kept instance ``index``, on demand."""
         assert self._features is not None
         h, w = self._features.image_size
-        src = self._soft[self.instances[index].extra["_slot"]]
+        src = self._soft[index]  # one soft row per kept instance, in the same order
         return upsample_crop(src, (h, w), (0, h, 0, w)).numpy()
 
 
@@ -347,7 +347,6 @@ def postprocess(
                 "scale": float(queries.scale[qi]),
                 "query_yx": [round((qy + 0.5) * H / grid[0] - 0.5, 1), round((qx + 0.5) * W / grid[1] - 0.5, 1)],
                 "embedding": [round(v, 4) for v in queries.vectors[qi].tolist()],
-                "_slot": len(found),
             },
         )
         found.append((inst, region))

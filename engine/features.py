@@ -16,7 +16,6 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -237,16 +236,3 @@ def extract_cached(
     if cache is not None and image_hash:
         cache.put(image_hash, feats)
     return feats, False
-
-
-def describe(features: Features) -> dict[str, Any]:
-    """A short, JSON-friendly summary (what the panel and the CLI show about a pass)."""
-    return {
-        "image_size": list(features.image_size),
-        "input_size": list(features.input_size),
-        "input_scale": round(features.input_scale, 3),
-        "auto_scale": features.auto_scale,
-        "object_size_px": None if features.object_size is None else round(features.object_size, 1),
-        "grid": list(features.grid_size),
-        "backbone_seconds": round(features.backbone_seconds, 3),
-    }

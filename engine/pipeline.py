@@ -8,7 +8,6 @@ the backbone for every image already seen.
 from __future__ import annotations
 
 import itertools
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from engine.backbones.weights import cache_root
 from engine.features import FeatureCache, FeatureConfig, FeatureExtractor, extract_cached
 from engine.freemask import FreeMaskParams, postprocess
 from engine.images import ImageLoadError, file_sha1, list_images, load_image, relative_name
@@ -26,9 +26,7 @@ ProgressFn = Callable[[int, int, str], None]  # (done, total, current file name)
 
 def default_cache_dir() -> Path:
     """Feature cache shared by the CLI and the plugin (``FREESOLO_CACHE`` overrides)."""
-    root = os.environ.get("FREESOLO_CACHE")
-    base = Path(root) if root else Path.home() / ".cache" / "freesolo-napari"
-    return base / "features"
+    return cache_root() / "features"
 
 
 @dataclass

@@ -77,11 +77,15 @@ def verify_sha256(path: str | os.PathLike[str], expected: str) -> None:
         raise ChecksumMismatchError(f"checksum mismatch for {path}: expected sha256 {want}, got {got}")
 
 
+def cache_root() -> Path:
+    """``$FREESOLO_CACHE``, else ``~/.cache/freesolo-napari``: the root of every on-disk cache."""
+    root = os.environ.get("FREESOLO_CACHE", "").strip()
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "freesolo-napari"
+
+
 def default_cache_dir() -> Path:
     """``$FREESOLO_CACHE/weights``, else ``~/.cache/freesolo-napari/weights``."""
-    root = os.environ.get("FREESOLO_CACHE", "").strip()
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "freesolo-napari"
-    return base / "weights"
+    return cache_root() / "weights"
 
 
 def fetch_weights(

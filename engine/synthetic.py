@@ -147,6 +147,19 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return lab == int(np.argmax(sizes))
 
 
+def _rotated_frame(
+    rng: np.random.Generator, box: tuple[int, int, int, int], cy: float, cx: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """(u, v, dy, dx, θ) over ``box``: offsets from the centre, and the same turned by a random θ."""
+    y0, y1, x0, x1 = box
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
+    dy, dx = yy - cy, xx - cx
+    theta = rng.uniform(0, np.pi)
+    u = dx * np.cos(theta) + dy * np.sin(theta)
+    v = -dx * np.sin(theta) + dy * np.cos(theta)
+    return u, v, dy, dx, theta
+
+
 def _shape_mask(
     rng: np.random.Generator, shape: tuple[int, int], cy: float, cx: float, diameter: float, kind: str
 ) -> np.ndarray:
@@ -158,11 +171,7 @@ def _shape_mask(
     out = np.zeros(shape, dtype=bool)
     if y1 <= y0 or x1 <= x0:
         return out
-    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
-    dy, dx = yy - cy, xx - cx
-    theta = rng.uniform(0, np.pi)
-    u = dx * np.cos(theta) + dy * np.sin(theta)
-    v = -dx * np.sin(theta) + dy * np.cos(theta)
+    u, v, dy, dx, theta = _rotated_frame(rng, (y0, y1, x0, x1), cy, cx)
     rho = np.hypot(dx, dy)
 
     if kind == "ellipse":
@@ -571,11 +580,7 @@ def _nucleus_mask(
     out = np.zeros(shape, dtype=bool)
     if y1 <= y0 or x1 <= x0:
         return out
-    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
-    dy, dx = yy - cy, xx - cx
-    theta = rng.uniform(0, np.pi)
-    u = dx * np.cos(theta) + dy * np.sin(theta)
-    v = -dx * np.sin(theta) + dy * np.cos(theta)
+    u, v, _dy, _dx, _theta = _rotated_frame(rng, (y0, y1, x0, x1), cy, cx)
     phi = np.arctan2(v / b, u / a)
     wobble = np.ones_like(phi)
     for k in (2, 3, 4, 5):

@@ -11,7 +11,7 @@ checkpoint, so an interrupted run continues where it stopped.
 
 from __future__ import annotations
 
-import json
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -60,7 +60,6 @@ def selftrain(
     say: Say = print,
     progress=None,
 ) -> list[RoundSummary]:
-    import time
 
     cfg = train_cfg or TrainConfig()
     out.mkdir(parents=True, exist_ok=True)
@@ -125,7 +124,3 @@ def format_summary(rows: list[RoundSummary]) -> str:
         lines.append(f"| {r.round} | {r.what} | {r.images} | {r.masks} | {m.get('AP', '-')} | {m.get('AP50', '-')} "
                      f"| {m.get('AR100', '-')} | {r.seconds:.0f} |")
     return "\n".join(lines)
-
-
-def load_summary(out: Path) -> list[dict]:
-    return json.loads((out / "summary.json").read_text())

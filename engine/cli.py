@@ -42,6 +42,12 @@ def _scale_arg(text: str) -> float | None:
     return value
 
 
+def add_nproc_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nproc", type=int, default=1,
+                   help="split the images across this many processes on this machine (one GPU each with --device "
+                   "cuda) and merge their outputs into --out; under torchrun the ranks split them instead")
+
+
 def add_feature_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("features (the backbone pass, cached on disk)")
     g.add_argument("--backbone", default="efficientnet-lite0",
@@ -138,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     fm.add_argument("--labels", type=Path, default=None, help="also write one 16-bit label PNG per image into this folder")
     fm.add_argument("--overlays", type=Path, default=None, help="also write an overlay PNG per image into this folder")
     fm.add_argument("--overwrite", action="store_true", help="replace existing outputs (the old file is kept as .bak)")
+    add_nproc_option(fm)
     add_feature_options(fm)
     add_freemask_options(fm)
     fm.set_defaults(func=cmd_freemask)
@@ -177,7 +184,7 @@ def write_outputs(report, out: Path, fmt: str, labels: Path | None, overlays: Pa
     """COCO JSON (+ label images, + overlay PNGs) for a finished batch; returns what was written."""
     from engine.coco import build_coco_dataset, write_coco, write_label_images
 
-    dataset = build_coco_dataset(report.results, segmentation=fmt, info={"description": "freesolo free masks"})
+    dataset = build_coco_dataset(report.results, segmentation=fmt, info=FREEMASK_INFO)
     written = [write_coco(out, dataset, overwrite=overwrite)]
     if labels is not None:
         written += write_label_images(report.results, labels, fmt="png", overwrite=overwrite)
@@ -220,6 +227,32 @@ def write_overlays(report, folder: Path, overwrite: bool) -> list[Path]:
     return written
 
 
+FREEMASK_INFO = {"description": "freesolo free masks"}
+
+
+def sharded(args: argparse.Namespace) -> bool:
+    """Whether to split the batch across processes (``--nproc N`` or torchrun's environment)."""
+    from engine.sharding import env_world
+
+    if args.nproc < 1:
+        raise UserError(f"--nproc must be at least 1, got {args.nproc}")
+    return args.nproc > 1 or env_world()[1] > 1
+
+
+def freemask_shard(args, fconf, params, *, shard, device, progress):
+    """One rank's share of ``freesolo freemask``: its masks, label images and overlays."""
+    from engine.coco import write_label_images
+    from engine.pipeline import run_freemask_batch
+
+    report = run_freemask_batch(args.images, feature_config=fconf, params=params, device=device,
+                                cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=progress, shard=shard)
+    if args.labels is not None:
+        write_label_images(report.results, args.labels, fmt="png", overwrite=args.overwrite)
+    if args.overlays is not None:
+        write_overlays(report, args.overlays, args.overwrite)
+    return report
+
+
 def cmd_freemask(args: argparse.Namespace) -> int:
     from engine.device import configure_cpu_threads
     from engine.pipeline import run_freemask_batch
@@ -232,6 +265,18 @@ def cmd_freemask(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UserError(str(exc)) from None
     _check_outputs_free([args.out], args.overwrite)
+    if sharded(args):
+        from engine.sharding import print_summary, run_sharded
+
+        summary, failed = run_sharded(freemask_shard, (args, fconf, params), out=args.out, nproc=args.nproc,
+                                      device=args.device, fmt=args.format, info=FREEMASK_INFO,
+                                      overwrite=args.overwrite, title="freemask")
+        code = print_summary(summary, failed, what="{s.cache_hits} from cache, backbone {s.backbone_seconds:.1f}s, "
+                             "post-processing {s.postprocess_seconds:.1f}s")
+        for folder, what in ((args.labels, "label images"), (args.overlays, "overlays")):
+            if summary is not None and folder is not None:
+                print(f"{what} -> {folder}")
+        return code
     report = run_freemask_batch(
         args.images, feature_config=fconf, params=params, device=args.device,
         cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=ProgressBar("freemask"),
@@ -291,9 +336,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from engine.coco import CocoFormatError
         from engine.images import NoImagesError
 
+        from engine.sharding import ShardError
         from engine.solo.train import CheckpointError, TrainingDivergedError
 
-        user_errors += (BackboneError, CocoFormatError, NoImagesError, CheckpointError, TrainingDivergedError)
+        user_errors += (BackboneError, CocoFormatError, NoImagesError, CheckpointError, TrainingDivergedError,
+                        ShardError)
     except ImportError:  # pragma: no cover - partial installs still report cleanly
         pass
     started = time.perf_counter()

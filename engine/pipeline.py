@@ -40,6 +40,7 @@ class BatchReport:
     total_seconds: float = 0.0
     cancelled: bool = False
     images: dict[str, Path] = field(default_factory=dict)  # file_name -> path on disk
+    order: dict[str, int] = field(default_factory=dict)  # file_name -> position in the whole input listing
 
 
 def input_root(inputs: Sequence[str | Path]) -> Path | None:
@@ -49,25 +50,44 @@ def input_root(inputs: Sequence[str | Path]) -> Path | None:
     return None
 
 
+def shard_of(n: int, shard: tuple[int, int] | None) -> range:
+    """Positions (in the input listing) that ``shard = (rank, world)`` takes: rank, rank + world, ...
+
+    Every rank lists the same inputs in the same (natural name) order, so the shards are
+    disjoint and together cover the listing, whatever the file sizes.
+    """
+    if shard is None:
+        return range(n)
+    rank, world = shard
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"shard {rank} of {world} does not exist")
+    return range(rank, n, world)
+
+
 def iter_batch(
     inputs: Sequence[str | Path],
     report: BatchReport,
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> Iterator[tuple[str, Path, np.ndarray]]:
     """(file name, path, image) for every loadable image of ``inputs``: the loop every batch shares.
 
     Non-images go to ``report.skipped``, unreadable files to ``report.failures``; a stop request
     sets ``report.cancelled``. Progress is reported before each image and once at the end.
+    ``shard = (rank, world)`` takes only that rank's share of the listing (see ``shard_of``).
     """
-    paths, skipped = list_images(inputs)
+    all_paths, skipped = list_images(inputs)
     root = input_root(inputs)
     report.skipped += [(str(p), why) for p, why in skipped]
-    for i, path in enumerate(paths):
+    positions = shard_of(len(all_paths), shard)
+    paths = [all_paths[k] for k in positions]
+    for i, (position, path) in enumerate(zip(positions, paths)):
         if should_stop is not None and should_stop():
             report.cancelled = True
             return
         name = relative_name(path, root if root is not None else path.parent)
+        report.order[name] = position
         if progress is not None:
             progress(i, len(paths), name)
         try:
@@ -92,15 +112,17 @@ def run_freemask_batch(
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_result: Callable[[ImageResult, np.ndarray], None] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> BatchReport:
     """Run Free Mask on every image of ``inputs`` (folders and/or files).
 
     Raises only for problems with the whole batch (no images at all, missing input path);
-    per-file problems go to ``report.failures``.
+    per-file problems go to ``report.failures``. ``shard = (rank, world)``: only that share of
+    the images (``engine.sharding`` runs the shares in parallel and merges them).
     """
     params = (params or FreeMaskParams()).validated()
     report = BatchReport()
-    images = iter_batch(inputs, report, progress, should_stop)
+    images = iter_batch(inputs, report, progress, should_stop, shard)
     first = next(images, None)  # lists the inputs: a missing path or empty folder fails before the model loads
     extractor = extractor or FeatureExtractor(feature_config or FeatureConfig(), device=device)
     cache = FeatureCache(cache_dir or default_cache_dir()) if use_cache else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Callable
 
 import torch
@@ -35,17 +36,21 @@ def local_device(device: torch.device) -> torch.device:
     return device
 
 
-def setup(device: torch.device) -> DistInfo:
-    """Join the process group that torchrun (or ``launch``) described in the environment."""
+def setup(device: torch.device, *, backend: str | None = None, timeout: timedelta | None = None) -> DistInfo:
+    """Join the process group that torchrun (or ``launch``) described in the environment.
+
+    ``backend`` defaults to NCCL on CUDA and gloo otherwise; ``timeout`` bounds how long a
+    collective (e.g. a barrier) waits for the slowest rank (torch's default when None).
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
     if dist.is_initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(), False)
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    backend = backend or ("nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend=backend)
+    dist.init_process_group(backend=backend, **({"timeout": timeout} if timeout is not None else {}))
     return DistInfo(dist.get_rank(), dist.get_world_size(), True)
 
 

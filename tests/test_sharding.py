@@ -1,0 +1,126 @@
+"""Free Mask and SOLO prediction split across processes: the merged file equals one process's."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.cli import main
+from engine.masks import rle_to_mask
+from engine.pipeline import BatchReport, shard_of
+from engine.sharding import ShardError, merge_parts, part_path, write_part
+from engine.coco import build_coco_dataset
+from engine.structures import ImageResult, InstanceMask
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """4 tiny synthetic photos and one broken file."""
+    from engine.synthetic import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("shard")
+    write_synthetic_dataset(root, 4, seed=5, size=(96, 96), kind="photo")
+    (root / "images" / "img_0002b.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    return root / "images"
+
+
+@pytest.fixture
+def one_thread():
+    """The reference run uses one thread, like each of the 2 ranks on 2 cores (same float sums)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _masks(path: Path) -> dict[str, list[tuple[np.ndarray, float]]]:
+    data = json.loads(path.read_text())
+    names = {img["id"]: img["file_name"] for img in data["images"]}
+    out: dict[str, list] = {img["file_name"]: [] for img in data["images"]}
+    for ann in data["annotations"]:
+        out[names[ann["image_id"]]].append((rle_to_mask(ann["segmentation"]), ann["score"]))
+    return out
+
+
+def assert_same_coco(a: Path, b: Path) -> None:
+    da, db = json.loads(a.read_text()), json.loads(b.read_text())
+    assert da["images"] == db["images"]  # same files, same order, same ids and sizes
+    assert [x["id"] for x in da["annotations"]] == [x["id"] for x in db["annotations"]]
+    assert [x["image_id"] for x in da["annotations"]] == [x["image_id"] for x in db["annotations"]]
+    ma, mb = _masks(a), _masks(b)
+    for name in ma:
+        assert len(ma[name]) == len(mb[name]), name
+        for (m1, s1), (m2, s2) in zip(ma[name], mb[name]):
+            inter, union = (m1 & m2).sum(), (m1 | m2).sum()
+            assert inter / max(union, 1) > 0.99, name
+            assert s1 == pytest.approx(s2, abs=1e-4)
+
+
+def test_shards_are_disjoint_and_cover_the_listing():
+    shares = [list(shard_of(11, (r, 3))) for r in range(3)]
+    assert sorted(sum(shares, [])) == list(range(11))
+    assert shares[1] == [1, 4, 7, 10]
+    assert list(shard_of(5, None)) == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError):
+        shard_of(5, (3, 3))
+
+
+def _square(i: int) -> InstanceMask:
+    m = np.zeros((8, 8), bool)
+    m[i: i + 3, 1:4] = True
+    return InstanceMask(mask=m, score=0.5 + i / 10)
+
+
+def test_merge_renumbers_keeps_listing_order_and_refuses_to_overwrite(tmp_path):
+    out = tmp_path / "merged.json"
+    names = [f"im{k}.png" for k in range(5)]
+    for rank in range(2):
+        report = BatchReport()
+        for pos in shard_of(5, (rank, 2)):
+            report.order[names[pos]] = pos
+            report.results.append(ImageResult(names[pos], 8, 8, [_square(pos), _square(pos + 1)][: pos % 3]))
+        report.failures.append((f"bad{rank}.png", f"bad{rank}.png: broken"))
+        report.skipped.append(("notes.txt", "not an image"))
+        write_part(out, rank, 2, report, build_coco_dataset(report.results, info={"description": "x"}))
+    single = build_coco_dataset([ImageResult(n, 8, 8, [_square(p), _square(p + 1)][: p % 3])
+                                 for p, n in enumerate(names)], info={"description": "x"})
+    out.write_text("old")
+    with pytest.raises(FileExistsError):
+        merge_parts(out, 2)
+    assert part_path(out, 0, 2).is_file() and out.read_text() == "old"  # nothing lost
+    summary = merge_parts(out, 2, overwrite=True)
+    assert json.loads(out.read_text()) == single  # byte for byte what one process writes
+    assert (tmp_path / "merged.json.bak").read_text() == "old"
+    assert not list(tmp_path.glob("*.part"))
+    assert summary.images == 5 and summary.masks == len(single["annotations"])
+    assert [p for p, _ in summary.failures] == ["bad0.png", "bad1.png"]
+    assert summary.skipped == [("notes.txt", "not an image")]  # listed by both ranks, reported once
+    with pytest.raises(ShardError, match="rank0-of-2.part is missing"):
+        merge_parts(out, 2, overwrite=True)
+
+
+def test_freemask_on_two_processes_equals_one(folder, tmp_path, capsys, one_thread):
+    args = ["freemask", str(folder), "--top-k", "4", "--device", "cpu"]
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    assert main([*args, "--out", str(one), "--no-cache"]) == 1  # the broken file fails the run ...
+    capsys.readouterr()
+    assert main([*args, "--out", str(two), "--nproc", "2", "--labels", str(tmp_path / "labels")]) == 1  # ... here too
+    out = capsys.readouterr()
+    assert "img_0002b.png" in out.err and "1 file(s) failed" in out.err  # reported by rank 1, summed up by the merge
+    assert "4 images" in out.out and "2 processes" in out.out and "0 from cache" in out.out
+    assert_same_coco(one, two)
+    assert json.loads(two.read_text())["images"][0]["file_name"] == "img_0000.png"
+    assert sorted(p.name for p in (tmp_path / "labels").iterdir()) == [f"img_000{k}.png" for k in range(4)]
+    assert not list(tmp_path.glob("*.part"))
+    # never silently replaced; --overwrite keeps the old file; the feature cache makes the rerun cheap
+    assert main([*args, "--out", str(two), "--nproc", "2"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main([*args, "--out", str(two), "--nproc", "2", "--overwrite"]) == 1
+    assert "4 from cache" in capsys.readouterr().out
+    assert (tmp_path / "two.json.bak").is_file()
+    assert_same_coco(one, two)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import signal
 import sys
 from pathlib import Path
 
@@ -46,6 +49,11 @@ def add_solo_commands(sub) -> None:
     st.add_argument("--max-keep", type=int, default=20, help="pseudo-labels per image (default: %(default)s)")
     st.add_argument("--eval-images", type=Path, default=None, help="labeled images to evaluate each round on")
     st.add_argument("--gt", type=Path, default=None, help="ground truth COCO for --eval-images (or for IMAGES)")
+    st.add_argument("--resume", action="store_true",
+                    help="continue the run in RUN_DIR (which must exist); finished rounds are kept either way")
+    st.add_argument("--progress", choices=("bar", "json"), default="bar",
+                    help="bar: a progress bar on stderr; json: one JSON object per line on stdout "
+                    "(phase, progress, round_done, stopped events) for front ends (default: %(default)s)")
     _train_options(st, d)
     st.set_defaults(func=cmd_selftrain)
 
@@ -75,6 +83,55 @@ def _model_config(args):
     from engine.solo.config import SoloConfig
 
     return SoloConfig.paper() if args.preset == "paper" else SoloConfig.cpu_small()
+
+
+@contextlib.contextmanager
+def stop_on_sigint():
+    """Yield a ``should_stop`` callable that turns true on the first Ctrl-C / SIGINT.
+
+    The trainer checks it between iterations and saves its checkpoint before returning; a
+    second Ctrl-C interrupts at once (KeyboardInterrupt), as usual.
+    """
+    flag = {"stop": False}
+
+    def handler(_sig, _frame):
+        if flag["stop"]:
+            raise KeyboardInterrupt
+        flag["stop"] = True
+        print("stopping after this iteration (saving a checkpoint); Ctrl-C again to abort", file=sys.stderr, flush=True)
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: no handler, nothing to stop on
+        yield lambda: False
+        return
+    try:
+        yield lambda: flag["stop"]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _json_lines():
+    """(events, progress) callbacks writing one JSON object per line on stdout."""
+    state = {"round": 0, "rounds": 0, "phase": ""}
+
+    def write(obj: dict) -> None:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+    def events(event: dict) -> None:
+        state.update({k: event[k] for k in ("round", "rounds", "phase") if k in event})
+        write(event)
+
+    def progress(i: int, n: int, info) -> None:
+        event = {"event": "progress", **state, "done": i, "total": n}
+        if isinstance(info, str):
+            event["file"] = info
+        else:
+            event["loss"] = info
+        write(event)
+
+    return events, progress
 
 
 def _loss_bar(title: str):
@@ -108,10 +165,15 @@ def cmd_train(args) -> int:
               f"{state.get('images_per_rank')}) -> {args.out / 'model.pt'}")
         return 0
     try:
-        result = train(args.images, args.masks, args.out, cfg=_train_config(args), model_cfg=_model_config(args),
-                       device=device, resume=args.resume, progress=_loss_bar("train"))
+        with stop_on_sigint() as should_stop:
+            result = train(args.images, args.masks, args.out, cfg=_train_config(args), model_cfg=_model_config(args),
+                           device=device, resume=args.resume, progress=_loss_bar("train"), should_stop=should_stop)
     except KeyboardInterrupt:
         print(f"interrupted: the last checkpoint is in {args.out}; continue with --resume", file=sys.stderr)
+        return 130
+    if result.iterations < args.iters:
+        print(f"stopped at iteration {result.iterations}: checkpoint saved in {args.out}; continue with --resume",
+              file=sys.stderr)
         return 130
     for problem in result.problems:
         print(f"skipped: {problem}", file=sys.stderr)
@@ -140,12 +202,28 @@ def cmd_predict(args) -> int:
 
 def cmd_selftrain(args) -> int:
     from engine.device import configure_cpu_threads, resolve_device
-    from engine.selftrain import format_summary, selftrain
+    from engine.selftrain import SelfTrainStopped, format_summary, selftrain
 
     configure_cpu_threads()
-    rows = selftrain(args.images, args.out, rounds=args.rounds, train_cfg=_train_config(args), keep_thr=args.keep_thr,
-                     max_keep=args.max_keep, device=str(resolve_device(args.device)), eval_images=args.eval_images,
-                     gt=args.gt, progress=_loss_bar("selftrain"))
+    if args.resume and not args.out.is_dir():
+        print(f"freesolo selftrain: error: --resume: {args.out} holds no earlier run", file=sys.stderr)
+        return 2
+    if args.progress == "json":
+        events, progress = _json_lines()
+        say = lambda text: events({"event": "message", "text": text})  # noqa: E731
+    else:
+        events, progress, say = None, _loss_bar("selftrain"), print
+    try:
+        with stop_on_sigint() as should_stop:
+            rows = selftrain(args.images, args.out, rounds=args.rounds, train_cfg=_train_config(args),
+                             model_cfg=_model_config(args), keep_thr=args.keep_thr, max_keep=args.max_keep,
+                             device=str(resolve_device(args.device)), eval_images=args.eval_images, gt=args.gt,
+                             say=say, progress=progress, should_stop=should_stop, events=events)
+    except SelfTrainStopped as exc:
+        print(f"freesolo selftrain: {exc} (with --resume)", file=sys.stderr)
+        return 130
+    if events is not None:
+        events({"event": "done", "rounds": args.rounds})
     print(format_summary(rows))
     print(f"outputs in {args.out}")
     return 0

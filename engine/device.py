@@ -10,7 +10,7 @@ import os
 
 import torch
 
-__all__ = ["available_cpu_count", "configure_cpu_threads", "resolve_device"]
+__all__ = ["available_cpu_count", "available_devices", "configure_cpu_threads", "resolve_device"]
 
 
 def _mps_available() -> bool:
@@ -60,6 +60,18 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
             )
         return torch.device("mps")
     raise ValueError(f"unsupported device type {device.type!r}; use 'auto', 'cpu', 'cuda' or 'mps'")
+
+
+def available_devices() -> list[str]:
+    """The device names this machine can use, ``auto`` first and ``cpu`` last (for pickers)."""
+    names = ["auto"]
+    if torch.cuda.is_available():
+        names.append("cuda")
+        if torch.cuda.device_count() > 1:
+            names += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if _mps_available():
+        names.append("mps")
+    return names + ["cpu"]
 
 
 def available_cpu_count() -> int:

@@ -6,7 +6,10 @@ RUN_DIR/round_K/  for K >= 2, a SOLO retrained (from the pretrained backbone) on
                   kept predictions (score >= keep_thr, at most max_keep per image)
 
 Every round is skipped when its outputs exist, and a round's training resumes from its last
-checkpoint, so an interrupted run continues where it stopped.
+checkpoint, so an interrupted run continues where it stopped. ``should_stop`` ends a run
+cleanly (the current round's training saves its checkpoint first) by raising
+``SelfTrainStopped``; ``events`` receives a dict at each phase change and finished round, for
+front ends that show progress (the napari panel reads them as JSON lines).
 """
 
 from __future__ import annotations
@@ -20,11 +23,17 @@ from engine.atomic import atomic_write_json
 from engine.coco import build_coco_dataset, load_image_results, write_coco
 from engine.evaluate import evaluate_segm
 from engine.pipeline import run_freemask_batch
+from engine.solo.config import SoloConfig
 from engine.solo.predict import predict_folder
 from engine.solo.train import FINAL, TrainConfig, train
 from engine.structures import ImageResult
 
 Say = Callable[[str], None]
+Events = Callable[[dict], None]
+
+
+class SelfTrainStopped(Exception):
+    """A stop request ended the run; rerunning the same command continues it."""
 
 
 @dataclass
@@ -52,6 +61,7 @@ def selftrain(
     *,
     rounds: int = 2,
     train_cfg: TrainConfig | None = None,
+    model_cfg: SoloConfig | None = None,
     keep_thr: float = 0.3,
     max_keep: int = 20,
     device: str = "cpu",
@@ -59,7 +69,17 @@ def selftrain(
     gt: Path | None = None,
     say: Say = print,
     progress=None,
+    should_stop: Callable[[], bool] | None = None,
+    events: Events | None = None,
 ) -> list[RoundSummary]:
+
+    def emit(event: str, k: int, **info) -> None:
+        if events is not None:
+            events({"event": event, "round": k, "rounds": rounds, **info})
+
+    def stopped(k: int, where: str) -> SelfTrainStopped:
+        emit("stopped", k, phase=where)
+        return SelfTrainStopped(f"stopped during round {k} ({where}); run the same command again to continue")
 
     cfg = train_cfg or TrainConfig()
     out.mkdir(parents=True, exist_ok=True)
@@ -68,10 +88,14 @@ def selftrain(
     if not r0.exists():
         t0 = time.perf_counter()
         say("round 0: Free Mask coarse masks")
-        report = run_freemask_batch([images], device=device, progress=progress)
+        emit("phase", 0, phase="freemask")
+        report = run_freemask_batch([images], device=device, progress=progress, should_stop=should_stop)
+        if report.cancelled:
+            raise stopped(0, "freemask")
         write_coco(r0, build_coco_dataset(report.results))
         (out / "round_0" / "seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}")
     summaries.append(_summary(0, "Free Mask", r0, out / "round_0", eval_images, gt, device))
+    emit("round_done", 0, path=str(r0))
     masks = r0
     for k in range(1, rounds + 1):
         rdir = out / f"round_{k}"
@@ -84,14 +108,21 @@ def selftrain(
         if not pred.exists():
             t0 = time.perf_counter()
             say(f"round {k}: training SOLO on {masks.relative_to(out)}")
-            result = train(images, masks, rdir, cfg=replace(cfg, positive_only_focal=k >= 2), device=device,
-                           resume=True, progress=progress)
+            emit("phase", k, phase="train", iters=cfg.iters)
+            result = train(images, masks, rdir, cfg=replace(cfg, positive_only_focal=k >= 2), model_cfg=model_cfg,
+                           device=device, resume=True, progress=progress, should_stop=should_stop)
             for problem in result.problems[:5]:
                 say(f"  skipped: {problem}")
-            report = predict_folder([images], rdir / FINAL, device=device)
+            if result.iterations < cfg.iters:
+                raise stopped(k, f"training, checkpoint at iteration {result.iterations} in {rdir / 'checkpoint.pt'}")
+            emit("phase", k, phase="predict")
+            report = predict_folder([images], rdir / FINAL, device=device, should_stop=should_stop)
+            if report.cancelled:
+                raise stopped(k, "prediction")
             write_coco(pred, build_coco_dataset(report.results))
             (rdir / "seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}")
         summaries.append(_summary(k, "SOLO" if k == 1 else "self-trained SOLO", pred, rdir, eval_images, gt, device))
+        emit("round_done", k, path=str(pred))
         masks = pred
     atomic_write_json(out / "summary.json", [s.__dict__ for s in summaries], overwrite=True, backup=False)
     return summaries

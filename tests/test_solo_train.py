@@ -139,3 +139,48 @@ def test_divergence_stops_clearly_and_keeps_the_last_good_checkpoint(data, tmp_p
     code = main(["train", str(data / "images"), "--masks", str(data / "coarse.json"), "--out", str(run),
                  "--iters", "6", "--size", "128", "--lr", "1e30", "--checkpoint-every", "1", "--resume"])
     assert code == 2 and "last good" in capsys.readouterr().err
+
+
+
+def test_selftrain_stops_with_a_checkpoint_and_resume_finishes(data, tmp_path, capsys):
+    """What the panel's Cancel / Resume do: a SIGINT stops training cleanly, --resume finishes it."""
+    import os
+    import signal
+
+    from engine.cli_solo import stop_on_sigint
+    from engine.selftrain import SelfTrainStopped, selftrain
+
+    with stop_on_sigint() as should_stop:  # the first Ctrl-C only asks to stop
+        assert not should_stop()
+        os.kill(os.getpid(), signal.SIGINT)
+        assert should_stop()
+    assert "saving a checkpoint" in capsys.readouterr().err
+
+    st = tmp_path / "st"
+    events, seen = [], []
+
+    def progress(i, n, info):
+        seen.append((i, n))
+
+    def stop():
+        return sum(1 for _i, n in seen if n == 50) >= 2  # two training iterations done
+
+    with pytest.raises(SelfTrainStopped, match="round 1"):
+        selftrain(data / "images", st, rounds=1, train_cfg=TrainConfig(iters=50, size=128, checkpoint_every=1000),
+                  say=lambda _t: None, progress=progress, should_stop=stop, events=events.append)
+    assert events[0] == {"event": "phase", "round": 0, "rounds": 1, "phase": "freemask"}
+    assert {"event": "round_done", "round": 0, "rounds": 1, "path": str(st / "round_0" / "coarse.json")} in events
+    assert events[-1]["event"] == "stopped" and "checkpoint" in events[-1]["phase"]
+    _model, state = load_model(st / "round_1" / "checkpoint.pt")
+    assert state["step"] == 2 and not (st / "round_1" / "model.pt").exists()
+
+    capsys.readouterr()
+    args = ["selftrain", str(data / "images"), "--out", str(st), "--rounds", "1", "--iters", "5", "--size", "128",
+            "--device", "cpu", "--progress", "json", "--resume"]
+    assert main(args) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    steps = [e["done"] for e in lines if e["event"] == "progress" and e["phase"] == "train"]
+    assert steps == [3, 4, 5]  # only the missing iterations run
+    assert {"event": "round_done", "round": 1, "rounds": 1, "path": str(st / "round_1" / "predictions.json")} in lines
+    assert lines[-1] == {"event": "done", "rounds": 1}
+    assert main(["selftrain", str(tmp_path / "nothing"), "--out", str(tmp_path / "none"), "--resume"]) == 2

@@ -15,6 +15,27 @@ from engine.solo.train import load_model
 from engine.structures import ImageResult
 
 
+def inference_settings(model, state: dict, score_thr: float | None = None,
+                       max_per_image: int | None = None) -> tuple[int, object]:
+    """(training image size, inference config) of a loaded model, with optional overrides."""
+    size = int(state.get("train_config", {}).get("size", 320))
+    inference = model.cfg.inference
+    if score_thr is not None:
+        inference = replace(inference, score_thr=score_thr)
+    if max_per_image is not None:
+        inference = replace(inference, max_per_image=max_per_image)
+    return size, inference
+
+
+def predict_image(model, image, size: int, inference) -> list:
+    """Instances of one RGB uint8 (H, W, 3) image from a loaded model (see ``inference_settings``)."""
+    square, _scale, content = letterbox(image, size)
+    x = model.backbone.preprocess(square.permute(1, 2, 0).numpy())
+    with torch.inference_mode():
+        outputs = model(x)
+    return predict_instances(outputs, 0, image.shape[:2], content, inference)
+
+
 def predict_folder(
     inputs: Sequence[str | Path],
     model_path: str | Path,
@@ -27,19 +48,10 @@ def predict_folder(
 ) -> BatchReport:
     """Predict instances for every image of ``inputs``; bad files are reported, not fatal."""
     model, state = load_model(model_path, device)
-    size = int(state.get("train_config", {}).get("size", 320))
-    inference = model.cfg.inference
-    if score_thr is not None:
-        inference = replace(inference, score_thr=score_thr)
-    if max_per_image is not None:
-        inference = replace(inference, max_per_image=max_per_image)
+    size, inference = inference_settings(model, state, score_thr, max_per_image)
     report = BatchReport()
     for name, path, image in iter_batch(inputs, report, progress, should_stop):
-        square, _scale, content = letterbox(image, size)
-        x = model.backbone.preprocess(square.permute(1, 2, 0).numpy())
-        with torch.inference_mode():
-            outputs = model(x)
-        instances = predict_instances(outputs, 0, image.shape[:2], content, inference)
+        instances = predict_image(model, image, size, inference)
         report.results.append(ImageResult(name, image.shape[0], image.shape[1], instances))
         report.images[name] = path
     return report

@@ -16,20 +16,27 @@ from freesolo_napari.layers import labels_name, show_instances
 
 
 def image_file_name(layer) -> str:
-    """The name an image layer is exported under: its file's name, else the layer name + .png."""
+    """The name an image layer is exported under: the COCO file name it was loaded with (folder
+    and COCO reader), else its file's name, else the layer name + .png."""
+    given = (getattr(layer, "metadata", None) or {}).get("file_name")
+    if given:
+        return str(given)
     path = getattr(getattr(layer, "source", None), "path", None)
     return Path(path).name if path else f"{layer.name}.png"
 
 
 def layer_result(image_layer, labels_layer, automatic: np.ndarray | None = None) -> ImageResult:
-    """The masks currently painted in ``labels_layer`` (user edits included) as an ImageResult.
+    """The masks currently painted in ``labels_layer`` (user edits included) as an ImageResult."""
+    return labels_result(image_file_name(image_layer), np.asarray(labels_layer.data), labels_layer.features, automatic)
+
+
+def labels_result(file_name: str, data: np.ndarray, table, automatic: np.ndarray | None = None) -> ImageResult:
+    """A label image with its ``features`` table as an ImageResult.
 
     A label whose pixels differ from the last automatic result (``automatic``) is marked
     ``source="edited"``; new labels painted by hand are edited too.
     """
-    data = np.asarray(labels_layer.data)
     h, w = data.shape[:2]
-    table = labels_layer.features
     rows = {int(i): k for k, i in enumerate(table["index"])} if "index" in getattr(table, "columns", []) else {}
     instances = []
     ids = np.unique(data[data > 0])
@@ -41,19 +48,28 @@ def layer_result(image_layer, labels_layer, automatic: np.ndarray | None = None)
         if automatic is not None and not np.array_equal(mask, automatic == label_id):
             source = "edited"
         instances.append(InstanceMask(mask=mask, score=score, maskness=mness, source=source))
-    return ImageResult(image_file_name(image_layer), h, w, instances)
+    return ImageResult(file_name, h, w, instances)
+
+
+def open_results(viewer, automatic: dict[str, np.ndarray] | None = None,
+                 names: list[str] | None = None) -> list[ImageResult]:
+    """One ImageResult per image layer that has a masks layer (only ``names`` when given)."""
+    from napari.layers import Image
+
+    results = []
+    for layer in viewer.layers:
+        if names is not None and layer.name not in names:
+            continue
+        if isinstance(layer, Image) and labels_name(layer.name) in viewer.layers:
+            auto = (automatic or {}).get(layer.name)
+            results.append(layer_result(layer, viewer.layers[labels_name(layer.name)], auto))
+    return results
 
 
 def export_coco(viewer, path: str | Path, *, segmentation: str = "rle", overwrite: bool = False,
                 automatic: dict[str, np.ndarray] | None = None) -> tuple[Path, int]:
     """Write every image that has a masks layer; returns (path, number of images)."""
-    from napari.layers import Image
-
-    results = []
-    for layer in viewer.layers:
-        if isinstance(layer, Image) and labels_name(layer.name) in viewer.layers:
-            auto = (automatic or {}).get(layer.name)
-            results.append(layer_result(layer, viewer.layers[labels_name(layer.name)], auto))
+    results = open_results(viewer, automatic)
     if not results:
         raise ValueError("nothing to export: run Free Mask (or import masks) on an image first")
     written = write_coco(path, build_coco_dataset(results, segmentation=segmentation,

@@ -9,9 +9,16 @@ import numpy as np
 from engine.masks import masks_to_label_image
 from engine.structures import InstanceMask
 
+SCORE_COLORMAP = "viridis"  # low score dark purple, high score yellow
+_RANDOM_COLORMAP_KEY = "freesolo_random_colormap"
+
 
 def labels_name(image_name: str) -> str:
     return f"{image_name} · free masks"
+
+
+def points_name(image_name: str) -> str:
+    return f"{image_name} · maskness"
 
 
 def instance_table(instances: Sequence[InstanceMask]) -> dict[str, np.ndarray]:
@@ -27,31 +34,57 @@ def instance_table(instances: Sequence[InstanceMask]) -> dict[str, np.ndarray]:
     }
 
 
+def instances_to_labels(instances: Sequence[InstanceMask], shape: tuple[int, int]) -> np.ndarray:
+    """Label image of ``instances`` (label k + 1 = instance k; higher score on top)."""
+    if not instances:
+        return np.zeros(tuple(shape), np.uint16)
+    return masks_to_label_image([m.mask for m in instances], [m.score for m in instances])
+
+
 def show_instances(viewer, image_layer, instances: Sequence[InstanceMask]):
     """Create or update the image's Labels layer (reused, never duplicated) and its score text."""
     h, w = np.asarray(image_layer.data).shape[:2]
-    labels = (
-        masks_to_label_image([m.mask for m in instances], [m.score for m in instances])
-        if instances
-        else np.zeros((h, w), np.uint16)
-    )
-    name = labels_name(image_layer.name)
-    table = instance_table(instances)
+    layer = set_labels(viewer, image_layer.name, instances_to_labels(instances, (h, w)), instance_table(instances),
+                       scores=False)
+    centres = np.array([np.argwhere(m.mask).mean(axis=0) for m in instances]) if instances else np.zeros((0, 2))
+    _show_scores(viewer, image_layer.name, centres, [f"{m.maskness or 0:.2f}" for m in instances])
+    return layer
+
+
+def set_labels(viewer, image_name: str, labels: np.ndarray, table, *, scores: bool = True):
+    """Put ``labels`` with its ``features`` table into the image's (reused) Labels layer.
+
+    With ``scores`` the maskness text is rebuilt from the labels and the table's maskness column.
+    """
+    name = labels_name(image_name)
     if name in viewer.layers:
         layer = viewer.layers[name]
         layer.data = labels
         layer.features = table
     else:
         layer = viewer.add_labels(labels, name=name, opacity=0.5, features=table)
-    _show_scores(viewer, image_layer.name, instances)
+    if scores:
+        show_label_scores(viewer, image_name, layer)
     return layer
 
 
-def _show_scores(viewer, image_name: str, instances: Sequence[InstanceMask]) -> None:
+def show_label_scores(viewer, image_name: str, labels_layer) -> None:
+    """Maskness text at the centre of every label painted in ``labels_layer``."""
+    from scipy import ndimage
+
+    data = np.asarray(labels_layer.data)
+    ids = [int(i) for i in np.unique(data) if i > 0]
+    centres = np.array(ndimage.center_of_mass(data > 0, data, ids)).reshape(-1, 2) if ids else np.zeros((0, 2))
+    table = labels_layer.features
+    rows = {}
+    if "index" in getattr(table, "columns", []) and "maskness" in table.columns:
+        rows = dict(zip(table["index"].astype(int), table["maskness"].astype(float)))
+    _show_scores(viewer, image_name, centres, [f"{rows[i]:.2f}" if i in rows else "" for i in ids])
+
+
+def _show_scores(viewer, image_name: str, centres: np.ndarray, text: list[str]) -> None:
     """Maskness at each mask's centre, as text on a Points layer (reused)."""
-    name = f"{image_name} · maskness"
-    centres = np.array([np.argwhere(m.mask).mean(axis=0) for m in instances]) if instances else np.zeros((0, 2))
-    text = [f"{m.maskness or 0:.2f}" for m in instances]
+    name = points_name(image_name)
     feats = {"maskness_text": np.array(text, dtype=object)}
     if name in viewer.layers:
         layer = viewer.layers[name]
@@ -63,3 +96,30 @@ def _show_scores(viewer, image_name: str, instances: Sequence[InstanceMask]) -> 
             centres, name=name, size=2, face_color="transparent", border_color="transparent",
             features=feats, text={"string": "{maskness_text}", "color": "white", "size": 9},
         )
+
+
+def score_colors(table) -> dict:
+    """Label value -> RGBA from the score colormap (labels without a score row are grey)."""
+    from napari.utils.colormaps import ensure_colormap
+
+    colors: dict = {None: np.array([0.6, 0.6, 0.6, 1.0]), 0: np.zeros(4)}
+    if "index" not in getattr(table, "columns", []) or "score" not in table.columns:
+        return colors
+    ids = np.asarray(table["index"], dtype=np.int64)
+    rgba = ensure_colormap(SCORE_COLORMAP).map(np.clip(np.asarray(table["score"], dtype=float), 0.0, 1.0))
+    for label, color in zip(ids, rgba):
+        if label > 0:
+            colors[int(label)] = np.asarray(color, dtype=float)
+    return colors
+
+
+def color_by_score(labels_layer, on: bool) -> None:
+    """Colour each label by its score (``on``) or go back to napari's random label colours."""
+    from napari.utils.colormaps import DirectLabelColormap, label_colormap
+
+    if on:
+        if not isinstance(labels_layer.colormap, DirectLabelColormap):
+            labels_layer.metadata[_RANDOM_COLORMAP_KEY] = labels_layer.colormap
+        labels_layer.colormap = DirectLabelColormap(color_dict=score_colors(labels_layer.features))
+    elif isinstance(labels_layer.colormap, DirectLabelColormap):
+        labels_layer.colormap = labels_layer.metadata.pop(_RANDOM_COLORMAP_KEY, None) or label_colormap(49)

@@ -1,0 +1,176 @@
+"""A folder of images for the panel: the file list, the image shown, the on-disk caches.
+
+No Qt here. The expensive half of Free Mask (backbone features) is cached on disk by the
+engine (``engine.features.FeatureCache``, keyed by file content, shared with the ``freesolo``
+command line), so reopening an image, or the folder in a new session, costs only the
+post-processing. Masks the user edited are kept next to that cache (``edits/``, one file per
+image content), so they survive moving between images and sessions and go into folder exports.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from engine.atomic import atomic_save
+from engine.features import FeatureCache, FeatureConfig, Features, FeatureExtractor, extract_cached
+from engine.images import file_sha1, list_images, load_image, relative_name
+from engine.pipeline import default_cache_dir
+from engine.structures import ImageResult
+
+PATH_KEY = "freesolo_path"  # image layer metadata: the file the layer was loaded from (engine.load_image)
+_TABLE_COLUMNS = ("index", "score", "maskness", "scale", "area", "source")
+
+
+def layer_path(layer) -> str | None:
+    """The file an image layer was loaded from by this plugin (folder, COCO reader), else None."""
+    return (getattr(layer, "metadata", None) or {}).get(PATH_KEY)
+
+
+def extract_features(extractor: FeatureExtractor, image: np.ndarray, path: str | None = None,
+                     cache_dir: str | Path | None = None) -> Features:
+    """Features of ``image``: from the on-disk cache when ``path`` (the file it was loaded from) is known."""
+    if path is None:
+        return extractor.extract(image)
+    cache = FeatureCache(cache_dir or default_cache_dir())
+    feats, _hit = extract_cached(extractor, image, file_sha1(path), cache)
+    return feats
+
+
+@dataclass
+class Edits:
+    """A user-edited label image, its features table and the automatic labels it was edited from."""
+
+    labels: np.ndarray
+    table: dict[str, np.ndarray]
+    automatic: np.ndarray | None
+
+
+class FolderSession:
+    """The images of one folder, the index of the one shown, and their cached features and edits."""
+
+    def __init__(self, folder: str | Path, cache_dir: str | Path | None = None):
+        self.folder = Path(folder)
+        self.paths, self.skipped = list_images([self.folder])  # NoImagesError / FileNotFoundError
+        self.names = [relative_name(p, self.folder) for p in self.paths]
+        self.index = 0
+        root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.cache = FeatureCache(root)
+        self.edits_dir = root.parent / "edits"
+        self._hashes: dict[Path, tuple[float, int, str]] = {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def name(self) -> str:
+        return self.names[self.index]
+
+    @property
+    def path(self) -> Path:
+        return self.paths[self.index]
+
+    def position_text(self) -> str:
+        return f"{self.index + 1} / {len(self)}  {self.name}"
+
+    def go(self, index: int) -> int:
+        self.index = max(0, min(len(self) - 1, index))
+        return self.index
+
+    def file_hash(self, path: Path) -> str:
+        """Content hash of ``path`` (the cache key), remembered while the file is unchanged."""
+        st = Path(path).stat()
+        known = self._hashes.get(Path(path))
+        if known is None or known[:2] != (st.st_mtime, st.st_size):
+            known = (st.st_mtime, st.st_size, file_sha1(path))
+            self._hashes[Path(path)] = known
+        return known[2]
+
+    # ---- features -------------------------------------------------------------------------
+    def cached_features(self, path: Path, config: FeatureConfig) -> Features | None:
+        """The cached backbone features of ``path``, or None if they were never computed."""
+        return self.cache.get(self.file_hash(path), config)
+
+    def features(self, path: Path, image: np.ndarray, extractor: FeatureExtractor) -> tuple[Features, bool]:
+        """(features, came from the cache): computes and stores them on a miss."""
+        return extract_cached(extractor, image, self.file_hash(path), self.cache)
+
+    # ---- user edits -----------------------------------------------------------------------
+    def _edits_path(self, path: Path) -> Path:
+        return self.edits_dir / f"{self.file_hash(path)}.npz"
+
+    def save_edits(self, path: Path, labels: np.ndarray, table, automatic: np.ndarray | None) -> Path:
+        arrays = {"labels": np.asarray(labels)}
+        if automatic is not None:
+            arrays["automatic"] = np.asarray(automatic)
+        for col in _TABLE_COLUMNS:
+            if col in getattr(table, "columns", table):
+                values = np.asarray(table[col])
+                arrays[f"table_{col}"] = values.astype(str) if values.dtype == object else values
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        data = buf.getvalue()
+        return atomic_save(self._edits_path(path), lambda tmp: Path(tmp).write_bytes(data), overwrite=True, backup=False)
+
+    def load_edits(self, path: Path) -> Edits | None:
+        target = self._edits_path(path)
+        if not target.is_file():
+            return None
+        try:
+            with np.load(target, allow_pickle=False) as z:
+                table = {k[len("table_"):]: z[k] for k in z.files if k.startswith("table_")}
+                if "source" in table:
+                    table["source"] = table["source"].astype(object)
+                return Edits(z["labels"], table, z["automatic"] if "automatic" in z.files else None)
+        except (OSError, ValueError, KeyError):  # a damaged file is ignored, like a cache miss
+            return None
+
+    def clear_edits(self, path: Path) -> None:
+        try:
+            self._edits_path(path).unlink(missing_ok=True)
+        except OSError:
+            pass
+
+    # ---- results for export ---------------------------------------------------------------
+    def iter_results(
+        self, params, config: FeatureConfig, live: dict[str, ImageResult] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Iterator[tuple[int, str, ImageResult | None, str | None]]:
+        """(index, file name, result or None, problem or None) for every image of the folder.
+
+        ``live`` results (the image on screen) win; then the user's stored edits; then Free Mask
+        post-processing on the cached features. Images never computed give (None, None);
+        unreadable ones (None, a line naming the file).
+        """
+        import pandas as pd
+
+        from engine.freemask import postprocess
+        from engine.images import ImageLoadError
+        from freesolo_napari.exchange import labels_result
+
+        for i, (path, name) in enumerate(zip(self.paths, self.names)):
+            if should_stop is not None and should_stop():
+                return
+            if live and name in live:
+                yield i, name, live[name], None
+                continue
+            try:
+                edits = self.load_edits(path)
+                if edits is not None:
+                    yield i, name, labels_result(name, edits.labels, pd.DataFrame(edits.table), edits.automatic), None
+                    continue
+                feats = self.cached_features(path, config)
+                if feats is None:
+                    yield i, name, None, None  # never computed
+                    continue
+                image = load_image(path)
+                result = postprocess(feats, params, image)
+            except (ImageLoadError, OSError, ValueError, RuntimeError) as exc:
+                yield i, name, None, f"{name}: {exc}"
+                continue
+            h, w = image.shape[:2]
+            yield i, name, ImageResult(name, h, w, result.instances), None

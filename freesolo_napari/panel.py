@@ -66,13 +66,19 @@ class FreeSoloPanel(QWidget):
     def _build_ui(self) -> None:
         self.layer_combo = QComboBox(toolTip="Image layer to segment")
         self.run_button = QPushButton("Run Free Mask", toolTip="Backbone pass + Free Mask on the selected image")
-        self.run_button.clicked.connect(self.run_current)
+        self.run_button.clicked.connect(self.run)
         self.cancel_button = QPushButton("Cancel", toolTip="Stop the running job", enabled=False)
         self.cancel_button.clicked.connect(self.cancel)
         self.controls = FreeMaskControls(self.params)
         self.controls.changed.connect(self._schedule_update)
-        self.export_button = QPushButton("Export COCO…", toolTip="Write the masks shown (with your edits) as COCO JSON")
-        self.export_button.clicked.connect(self._ask_export)
+        from freesolo_napari.export_controls import ExportControls
+        from freesolo_napari.review import ReviewControls
+        from freesolo_napari.run_scope import RunScope
+
+        self.run_scope = RunScope(self)  # current image / all open images / folder (+ folder browser)
+        self.export_controls = ExportControls(self)  # scope, RLE/polygons, COCO and label images
+        self.export_button = self.export_controls.coco_button
+        self.review = ReviewControls(self)  # colour by score, undo, ask before replacing edits
         self.import_button = QPushButton("Import COCO…", toolTip="Show a COCO file's masks on the open images to review them")
         self.import_button.clicked.connect(self._ask_import)
         self.histogram = MasknessHistogram()
@@ -91,10 +97,12 @@ class FreeSoloPanel(QWidget):
         buttons.addWidget(self.cancel_button)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
+        layout.addWidget(self.run_scope)
         layout.addWidget(self.controls)
         layout.addLayout(buttons)
+        layout.addWidget(self.review)
+        layout.addWidget(self.export_controls)
         exchange = QHBoxLayout()
-        exchange.addWidget(self.export_button)
         exchange.addWidget(self.import_button)
         layout.addLayout(exchange)
         layout.addWidget(QLabel("maskness of all candidates"))
@@ -126,6 +134,10 @@ class FreeSoloPanel(QWidget):
     def backbone_calls(self) -> int:
         return 0 if self._extractor is None else self._extractor.backbone_calls
 
+    def run(self) -> None:
+        """The Run button: the current image, every open image or the folder (see ``run_scope``)."""
+        self.run_scope.run()
+
     def run_current(self) -> None:
         """Compute features for the selected layer (worker thread), then show the masks."""
         from napari.qt.threading import create_worker
@@ -145,20 +157,29 @@ class FreeSoloPanel(QWidget):
             self._notify(str(exc))
             return
         self._set_busy(True, f"Computing features for '{name}'…")
-        worker = create_worker(self._extract_and_post, name, image, params)
+        from freesolo_napari.folder import layer_path
+
+        worker = create_worker(self._extract_and_post, name, image, params, layer_path(self.viewer.layers[name]),
+                               _ignore_errors=True)  # errors become a notification
         worker.returned.connect(self._on_result)
         worker.errored.connect(self._on_error)
         worker.finished.connect(lambda: self._set_busy(False))
         self._worker = worker
         worker.start()
 
-    def _extract_and_post(self, name: str, image: np.ndarray, params):
+    def _get_extractor(self):
         from engine.features import FeatureExtractor
-        from engine.freemask import postprocess
 
         if self._extractor is None:
             self._extractor = FeatureExtractor(device="auto")
-        feats = self._extractor.extract(image)
+        return self._extractor
+
+    def _extract_and_post(self, name: str, image: np.ndarray, params, path: str | None = None):
+        """Features (from the on-disk cache for images loaded from a file by this plugin) + Free Mask."""
+        from engine.freemask import postprocess
+        from freesolo_napari.folder import extract_features
+
+        feats = extract_features(self._get_extractor(), image, path)
         self._features[name] = (image, feats)
         return name, postprocess(feats, params, image)
 
@@ -178,7 +199,7 @@ class FreeSoloPanel(QWidget):
         except ValueError as exc:
             self._notify(str(exc))
             return
-        worker = create_worker(_postprocess_only, name, feats, params, image)
+        worker = create_worker(_postprocess_only, name, feats, params, image, _ignore_errors=True)
         worker.returned.connect(self._on_result)
         worker.errored.connect(self._on_error)
         worker.start()
@@ -213,16 +234,10 @@ class FreeSoloPanel(QWidget):
             self.inspect_query(float(y), float(x))
 
     # ---- COCO in and out ------------------------------------------------------------------
-    def export_coco(self, path: str, segmentation: str = "rle", overwrite: bool = False) -> None:
-        from freesolo_napari.exchange import export_coco
-
-        try:
-            written, n = export_coco(self.viewer, path, segmentation=segmentation, overwrite=overwrite,
-                                     automatic=self._automatic)
-        except (ValueError, OSError) as exc:
-            self._notify(f"Export failed: {exc}")
-            return
-        self.status.setText(f"Exported {n} image(s) to {written}")
+    def export_coco(self, path: str, segmentation: str | None = None, overwrite: bool = False,
+                    scope: str | None = None):
+        """COCO export of the chosen scope (see ``export_controls``); a folder export returns its worker."""
+        return self.export_controls.export_coco(path, scope=scope, segmentation=segmentation, overwrite=overwrite)
 
     def import_coco(self, path: str) -> None:
         from freesolo_napari.exchange import import_coco
@@ -238,11 +253,7 @@ class FreeSoloPanel(QWidget):
         self.status.setText(text)
 
     def _ask_export(self) -> None:
-        from qtpy.QtWidgets import QFileDialog
-
-        path, _ = QFileDialog.getSaveFileName(self, "Export COCO", "masks.json", "COCO JSON (*.json)")
-        if path:  # the dialog already asked before replacing a file; the old one is kept as .bak
-            self.export_coco(path, overwrite=True)
+        self.export_controls.ask_coco()
 
     def _ask_import(self) -> None:
         from qtpy.QtWidgets import QFileDialog
@@ -254,6 +265,9 @@ class FreeSoloPanel(QWidget):
     def cancel(self) -> None:
         if self._worker is not None:
             self._worker.quit()
+        if self.run_scope.busy:  # a batch stops after the image in progress; its end frees the panel
+            self.status.setText("Cancelling after the current image…")
+            return
         self._set_busy(False, "Cancelled.")
 
     # ---- results --------------------------------------------------------------------------
@@ -261,8 +275,11 @@ class FreeSoloPanel(QWidget):
         name, result = payload
         if name not in self.viewer.layers:
             return
+        if not self.review.allow_update(name):  # the user keeps edited masks
+            return
         layer = show_instances(self.viewer, self.viewer.layers[name], result.instances)
         self._automatic[name] = np.asarray(layer.data).copy()
+        self.review.after_update(layer)
         feats = self._features[name][1]
         self.histogram.set_values(result.candidate_maskness, self.controls.min_score.value())
         size = f", objects ≈{feats.object_size:.0f} px" if feats.object_size else ""

@@ -1,0 +1,263 @@
+"""The folder browser: one image of a folder at a time, Previous/Next, and 'Run whole folder'.
+
+Images are loaded lazily (in a worker) when shown. Their masks come from the engine's on-disk
+feature cache plus post-processing, so an image computed once — in this session, an earlier
+one, or by ``freesolo freemask`` — reopens without the network. Edits are stored when you move
+to another image (see ``freesolo_napari.folder``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+
+from freesolo_napari.folder import PATH_KEY, FolderSession
+from freesolo_napari.layers import labels_name, points_name, set_labels
+
+MAX_SKIP_NOTES = 20  # non-image files reported one by one, then summarised
+
+
+def feature_config(panel):
+    """The feature settings the panel computes with (the cache key)."""
+    from engine.features import FeatureConfig
+
+    return panel._extractor.config if panel._extractor is not None else FeatureConfig()
+
+
+class FolderView(QWidget):
+    def __init__(self, panel):
+        super().__init__()
+        self.panel = panel
+        self.session: FolderSession | None = None
+        self.shown: str | None = None  # name of the image layer showing the current folder image
+        self._loaders: list = []  # running load workers (kept referenced)
+        self.open_button = QPushButton("Open folder…", toolTip="Choose a folder of images to browse and segment")
+        self.open_button.clicked.connect(self._ask_folder)
+        self.prev_button = QPushButton("◀ Previous", enabled=False, toolTip="Show the previous image of the folder")
+        self.prev_button.clicked.connect(lambda: self.show_image(self.session.index - 1))
+        self.next_button = QPushButton("Next ▶", enabled=False, toolTip="Show the next image of the folder")
+        self.next_button.clicked.connect(lambda: self.show_image(self.session.index + 1))
+        self.position = QLabel("no folder open", toolTip="Image shown: number / images in the folder, file name",
+                               wordWrap=True)
+        row = QHBoxLayout()
+        row.addWidget(self.prev_button)
+        row.addWidget(self.next_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.open_button)
+        layout.addLayout(row)
+        layout.addWidget(self.position)
+
+    # ---- opening and navigating -----------------------------------------------------------
+    def _ask_folder(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        folder = QFileDialog.getExistingDirectory(self, "Open a folder of images")
+        if folder:
+            self.open_folder(folder)
+
+    def open_folder(self, folder: str | Path) -> bool:
+        """List the folder's images and show the first; False (with a notification) if there are none."""
+        from engine.images import NoImagesError
+
+        try:
+            session = FolderSession(folder)
+        except (NoImagesError, OSError) as exc:
+            self.panel._notify(f"Cannot open folder: {exc}")
+            return False
+        self._leave_current()
+        self.session = session
+        self.panel.status.setText(f"{len(session)} image(s) in '{session.folder}'"
+                                  + (f"; {len(session.skipped)} other entries skipped" if session.skipped else ""))
+        self.show_image(0)
+        return True
+
+    def show_image(self, index: int):
+        """Show image ``index`` of the folder (loaded in a worker); returns the load worker."""
+        from napari.qt.threading import create_worker
+
+        if self.session is None:
+            return None
+        self._leave_current()
+        index = self.session.go(index)
+        self._update_nav()
+        worker = create_worker(_load, self.session, index, feature_config(self.panel), self._params(),
+                               _ignore_errors=True)
+        worker.returned.connect(self._on_loaded)
+        worker.errored.connect(self.panel._on_error)
+        worker.finished.connect(lambda: self._loaders.remove(worker) if worker in self._loaders else None)
+        self._loaders.append(worker)
+        worker.start()
+        return worker
+
+    def _params(self):
+        try:
+            return self.panel.current_params()
+        except ValueError:
+            from engine.freemask import FreeMaskParams
+
+            return FreeMaskParams()
+
+    def _update_nav(self) -> None:
+        s = self.session
+        self.position.setText(s.position_text() if s else "no folder open")
+        self.prev_button.setEnabled(bool(s) and s.index > 0)
+        self.next_button.setEnabled(bool(s) and s.index < len(s) - 1)
+
+    def _on_loaded(self, loaded) -> None:
+        index, image, feats, result, edits, error = loaded
+        session, panel, viewer = self.session, self.panel, self.panel.viewer
+        if session is None or index != session.index or self.shown is not None:
+            return  # the user moved on while this image loaded
+        name = session.names[index]
+        if error is not None:
+            self.position.setText(f"{session.position_text()} — unreadable")
+            panel._notify(f"Cannot show '{name}': {error}")
+            return
+        layer = viewer.add_image(image, name=name, rgb=True,
+                                 metadata={PATH_KEY: str(session.paths[index]), "file_name": name})
+        self.shown = layer.name
+        viewer.layers.selection.active = layer
+        viewer.reset_view()
+        panel.layer_combo.setCurrentText(layer.name)
+        if feats is not None:
+            panel._features[layer.name] = (image, feats)
+        if edits is not None:
+            labels = set_labels(viewer, layer.name, edits.labels, edits.table)
+            if edits.automatic is not None:
+                panel._automatic[layer.name] = edits.automatic
+            panel.review.after_update(labels)
+            panel.status.setText(f"'{name}': your edited masks (from the cache)")
+        elif result is not None:
+            panel._on_result((layer.name, result))
+        else:
+            panel.status.setText(f"'{name}' has no masks yet: Run whole folder, or pick 'current image' and Run.")
+
+    def _leave_current(self) -> None:
+        """Store the shown image's edits (or forget stale ones) and take its layers away."""
+        if self.shown is None or self.session is None:
+            return
+        name, viewer, panel = self.shown, self.panel.viewer, self.panel
+        self.save_current_edits()
+        for layer_name in (labels_name(name), points_name(name), name):
+            if layer_name in viewer.layers:
+                viewer.layers.remove(layer_name)
+        panel._features.pop(name, None)
+        panel._automatic.pop(name, None)
+        panel.review.forget(name)
+        self.shown = None
+
+    def save_current_edits(self) -> None:
+        """Keep the shown image's masks in the edits store if the user changed them."""
+        if self.shown is None or self.session is None:
+            return
+        name, viewer = self.shown, self.panel.viewer
+        layer = viewer.layers[name] if name in viewer.layers else None
+        path = Path(layer.metadata[PATH_KEY]) if layer is not None and PATH_KEY in layer.metadata else None
+        if path is None:
+            return
+        try:
+            if labels_name(name) in viewer.layers and self.panel.review.is_edited(name):
+                lab = viewer.layers[labels_name(name)]
+                self.session.save_edits(path, np.asarray(lab.data), lab.features, self.panel._automatic.get(name))
+            elif labels_name(name) in viewer.layers:
+                self.session.clear_edits(path)
+        except OSError as exc:
+            self.panel._notify(f"Could not store the edits of '{name}': {exc}")
+
+    def live_results(self) -> dict:
+        """The shown image's masks as painted now (edits included), keyed by file name."""
+        from freesolo_napari.exchange import open_results
+
+        if self.shown is None:
+            return {}
+        return {r.file_name: r for r in open_results(self.panel.viewer, self.panel._automatic, names=[self.shown])}
+
+    # ---- the whole folder -----------------------------------------------------------------
+    def run_folder(self):
+        """Compute every image of the folder into the feature cache (worker, progress, Cancel)."""
+        from napari.qt.threading import create_worker
+
+        if self.session is None:
+            self.panel._notify("Open a folder first (Open folder…).")
+            return None
+        self.save_current_edits()
+        worker = create_worker(_run_folder, self.panel, self.session, _ignore_errors=True)
+        worker.yielded.connect(self._on_folder_step)
+        return self.panel.run_scope.start_batch(worker, len(self.session),
+                                                f"Computing {len(self.session)} image(s) of the folder…",
+                                                on_done=self._folder_done)
+
+    def _on_folder_step(self, item) -> None:
+        kind = item[0]
+        if kind == "failed":
+            self.panel._notify(f"Skipped: {item[1]}")
+        elif kind == "progress":
+            self.panel.run_scope.step(item[1], item[2])
+        else:
+            _kind, done, total, name, hit = item
+            self.panel.run_scope.step(done, total)
+            self.panel.status.setText(f"{done} / {total} · {name}" + (" (cached)" if hit else ""))
+
+    def _folder_done(self, cancelled: bool) -> None:
+        # the image on screen gets its masks now if it had none
+        s = self.session
+        if s is not None and self.shown is not None and labels_name(self.shown) not in self.panel.viewer.layers:
+            self.show_image(s.index)
+
+
+def _load(session: FolderSession, index: int, config, params):
+    """Worker body: image, cached features, stored edits and (if no edits) the masks."""
+    from engine.freemask import postprocess
+    from engine.images import ImageLoadError, load_image
+
+    path = session.paths[index]
+    try:
+        image = load_image(path)
+        feats = session.cached_features(path, config)
+        edits = session.load_edits(path)
+        if edits is not None and edits.labels.shape != image.shape[:2]:
+            edits = None
+        result = postprocess(feats, params, image) if feats is not None and edits is None else None
+    except (ImageLoadError, OSError, RuntimeError, ValueError) as exc:
+        return index, None, None, None, None, str(exc)
+    return index, image, feats, result, edits, None
+
+
+def _run_folder(panel, session: FolderSession):
+    """Worker body: features of every image into the cache; bad files reported one by one."""
+    from engine.pipeline import BatchReport, iter_batch
+
+    report = BatchReport()
+    at = {"i": 0, "n": len(session)}
+
+    def progress(i, n, _name):
+        at.update(i=i, n=n)
+
+    reported = 0
+    notes = _skips(session)
+    for path, why in notes[:MAX_SKIP_NOTES]:
+        yield "failed", f"'{Path(path).name}': {why}"
+    if len(notes) > MAX_SKIP_NOTES:
+        yield "failed", f"{len(notes) - MAX_SKIP_NOTES} more entries that are not images"
+    for name, path, image in iter_batch([session.folder], report, progress):
+        for _bad, why in report.failures[reported:]:
+            yield "failed", why
+        reported = len(report.failures)
+        try:
+            _feats, hit = session.features(path, image, panel._get_extractor())
+        except (OSError, RuntimeError, ValueError) as exc:  # e.g. out of memory on a huge image
+            yield "failed", f"'{name}': {type(exc).__name__}: {exc}"
+            continue
+        yield "done", at["i"] + 1, at["n"], name, hit
+    for _bad, why in report.failures[reported:]:
+        yield "failed", why
+    if not report.cancelled:
+        yield "progress", at["n"], at["n"]
+
+
+def _skips(session: FolderSession):
+    """Entries of the folder that are not images (hidden files are not worth a message)."""
+    return [(str(p), why) for p, why in session.skipped if not why.startswith("hidden")]

@@ -1,0 +1,151 @@
+"""Reviewing masks: colour by score, never replacing edits without asking, undo of automatic updates.
+
+Every automatic update of a Labels layer (a run, a slider change, a batch result) goes through
+``allow_update`` first: it asks before replacing masks the user edited since the last automatic
+update, and records what the layer held so that **Undo last update** can bring it back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QMessageBox, QPushButton, QWidget
+
+from freesolo_napari.layers import color_by_score, labels_name, points_name, set_labels
+
+MAX_UNDO = 10
+
+
+@dataclass
+class _Snapshot:
+    name: str  # image layer name
+    labels: np.ndarray | None  # None: the Labels layer did not exist before the update
+    table: object = None
+    automatic: np.ndarray | None = None
+
+
+class ReviewControls(QWidget):
+    """'colour by score' and 'Undo last update', plus the replace-my-edits question.
+
+    ``confirm_replace(image_name) -> bool`` decides whether edited masks may be replaced; it
+    asks with a dialog by default and can be swapped (tests, scripts).
+    """
+
+    def __init__(self, panel):
+        super().__init__()
+        self.panel = panel
+        self.color_check = QCheckBox("colour by score", toolTip="Colour each mask by its score (viridis: dark = low, "
+                                     "yellow = high) instead of random label colours")
+        self.color_check.toggled.connect(self._recolor_all)
+        self.undo_button = QPushButton("Undo last update", enabled=False,
+                                       toolTip="Bring back the masks (and their table) from before the last "
+                                       "automatic update")
+        self.undo_button.clicked.connect(self.undo)
+        self.confirm_replace: Callable[[str], bool] = self._ask_replace
+        self._history: list[_Snapshot] = []
+        self._asking = False
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.color_check)
+        row.addWidget(self.undo_button)
+
+    # ---- edits ----------------------------------------------------------------------------
+    def is_edited(self, name: str) -> bool:
+        """Whether the masks of image ``name`` differ from its last automatic result
+        (imported or hand-made masks with no automatic result count as edited)."""
+        viewer = self.panel.viewer
+        if labels_name(name) not in viewer.layers:
+            return False
+        data = np.asarray(viewer.layers[labels_name(name)].data)
+        auto = self.panel._automatic.get(name)
+        if auto is None:
+            return bool(data.any())
+        return auto.shape != data.shape or not np.array_equal(auto, data)
+
+    def allow_update(self, name: str) -> bool:
+        """Called before an automatic update replaces the masks of ``name``; False = keep them."""
+        viewer = self.panel.viewer
+        lname = labels_name(name)
+        if lname not in viewer.layers:
+            self._push(_Snapshot(name, None))
+            return True
+        if self.is_edited(name):
+            if self._asking:  # a newer update while the question is open: keep what is there
+                return False
+            self._asking = True
+            try:
+                keep = not self.confirm_replace(name)
+            finally:
+                self._asking = False
+            if keep:
+                self.panel.status.setText(f"Kept your edits on '{name}': the automatic update was not applied "
+                                          "(Run again to be asked again).")
+                return False
+        layer = viewer.layers[lname]
+        auto = self.panel._automatic.get(name)
+        self._push(_Snapshot(name, np.asarray(layer.data).copy(), layer.features.copy(),
+                             None if auto is None else auto.copy()))
+        return True
+
+    def after_update(self, labels_layer) -> None:
+        """Called after the masks of a layer changed: apply the colouring."""
+        if self.color_check.isChecked():
+            color_by_score(labels_layer, True)
+
+    def forget(self, name: str) -> None:
+        """Drop the undo history of an image that is no longer shown."""
+        self._history = [s for s in self._history if s.name != name]
+        self.undo_button.setEnabled(bool(self._history))
+
+    def _push(self, snap: _Snapshot) -> None:
+        self._history = (self._history + [snap])[-MAX_UNDO:]
+        self.undo_button.setEnabled(True)
+
+    def undo(self) -> bool:
+        """Restore the masks from before the last automatic update; False if nothing was done."""
+        if not self._history:
+            return False
+        snap = self._history[-1]
+        viewer, panel = self.panel.viewer, self.panel
+        if self.is_edited(snap.name) and not self.confirm_replace(snap.name):
+            panel.status.setText(f"Kept your edits on '{snap.name}'; nothing undone.")
+            return False
+        self._history.pop()
+        self.undo_button.setEnabled(bool(self._history))
+        if snap.labels is None:  # the update created the layer: undo removes it
+            for layer_name in (labels_name(snap.name), points_name(snap.name)):
+                if layer_name in viewer.layers:
+                    viewer.layers.remove(layer_name)
+            panel._automatic.pop(snap.name, None)
+        else:
+            layer = set_labels(viewer, snap.name, snap.labels, snap.table)
+            if snap.automatic is None:
+                panel._automatic.pop(snap.name, None)
+            else:
+                panel._automatic[snap.name] = snap.automatic
+            self.after_update(layer)
+        panel.status.setText(f"Undone: '{snap.name}' shows its masks from before the last automatic update.")
+        return True
+
+    # ---- colour ---------------------------------------------------------------------------
+    def _recolor_all(self, on: bool) -> None:
+        from napari.layers import Labels
+
+        for layer in self.panel.viewer.layers:
+            if isinstance(layer, Labels) and layer.name.endswith(labels_name("")):
+                color_by_score(layer, on)
+
+    def _ask_replace(self, name: str) -> bool:
+        box = QMessageBox(self)
+        box.setIcon(QMessageBox.Icon.Question)
+        box.setWindowTitle("FreeSOLO")
+        box.setText(f"The masks of '{name}' were edited (or imported) since the last automatic update.\n"
+                    "Replace them with the new automatic masks?")
+        box.setInformativeText("Undo last update brings them back afterwards.")
+        replace = box.addButton("Replace", QMessageBox.ButtonRole.DestructiveRole)
+        keep = box.addButton("Keep my edits", QMessageBox.ButtonRole.RejectRole)
+        box.setDefaultButton(keep)
+        box.exec()
+        return box.clickedButton() is replace

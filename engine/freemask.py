@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from engine.features import Features
 from engine.nms import matrix_nms
-from engine.refine import GuideStats
+from engine.refine import GuideStats, upsample_crop
 from engine.structures import InstanceMask
 
 # Backbone padding makes the outermost key cells look unlike their neighbours, so "touching
@@ -153,27 +153,6 @@ def query_similarity(features: Features, y: float, x: float) -> np.ndarray:
     return soft_masks(q, keys)[0].reshape(h, w).numpy()
 
 
-def upsample_crop(soft: torch.Tensor, out_size: tuple[int, int], box: tuple[int, int, int, int]) -> torch.Tensor:
-    """Bilinear upsampling of ``soft`` (h, w) to ``out_size``, evaluated only inside ``box``.
-
-    ``box`` = (y0, y1, x0, x1) in output pixels; equals ``F.interpolate(align_corners=False)``
-    on that window, without materialising the full-size map.
-    """
-    h, w = soft.shape
-    y0, y1, x0, x1 = box
-
-    def _axis(lo: int, hi: int, n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        pos = ((torch.arange(lo, hi, dtype=torch.float32) + 0.5) * n_in / n_out - 0.5).clamp(0, n_in - 1)
-        i0 = pos.floor().long()
-        i1 = (i0 + 1).clamp(max=n_in - 1)
-        return i0, i1, pos - i0
-
-    r0, r1, rw = _axis(y0, y1, h, out_size[0])
-    c0, c1, cw = _axis(x0, x1, w, out_size[1])
-    rows = soft[r0] * (1 - rw)[:, None] + soft[r1] * rw[:, None]
-    return rows[:, c0] * (1 - cw)[None] + rows[:, c1] * cw[None]
-
-
 def auto_top_k(features: Features) -> int:
     """20 masks per image (the paper's), 100 where the automatic input scale found small objects.
 
@@ -287,6 +266,23 @@ def score_keys(features: Features, score_stride: int) -> torch.Tensor:
     return features.memo[key]
 
 
+def ranked_soft_masks(features: Features, p: FreeMaskParams) -> tuple[Queries, torch.Tensor, tuple[int, int]]:
+    """Distinct pyramid queries and their soft masks on the ranking grid (memoised).
+
+    Neither depends on τ, NMS or the filters, so a slider move reuses them: only the
+    thresholding, labelling, NMS and the kept masks' upsampling run again.
+    """
+    key = ("ranked", tuple(sorted(set(p.scales))), p.query_stride, p.score_stride)
+    memo = features.memo
+    if key not in memo:
+        for old in [k for k in memo if isinstance(k, tuple) and k and k[0] == "ranked"]:
+            del memo[old]  # one entry: a new pyramid replaces the old one
+        queries = distinct_queries(build_queries(features.keys, p.scales, p.query_stride))
+        coarse = score_keys(features, p.score_stride)
+        memo[key] = (queries, soft_masks(queries.vectors, coarse), (int(coarse.shape[1]), int(coarse.shape[2])))
+    return memo[key]
+
+
 def postprocess(
     features: Features, params: FreeMaskParams | None = None, image: np.ndarray | None = None
 ) -> FreeMaskResult:
@@ -300,10 +296,7 @@ def postprocess(
     H, W = features.image_size
     if image is not None and tuple(image.shape[:2]) != (H, W):
         raise ValueError(f"image is {tuple(image.shape[:2])} but features were computed for {(H, W)}")
-    queries = distinct_queries(build_queries(keys, p.scales, p.query_stride))
-    coarse = score_keys(features, p.score_stride)
-    cgrid = (int(coarse.shape[1]), int(coarse.shape[2]))
-    soft = soft_masks(queries.vectors, coarse)
+    queries, soft, cgrid = ranked_soft_masks(features, p)
     binary, area, mness = maskness(soft, p.tau)
     if p.split_components:
         cands = component_candidates(soft, binary, area, mness, cgrid, p.pre_nms_top)
@@ -319,11 +312,13 @@ def postprocess(
 
     found: list[tuple[InstanceMask, torch.Tensor]] = []
     top_k = p.top_k or auto_top_k(features)
-    for ci in order[: 2 * top_k].tolist():  # spare candidates replace ones the filters drop
+    shortlist = order[: 2 * top_k]  # spare candidates replace ones the filters drop
+    fine = soft_masks(queries.vectors[cands.query[shortlist]], keys)  # kept masks on the fine grid, one product
+    for row, ci in enumerate(shortlist.tolist()):
         if len(found) >= top_k:
             break
         qi = int(cands.query[ci])
-        region = soft_masks(queries.vectors[qi: qi + 1], keys)[0]  # the kept mask, on the fine grid
+        region = fine[row]
         if p.split_components:  # keep this part only (grown by one coarse cell for the refinement)
             gate = F.max_pool2d(cands.binary[ci].reshape(1, *cgrid).float(), 3, stride=1, padding=1)
             gate = F.interpolate(gate[None], size=grid, mode="nearest")[0]
@@ -377,9 +372,10 @@ def _full_resolution_mask(
     """
     H, W = image_size
     y0, y1, x0, x1 = _crop_box(binary_q, grid, image_size, radius if guide is not None else 0)
-    crop = upsample_crop(soft_q.reshape(grid), image_size, (y0, y1, x0, x1))
     if guide is not None:
-        crop = guide.filter(crop, (y0, y1, x0, x1)).clamp_(0.0, 1.0)
+        crop = guide.filter_soft(soft_q.reshape(grid), (y0, y1, x0, x1)).clamp_(0.0, 1.0)
+    else:
+        crop = upsample_crop(soft_q.reshape(grid), image_size, (y0, y1, x0, x1))
     inside = crop.numpy() >= p.tau
     if not inside.any():
         return None

@@ -101,14 +101,35 @@ class GuideStats:
         Outside ``box`` the source is taken as zero. Returns the filtered crop (image px).
         """
         H, W = self.full_guide.shape[1:]
-        y0, y1, x0, x1 = box if box is not None else (0, H, 0, W)
-        f = self.factor
+        box = box if box is not None else (0, H, 0, W)
+        fbox = self._filter_box(box)
+        return self._apply(_place(src, box, fbox, self.factor), fbox, box)
+
+    def filter_soft(self, soft: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
+        """Guided-filter a low-resolution soft map ``soft`` (covering the whole image) inside ``box``.
+
+        Same result as upsampling ``soft`` to the image and calling :meth:`filter` with the
+        whole map as source, but the map is resampled straight to filter resolution, so no
+        full-resolution copy of it is ever made: this is the per-mask cost of a slider move.
+        """
+        fbox = self._filter_box(box)
         h, w = self.guide.shape[1:]
-        r = self.radius
-        # the crop in filter pixels, grown by 2r so both box filters are exact inside it
+        return self._apply(upsample_crop(soft, (h, w), fbox), fbox, box)
+
+    def _filter_box(self, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        """``box`` in filter pixels, grown by 2r so both box filters are exact inside it."""
+        y0, y1, x0, x1 = box
+        f, r = self.factor, self.radius
+        h, w = self.guide.shape[1:]
         fy0, fy1 = max(0, int(y0 / f) - 2 * r), min(h, int(-(-y1 // f)) + 2 * r + 1)
         fx0, fx1 = max(0, int(x0 / f) - 2 * r), min(w, int(-(-x1 // f)) + 2 * r + 1)
-        p = _place(src, (y0, y1, x0, x1), (fy0, fy1, fx0, fx1), f)
+        return fy0, fy1, fx0, fx1
+
+    def _apply(self, p: torch.Tensor, fbox: tuple[int, int, int, int], box: tuple[int, int, int, int]) -> torch.Tensor:
+        """The guided filter of ``p`` (filter px, covering ``fbox``), evaluated on ``box`` (image px)."""
+        fy0, fy1, fx0, fx1 = fbox
+        y0, y1, x0, x1 = box
+        f, r = self.factor, self.radius
         g = self.guide[:, fy0:fy1, fx0:fx1]
         m = self.mean[:, fy0:fy1, fx0:fx1]
         inv = self.inv_cov[:, fy0:fy1, fx0:fx1]
@@ -132,6 +153,27 @@ class GuideStats:
             coef = coef[:, y0 - fy0: y1 - fy0, x0 - fx0: x1 - fx0]
             full = g[:, y0 - fy0: y1 - fy0, x0 - fx0: x1 - fx0]
         return (coef[:-1] * full).sum(0) + coef[-1]
+
+
+def upsample_crop(soft: torch.Tensor, out_size: tuple[int, int], box: tuple[int, int, int, int]) -> torch.Tensor:
+    """Bilinear upsampling of ``soft`` (h, w) to ``out_size``, evaluated only inside ``box``.
+
+    ``box`` = (y0, y1, x0, x1) in output pixels; equals ``F.interpolate(align_corners=False)``
+    on that window, without materialising the full-size map.
+    """
+    h, w = soft.shape
+    y0, y1, x0, x1 = box
+
+    def _axis(lo: int, hi: int, n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        pos = ((torch.arange(lo, hi, dtype=torch.float32) + 0.5) * n_in / n_out - 0.5).clamp(0, n_in - 1)
+        i0 = pos.floor().long()
+        i1 = (i0 + 1).clamp(max=n_in - 1)
+        return i0, i1, pos - i0
+
+    r0, r1, rw = _axis(y0, y1, h, out_size[0])
+    c0, c1, cw = _axis(x0, x1, w, out_size[1])
+    rows = soft[r0] * (1 - rw)[:, None] + soft[r1] * rw[:, None]
+    return rows[:, c0] * (1 - cw)[None] + rows[:, c1] * cw[None]
 
 
 def _place(src: torch.Tensor, box, fbox, f: float) -> torch.Tensor:

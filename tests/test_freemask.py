@@ -233,3 +233,18 @@ def test_distinct_queries_drops_near_copies_keeps_distinct_ones():
     kept = distinct_queries(q, max_cos=0.95)
     assert kept.vectors.shape[0] == 3
     assert torch.allclose(kept.vectors[0], v[0]) and torch.allclose(kept.vectors[1], v[2])
+
+
+def test_tau_change_reuses_the_ranked_soft_masks(photo_features, photo_sample):
+    """Queries and their ranking-grid soft masks depend on features and scales only."""
+    from engine.freemask import ranked_soft_masks
+
+    image = photo_sample[0]
+    photo_features.memo.clear()
+    postprocess(photo_features, FreeMaskParams(tau=0.6), image)
+    first = ranked_soft_masks(photo_features, FreeMaskParams(tau=0.6))
+    postprocess(photo_features, FreeMaskParams(tau=0.75), image)
+    assert ranked_soft_masks(photo_features, FreeMaskParams(tau=0.75))[1] is first[1]
+    other = ranked_soft_masks(photo_features, FreeMaskParams(scales=(1.0,)))
+    assert other[1].shape[0] < first[1].shape[0]  # a new pyramid is computed, not the memo
+    assert len([k for k in photo_features.memo if isinstance(k, tuple) and k[0] == "ranked"]) == 1

@@ -44,3 +44,26 @@ def test_grayscale_guide_and_flat_guide_acts_as_smoothing():
     flat = torch.full((3, 40, 40), 0.5)
     smooth = guided_filter(flat, soft, radius=3)
     assert torch.allclose(smooth, box_mean(box_mean(soft[None], 3), 3)[0], atol=1e-3)
+
+
+def test_filter_soft_matches_filtering_the_upsampled_map():
+    """The per-mask fast path (low-res soft map straight to filter resolution) equals the slow one."""
+    import torch.nn.functional as F
+
+    from engine.refine import GuideStats
+
+    torch.manual_seed(1)
+    img = torch.rand(3, 96, 128)
+    img[:, 30:70, 40:90] += 0.6
+    img = img.clamp(0, 1)
+    soft = torch.zeros(12, 16)
+    soft[4:9, 5:11] = 1.0
+    for max_side in (128, 64):  # full resolution, and the fast guided filter at half resolution
+        stats = GuideStats.compute(img, radius=6, eps=1e-3, max_side=max_side)
+        box = (16, 84, 24, 104)
+        full = F.interpolate(soft[None, None], size=(96, 128), mode="bilinear", align_corners=False)[0, 0]
+        slow = stats.filter(full)[box[0]:box[1], box[2]:box[3]]
+        fast = stats.filter_soft(soft, box)
+        assert fast.shape == slow.shape
+        assert (fast - slow).abs().max() < 0.05, max_side
+        assert ((fast >= 0.5) == (slow >= 0.5)).float().mean() > 0.99

@@ -20,9 +20,13 @@ MAX_SKIP_NOTES = 20  # non-image files reported one by one, then summarised
 
 
 def feature_config(panel):
-    """The feature settings the panel computes with (the cache key)."""
+    """The feature settings the panel computes with (the cache key): the model section's choice
+    when the panel has one, else those of the extractor in use, else the defaults."""
     from engine.features import FeatureConfig
 
+    model = getattr(panel, "model", None)
+    if model is not None and hasattr(model, "feature_config"):
+        return model.feature_config()
     return panel._extractor.config if panel._extractor is not None else FeatureConfig()
 
 

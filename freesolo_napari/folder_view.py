@@ -73,6 +73,7 @@ class FolderView(QWidget):
             return False
         self._leave_current()
         self.session = session
+        self.setVisible(True)
         self.panel.status.setText(f"{len(session)} image(s) in '{session.folder}'"
                                   + (f"; {len(session.skipped)} other entries skipped" if session.skipped else ""))
         self.show_image(0)

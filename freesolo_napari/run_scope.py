@@ -51,7 +51,8 @@ class RunScope(QWidget):
         self.combo.setCurrentText(scope)
 
     def _scope_changed(self, scope: str) -> None:
-        self.folder_view.setVisible(scope == FOLDER)
+        # the browser stays while a folder is open, e.g. to re-run one of its images on its own
+        self.folder_view.setVisible(scope == FOLDER or self.folder_view.session is not None)
         self.panel.run_button.setText(RUN_TEXT.get(scope, RUN_TEXT[CURRENT]))
         self.panel.run_button.setToolTip({
             CURRENT: "Backbone pass + Free Mask on the selected image",

@@ -148,6 +148,17 @@ def test_folder_browse_run_cache_edits_and_new_session(make_napari_viewer, qtbot
     assert np.array_equal(viewer2.layers["img2.png · free masks"].data, edited)
     assert widget2.backbone_calls == 0
 
+    # re-running the shown folder image on its own: features from the disk cache, edits protected
+    widget2.run_scope.set_scope("current image")
+    assert view2.isVisibleTo(widget2), "the browser stays while a folder is open"
+    asked = []
+    widget2.review.confirm_replace = lambda name: asked.append(name) or False
+    widget2.run_button.click()
+    qtbot.waitUntil(lambda: bool(asked) and widget2.run_button.isEnabled(), timeout=60_000)
+    assert asked == ["img2.png"] and "Kept your edits" in widget2.status.text()
+    assert np.array_equal(viewer2.layers["img2.png · free masks"].data, edited)
+    assert widget2.backbone_calls == 0
+
 
 def test_folder_export_coco_and_label_images(make_napari_viewer, qtbot, image_folder, tmp_path):
     from engine.coco import load_image_results, read_coco

@@ -47,7 +47,7 @@ def image_from_layer(layer) -> np.ndarray:
 class FreeSoloPanel(QWidget):
     """One dock widget; napari passes the viewer as ``napari_viewer``."""
 
-    def __init__(self, napari_viewer: "napari.viewer.Viewer"):
+    def __init__(self, napari_viewer: "napari.viewer.Viewer", settings_path: str | None = None):
         super().__init__()
         from engine.freemask import FreeMaskParams
 
@@ -61,10 +61,16 @@ class FreeSoloPanel(QWidget):
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self._refresh_layers()
+        from freesolo_napari.settings import PanelSettings
+
+        self.settings = PanelSettings(self, settings_path)  # restored now, saved after every change
+        self.settings.restore()
+        self.settings.watch()
 
     # ---- UI -------------------------------------------------------------------------------
     def _build_ui(self) -> None:
         self.layer_combo = QComboBox(toolTip="Image layer to segment")
+        self.layer_combo.setProperty("persist", False)  # follows the open layers, not a setting
         self.run_button = QPushButton("Run Free Mask", toolTip="Backbone pass + Free Mask on the selected image")
         self.run_button.clicked.connect(self.run)
         self.cancel_button = QPushButton("Cancel", toolTip="Stop the running job", enabled=False)
@@ -79,6 +85,11 @@ class FreeSoloPanel(QWidget):
         self.export_controls = ExportControls(self)  # scope, RLE/polygons, COCO and label images
         self.export_button = self.export_controls.coco_button
         self.review = ReviewControls(self)  # colour by score, undo, ask before replacing edits
+        from freesolo_napari.model_controls import ModelControls
+        from freesolo_napari.training import TrainingSection
+
+        self.model = ModelControls(self)  # backbone (+ weights file), device, SOLO model to predict with
+        self.training = TrainingSection(self)  # self-training in a separate process
         self.import_button = QPushButton("Import COCO…", toolTip="Show a COCO file's masks on the open images to review them")
         self.import_button.clicked.connect(self._ask_import)
         self.histogram = MasknessHistogram()
@@ -108,6 +119,8 @@ class FreeSoloPanel(QWidget):
         layout.addWidget(QLabel("maskness of all candidates"))
         layout.addWidget(self.histogram)
         layout.addWidget(self.inspect_check)
+        layout.addWidget(self.model)
+        layout.addWidget(self.training)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addStretch(1)
@@ -168,10 +181,8 @@ class FreeSoloPanel(QWidget):
         worker.start()
 
     def _get_extractor(self):
-        from engine.features import FeatureExtractor
-
         if self._extractor is None:
-            self._extractor = FeatureExtractor(device="auto")
+            self._extractor = self.model.build_extractor()  # the Model section's backbone and device
         return self._extractor
 
     def _extract_and_post(self, name: str, image: np.ndarray, params, path: str | None = None):

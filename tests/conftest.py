@@ -32,5 +32,6 @@ def photo_features(extractor, photo_sample):
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
-    """Never touch the user's real feature cache from a test."""
+    """Never touch the user's real feature cache or panel settings from a test."""
     monkeypatch.setenv("FREESOLO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FREESOLO_NAPARI_SETTINGS", str(tmp_path / "settings" / "settings.json"))

@@ -259,7 +259,8 @@ def _train(image_dir, masks_json, out: Path, cfg: TrainConfig, model_cfg, device
     tcfg = TargetConfig.from_head(model.cfg.head, mask_stride=4)
     bank = FeatureBank(model)
     last: dict[str, float] = {}
-    with (out / LOG).open("a") if info.is_main else open(os.devnull, "w") as log:
+    # line-buffered: every iteration is on disk at once, for anyone following the log (the panel's loss curve)
+    with (out / LOG).open("a", buffering=1) if info.is_main else open(os.devnull, "w") as log:
         while step < cfg.iters:
             if should_stop is not None and should_stop():
                 break

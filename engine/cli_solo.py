@@ -11,6 +11,7 @@ from pathlib import Path
 
 
 def add_solo_commands(sub) -> None:
+    from engine.cli import add_nproc_option
     from engine.solo.train import TrainConfig
 
     d = TrainConfig()
@@ -36,7 +37,9 @@ def add_solo_commands(sub) -> None:
     pr.add_argument("--max-per-image", type=int, default=100, help="masks per image (default: %(default)s)")
     pr.add_argument("--format", choices=("rle", "polygon"), default="rle")
     pr.add_argument("--device", default="auto")
+    _amp_options(pr)
     pr.add_argument("--overwrite", action="store_true")
+    add_nproc_option(pr)
     pr.set_defaults(func=cmd_predict)
 
     st = sub.add_parser("selftrain", help="Free Mask, then SOLO, then self-training rounds on a folder",
@@ -69,14 +72,35 @@ def _train_options(p: argparse.ArgumentParser, d) -> None:
                    help="weak: projection Dice + pairwise (FreeSOLO); full: plain SOLO Dice (default: %(default)s)")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    _amp_options(p)
+    p.add_argument("--amp-dtype", choices=("float16", "bfloat16"), default=d.amp_dtype,
+                   help="float16 (with loss scaling) or bfloat16, which also autocasts on the CPU (default: %(default)s)")
+
+
+def _amp_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision (float16 autocast; in training with loss scaling): on by default on CUDA, "
+                   "ignored on the CPU and MPS (float32)")
+
+
+def _amp_note(args, amp_dtype: str = "float16") -> None:
+    """Say so when an explicit --amp cannot apply on the chosen device."""
+    from engine.device import resolve_device
+    from engine.solo.amp import resolve_precision
+
+    if args.amp:
+        _precision, note = resolve_precision(resolve_device(args.device), True, amp_dtype)
+        if note:
+            print(f"note: --amp: {note}", file=sys.stderr)
 
 
 def _train_config(args):
     from engine.solo.train import TrainConfig
 
+    _amp_note(args, args.amp_dtype)
     return TrainConfig(iters=args.iters, batch=args.batch, size=args.size, lr=args.lr, optimizer=args.optimizer,
                        mask_loss=args.mask_loss,
-                       checkpoint_every=args.checkpoint_every)
+                       checkpoint_every=args.checkpoint_every, amp=args.amp is not False, amp_dtype=args.amp_dtype)
 
 
 def _model_config(args):
@@ -182,8 +206,16 @@ def cmd_train(args) -> int:
     return 0
 
 
+def predict_shard(args, *, shard, device, progress):
+    """One rank's share of ``freesolo predict``."""
+    from engine.solo.predict import predict_folder
+
+    return predict_folder(args.images, args.model, score_thr=args.score_thr, max_per_image=args.max_per_image,
+                          device=device, progress=progress, amp=args.amp is not False, shard=shard)
+
+
 def cmd_predict(args) -> int:
-    from engine.cli import _check_outputs_free
+    from engine.cli import _check_outputs_free, sharded
     from engine.coco import build_coco_dataset, write_coco
     from engine.device import configure_cpu_threads, resolve_device
     from engine.progress import ProgressBar
@@ -191,8 +223,17 @@ def cmd_predict(args) -> int:
 
     configure_cpu_threads()
     _check_outputs_free([args.out], args.overwrite)
+    _amp_note(args)
+    if sharded(args):
+        from engine.sharding import print_summary, run_sharded
+        from engine.solo.train import load_model
+
+        load_model(args.model)  # a bad checkpoint is one clear error here, not one per process
+        summary, failed = run_sharded(predict_shard, (args,), out=args.out, nproc=args.nproc, device=args.device,
+                                      fmt=args.format, overwrite=args.overwrite, title="predict")
+        return print_summary(summary, failed)
     report = predict_folder(args.images, args.model, score_thr=args.score_thr, max_per_image=args.max_per_image,
-                            device=resolve_device(args.device), progress=ProgressBar("predict"))
+                            device=resolve_device(args.device), progress=ProgressBar("predict"), amp=args.amp is not False)
     for _path, why in report.failures:
         print(f"error: {why}", file=sys.stderr)
     written = write_coco(args.out, build_coco_dataset(report.results, segmentation=args.format), overwrite=args.overwrite)

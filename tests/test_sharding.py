@@ -29,12 +29,15 @@ def folder(tmp_path_factory) -> Path:
     return root / "images"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """The reference run uses one thread, like each of the 2 ranks on 2 cores (same float sums)."""
+    """One torch thread, like each of the 2 ranks on 2 cores: the same float sums in the reference
+    run (and on a shared 2-core machine, two busy-waiting threads per process are many times slower)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")  # so the CLI's configure_cpu_threads leaves it at 1
+        yield
     torch.set_num_threads(before)
 
 
@@ -104,7 +107,7 @@ def test_merge_renumbers_keeps_listing_order_and_refuses_to_overwrite(tmp_path):
         merge_parts(out, 2, overwrite=True)
 
 
-def test_freemask_on_two_processes_equals_one(folder, tmp_path, capsys, one_thread):
+def test_freemask_on_two_processes_equals_one(folder, tmp_path, capsys):
     args = ["freemask", str(folder), "--top-k", "4", "--device", "cpu"]
     one, two = tmp_path / "one.json", tmp_path / "two.json"
     assert main([*args, "--out", str(one), "--no-cache"]) == 1  # the broken file fails the run ...
@@ -124,3 +127,32 @@ def test_freemask_on_two_processes_equals_one(folder, tmp_path, capsys, one_thre
     assert "4 from cache" in capsys.readouterr().out
     assert (tmp_path / "two.json.bak").is_file()
     assert_same_coco(one, two)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(folder, tmp_path_factory) -> Path:
+    """A SOLO trained for 6 iterations on the synthetic ground truth (enough to predict something)."""
+    from engine.solo.train import TrainConfig, train
+
+    run = tmp_path_factory.mktemp("solo")
+    train(folder, folder.parent / "gt.json", run, cfg=TrainConfig(iters=6, batch=2, size=96))
+    return run / "model.pt"
+
+
+def test_predict_on_two_processes_equals_one(folder, tiny_model, tmp_path, capsys):
+    args = ["predict", str(folder), "--model", str(tiny_model), "--score-thr", "0.001", "--max-per-image", "5",
+            "--device", "cpu"]
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    assert main([*args, "--out", str(one)]) == 1  # the broken file
+    capsys.readouterr()
+    assert main([*args, "--out", str(two), "--nproc", "2", "--format", "rle"]) == 1
+    out = capsys.readouterr()
+    assert "img_0002b.png" in out.err and "4 images" in out.out and "2 processes" in out.out
+    assert json.loads(one.read_text())["annotations"]  # something to compare
+    assert_same_coco(one, two)
+    assert not list(tmp_path.glob("*.part"))
+    # a checkpoint that cannot be used is one clear error before any process starts
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert main([*args[:3], str(bad), "--out", str(tmp_path / "x.json"), "--nproc", "2"]) == 2
+    assert "bad.pt" in capsys.readouterr().err and not (tmp_path / "x.json").exists()

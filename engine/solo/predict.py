@@ -9,6 +9,7 @@ from typing import Callable, Sequence
 import torch
 
 from engine.pipeline import BatchReport, iter_batch
+from engine.solo.amp import Precision, resolve_precision, to_float
 from engine.solo.data import letterbox
 from engine.solo.postprocess import predict_instances
 from engine.solo.train import load_model
@@ -27,12 +28,20 @@ def inference_settings(model, state: dict, score_thr: float | None = None,
     return size, inference
 
 
-def predict_image(model, image, size: int, inference) -> list:
-    """Instances of one RGB uint8 (H, W, 3) image from a loaded model (see ``inference_settings``)."""
+def predict_image(model, image, size: int, inference, precision: Precision | None = None) -> list:
+    """Instances of one RGB uint8 (H, W, 3) image from a loaded model (see ``inference_settings``).
+
+    ``precision``: autocast for the network only (e.g. float16 on CUDA); post-processing is float32.
+    """
     square, _scale, content = letterbox(image, size)
     x = model.backbone.preprocess(square.permute(1, 2, 0).numpy())
     with torch.inference_mode():
-        outputs = model(x)
+        if precision is not None and precision.enabled:
+            with precision.autocast():
+                outputs = model(x)
+            outputs = to_float(outputs)
+        else:
+            outputs = model(x)
     return predict_instances(outputs, 0, image.shape[:2], content, inference)
 
 
@@ -45,13 +54,20 @@ def predict_folder(
     device: str | torch.device = "cpu",
     progress: Callable[[int, int, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    amp: bool = True,
+    shard: tuple[int, int] | None = None,
 ) -> BatchReport:
-    """Predict instances for every image of ``inputs``; bad files are reported, not fatal."""
+    """Predict instances for every image of ``inputs``; bad files are reported, not fatal.
+
+    ``amp``: float16 autocast on CUDA (ignored elsewhere). ``shard = (rank, world)``: only that
+    share of the images (``engine.sharding`` runs the shares in parallel and merges them).
+    """
     model, state = load_model(model_path, device)
     size, inference = inference_settings(model, state, score_thr, max_per_image)
+    precision, _note = resolve_precision(model.backbone.device, amp)
     report = BatchReport()
-    for name, path, image in iter_batch(inputs, report, progress, should_stop):
-        instances = predict_image(model, image, size, inference)
+    for name, path, image in iter_batch(inputs, report, progress, should_stop, shard):
+        instances = predict_image(model, image, size, inference, precision)
         report.results.append(ImageResult(name, image.shape[0], image.shape[1], instances))
         report.images[name] = path
     return report

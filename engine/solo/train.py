@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.atomic import atomic_save
+from engine.solo import amp as amp_mod
 from engine.solo import distributed
 from engine.solo.config import SoloConfig
 from engine.solo.data import TrainSample, flip_sample, load_training_set
@@ -67,6 +68,8 @@ class TrainConfig:
     positive_only_focal: bool = False  # self-training: no push to background for unlabeled objects
     checkpoint_every: int = 100
     seed: int = 0
+    amp: bool = True  # mixed precision on CUDA (see engine/solo/amp.py); float32 on the CPU
+    amp_dtype: Literal["float16", "bfloat16"] = "float16"  # bfloat16 also autocasts on the CPU
 
 
 @dataclass
@@ -76,6 +79,8 @@ class TrainResult:
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
     last_losses: dict[str, float] = field(default_factory=dict)
+    precision: str = "float32"
+    skipped_steps: int = 0  # optimiser steps the float16 loss scaler skipped (gradients overflowed)
 
 
 class FeatureBank:
@@ -253,6 +258,11 @@ def _train(image_dir, masks_json, out: Path, cfg: TrainConfig, model_cfg, device
         np.random.seed(cfg.seed)
     if info.world > 1:  # same initial weights everywhere (seeded), different batches per rank
         random.seed(cfg.seed * 1000 + info.rank + step)
+    precision, _note = amp_mod.resolve_precision(device, cfg.amp, cfg.amp_dtype)
+    scaler = amp_mod.grad_scaler(precision)
+    if state is not None and state.get("grad_scaler") and scaler.is_enabled():
+        scaler.load_state_dict(state["grad_scaler"])
+    skipped = skipped_run = 0
     net = distributed.wrap(model, info, device)
     per_rank = max(1, cfg.batch // info.world)  # the global batch stays cfg.batch
     seen = 0
@@ -273,30 +283,49 @@ def _train(image_dir, masks_json, out: Path, cfg: TrainConfig, model_cfg, device
             lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / max(cfg.iters, 1)))
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            cats, kernels, mask_feats, strides = net(stacked)
-            outputs = SoloOutputs(list(cats), list(kernels), mask_feats, strides)
+            with precision.autocast():
+                cats, kernels, mask_feats, strides = net(stacked)
+            outputs = amp_mod.to_float(SoloOutputs(list(cats), list(kernels), mask_feats, strides))
             losses = compute_losses(outputs, batch, tcfg, cfg, step)
             total = sum(losses.values())
-            if not torch.isfinite(total):
-                raise TrainingDivergedError(
-                    f"loss became {float(total.detach())} at iteration {step}; the last good checkpoint is kept in {ckpt}")
+            if not torch.isfinite(total):  # the unscaled loss: a step the scaler skips never trips this
+                hint = f" (under {precision.describe()}: try --no-amp)" if precision.enabled else ""
+                raise TrainingDivergedError(f"loss became {float(total.detach())} at iteration {step}{hint}; "
+                                            f"the last good checkpoint is kept in {ckpt}")
             optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
+            scaler.scale(total).backward()
+            stepped = True
+            if scaler.is_enabled():
+                scaler.unscale_(optimizer)
+                stepped = amp_mod.gradients_finite(params)  # if not, scaler.step skips and the scale drops
+            scaler.step(optimizer)
+            scaler.update()
+            skipped_run = 0 if stepped else skipped_run + 1
+            skipped += not stepped
+            if skipped_run >= amp_mod.MAX_SKIPPED_STEPS:
+                raise TrainingDivergedError(
+                    f"gradients non-finite for {skipped_run} iterations in a row under {precision.describe()} "
+                    f"(up to iteration {step}); try --no-amp; the last good checkpoint is kept in {ckpt}")
             step += 1
             last = {k: round(float(v.detach()), 5) for k, v in losses.items()}
             last |= {"total": round(float(total.detach()), 5), "lr": lr}
+            if not stepped:
+                last["amp_skipped"] = 1
             log.write(json.dumps({"iter": step, **last}) + "\n")
             if progress is not None and info.is_main:
                 progress(step, cfg.iters, last)
             if step % cfg.checkpoint_every == 0 and info.is_main:
                 log.flush()
-                save_checkpoint(ckpt, model, optimizer, step, cfg)
+                save_checkpoint(ckpt, model, optimizer, step, cfg, _scaler_state(scaler))
     counts = distributed.gather_counts(seen, info)
     final = ckpt
     if info.is_main:
         extra = {"images_per_rank": counts, "world_size": info.world}
-        save_checkpoint(ckpt, model, optimizer, step, cfg, extra)
+        save_checkpoint(ckpt, model, optimizer, step, cfg, extra | _scaler_state(scaler))
         if step >= cfg.iters:
             final = save_checkpoint(out / FINAL, model, None, step, cfg, extra)
-    return TrainResult(final, step, problems, time.perf_counter() - t0, last)
+    return TrainResult(final, step, problems, time.perf_counter() - t0, last, precision.describe(), skipped)
+
+
+def _scaler_state(scaler) -> dict:
+    return {"grad_scaler": scaler.state_dict()} if scaler.is_enabled() else {}

@@ -309,6 +309,7 @@ def parse_coco(obj: Any, *, path: str | os.PathLike[str] | None = None) -> CocoD
     if not categories:
         categories = [dict(CATEGORY)]
 
+    file_names = {img["id"]: img["file_name"] for img in images}
     annotations: list[dict[str, Any]] = []
     for i, ann in enumerate(raw_anns):
         name = _ann_name(ann, i)
@@ -318,8 +319,11 @@ def parse_coco(obj: Any, *, path: str | os.PathLike[str] | None = None) -> CocoD
         if "image_id" not in ann:
             problems.append(f"{name} has no image_id")
             continue
+        image_id = ann["image_id"]
+        where = (f" (image '{file_names[image_id]}')"
+                 if isinstance(image_id, (int, str)) and image_id in file_names else "")
         if "segmentation" not in ann:
-            problems.append(f"{name} has no segmentation")
+            problems.append(f"{name} has no segmentation{where}")
             continue
         h = w = None
         if not is_results:
@@ -328,11 +332,11 @@ def parse_coco(obj: Any, *, path: str | os.PathLike[str] | None = None) -> CocoD
                 continue
             h, w = sizes[ann["image_id"]]
         if "score" in ann and not _is_number(ann["score"]):
-            problems.append(f"{name} has an invalid score {ann['score']!r}")
+            problems.append(f"{name} has an invalid score {ann['score']!r}{where}")
             continue
         reason = _check_segmentation(ann["segmentation"], h, w)
         if reason is not None:
-            problems.append(f"{name}: {reason}")
+            problems.append(f"{name}: {reason}{where}")
             continue
         annotations.append(dict(ann))
     return CocoDataset(images, annotations, problems, p, categories, is_results)
@@ -410,7 +414,8 @@ def load_image_results(
                 by_id[ann["image_id"]] = res
             mask = annotation_to_mask(ann, res.height, res.width)
         except (ValueError, TypeError) as exc:
-            notes.append(f"{name}: cannot decode segmentation ({exc})")
+            where = f" (image '{res.file_name}')" if res is not None else ""
+            notes.append(f"{name}: cannot decode segmentation ({exc}){where}")
             continue
         extra = {k: v for k, v in ann.items() if k not in _CORE_KEYS}
         maskness = ann.get("maskness")

@@ -11,6 +11,7 @@ continues from the last checkpoint with the same optimiser state and data order.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -24,7 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.atomic import atomic_save
+from engine.atomic import OutputError, atomic_save
+from engine.images import NoImagesError
 from engine.solo import amp as amp_mod
 from engine.solo import distributed
 from engine.solo.config import SoloConfig
@@ -181,7 +183,20 @@ def save_checkpoint(path: Path, model: SoloV2, optimizer, step: int, cfg: TrainC
         "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
         **(extra or {}),
     }
-    return atomic_save(path, lambda tmp: torch.save(state, tmp), overwrite=True, backup=False)
+    buf = io.BytesIO()
+    torch.save(state, buf)  # serialised in memory, so a failing disk surfaces as an OSError below
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(buf.getbuffer())
+
+    try:
+        return atomic_save(path, write, overwrite=True, backup=False)
+    except OutputError:
+        raise
+    except OSError as exc:  # e.g. a full disk: the temp file is gone, the old checkpoint untouched
+        kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} was written"
+        raise OutputError(path, f"{exc.strerror or exc} at iteration {step}; {kept}") from exc
 
 
 class CheckpointError(ValueError):
@@ -197,8 +212,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[So
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or state.get("format") != "freesolo-solo-v1":
         raise CheckpointError(f"{path}: not a freesolo SOLO checkpoint")
-    model = SoloV2(SoloConfig.from_dict(state["model_config"]), device=device)
-    missing, unexpected = model.load_state_dict(state["state_dict"], strict=False)
+    try:
+        model = SoloV2(SoloConfig.from_dict(state["model_config"]), device=device)
+        missing, unexpected = model.load_state_dict(state["state_dict"], strict=False)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # RuntimeError: tensor shapes differ
+        first = str(exc).strip().splitlines()
+        raise CheckpointError(f"{path}: weights or config do not fit a SOLO model "
+                              f"({type(exc).__name__}: {' '.join(first[:3])[:300]})") from None
     missing = [k for k in missing if not k.startswith("backbone.")]
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
@@ -232,11 +252,14 @@ def _train(image_dir, masks_json, out: Path, cfg: TrainConfig, model_cfg, device
     t0 = time.perf_counter()
     samples, problems = load_training_set(image_dir, masks_json, cfg.size)
     if not samples:
-        raise ValueError(f"no usable training images: {'; '.join(problems[:3]) or 'empty coarse-mask file'}")
+        raise NoImagesError(f"no usable training images: {'; '.join(problems[:3]) or 'empty coarse-mask file'}")
     step = 0
     ckpt = out / CHECKPOINT
     if resume and ckpt.exists():
         model, state = load_model(ckpt, device)
+        if model_cfg is not None and _shape(model_cfg) != _shape(model.cfg):
+            raise CheckpointError(f"{ckpt}: trained with another model configuration than the one asked for "
+                                  f"(e.g. another --preset); resume with the same settings or use a new run folder")
         model.train()
         step = int(state["step"])
     else:
@@ -325,6 +348,11 @@ def _train(image_dir, masks_json, out: Path, cfg: TrainConfig, model_cfg, device
         if step >= cfg.iters:
             final = save_checkpoint(out / FINAL, model, None, step, cfg, extra)
     return TrainResult(final, step, problems, time.perf_counter() - t0, last, precision.describe(), skipped)
+
+
+def _shape(cfg: SoloConfig) -> dict:
+    """The parts of a config that fix the weights (inference thresholds may differ on resume)."""
+    return {k: v for k, v in cfg.to_dict().items() if k != "inference"}
 
 
 def _scaler_state(scaler) -> dict:

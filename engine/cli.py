@@ -268,10 +268,10 @@ def cmd_freemask(args: argparse.Namespace) -> int:
     if sharded(args):
         from engine.sharding import print_summary, run_sharded
 
-        summary, failed = run_sharded(freemask_shard, (args, fconf, params), out=args.out, nproc=args.nproc,
-                                      device=args.device, fmt=args.format, info=FREEMASK_INFO,
-                                      overwrite=args.overwrite, title="freemask")
-        code = print_summary(summary, failed, what="{s.cache_hits} from cache, backbone {s.backbone_seconds:.1f}s, "
+        summary = run_sharded(freemask_shard, (args, fconf, params), out=args.out, nproc=args.nproc,
+                              device=args.device, fmt=args.format, info=FREEMASK_INFO, overwrite=args.overwrite,
+                              title="freemask")
+        code = print_summary(summary, what="{s.cache_hits} from cache, backbone {s.backbone_seconds:.1f}s, "
                              "post-processing {s.postprocess_seconds:.1f}s")
         for folder, what in ((args.labels, "label images"), (args.overlays, "overlays")):
             if summary is not None and folder is not None:

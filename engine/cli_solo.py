@@ -229,9 +229,9 @@ def cmd_predict(args) -> int:
         from engine.solo.train import load_model
 
         load_model(args.model)  # a bad checkpoint is one clear error here, not one per process
-        summary, failed = run_sharded(predict_shard, (args,), out=args.out, nproc=args.nproc, device=args.device,
-                                      fmt=args.format, overwrite=args.overwrite, title="predict")
-        return print_summary(summary, failed)
+        summary = run_sharded(predict_shard, (args,), out=args.out, nproc=args.nproc, device=args.device,
+                              fmt=args.format, overwrite=args.overwrite, title="predict")
+        return print_summary(summary)
     report = predict_folder(args.images, args.model, score_thr=args.score_thr, max_per_image=args.max_per_image,
                             device=resolve_device(args.device), progress=ProgressBar("predict"), amp=args.amp is not False)
     for _path, why in report.failures:

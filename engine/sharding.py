@@ -167,11 +167,11 @@ def run_sharded(
     info: dict[str, Any] | None = None,
     overwrite: bool = False,
     title: str = "batch",
-) -> tuple[ShardSummary | None, int]:
+) -> ShardSummary | None:
     """Run ``job`` sharded: under torchrun on this rank, else in ``nproc`` local processes.
 
-    Returns (summary, failed files over all ranks): the summary on the process that merged
-    the output (torchrun's rank 0, or the launching process), None on the other ranks.
+    Returns the summary on the process that merged the output (torchrun's rank 0, or the
+    launching process), None on the other ranks.
     """
     _rank, world = env_world()
     if world > 1:
@@ -190,12 +190,11 @@ def run_sharded(
         raise ShardError(f"process {exc.error_index} of {nproc} failed: {_last_line(exc)}") from None
     except mp.ProcessExitedException as exc:
         raise ShardError(f"process {exc.error_index} of {nproc} died (exit code {exc.exit_code})") from None
-    summary = merge_parts(out, nproc, overwrite=overwrite)
-    return summary, len(summary.failures)
+    return merge_parts(out, nproc, overwrite=overwrite)
 
 
 def _rank_main(job: Job, job_args: tuple, *, out: Path, device, fmt: str, info, overwrite: bool, merge: bool,
-               title: str) -> tuple[ShardSummary | None, int]:
+               title: str) -> ShardSummary | None:
     from engine.device import resolve_device
     from engine.progress import ProgressBar
     from engine.solo import distributed
@@ -209,7 +208,8 @@ def _rank_main(job: Job, job_args: tuple, *, out: Path, device, fmt: str, info, 
         progress = ProgressBar(f"{title} (rank 0 of {world})") if rank == 0 else None
         report = job(*job_args, shard=(rank, world), device=local, progress=progress)
         write_part(out, rank, world, report, build_coco_dataset(report.results, segmentation=fmt, info=info))
-        failed = sum(distributed.gather_counts(len(report.failures), group))  # also waits for every part
+        if group.world > 1:
+            torch.distributed.barrier()  # every part is on disk
         summary = merge_parts(out, world, overwrite=overwrite) if merge and rank == 0 else None
         finished = True
     finally:
@@ -217,18 +217,24 @@ def _rank_main(job: Job, job_args: tuple, *, out: Path, device, fmt: str, info, 
             distributed.teardown(group)
         elif group.owned and torch.distributed.is_initialized():  # the others notice and stop
             torch.distributed.destroy_process_group()
-    return summary, failed
+    return summary
 
 
-def print_summary(summary: ShardSummary | None, failed: int, *, what: str = "") -> int:
-    """The run's summary on the merging process (bad files of every rank); the exit code on all."""
-    if summary is not None:
-        for path, why in summary.skipped:
-            print(f"skipped {path}: {why}", file=sys.stderr)
-        for _path, why in summary.failures:
-            print(f"error: {why}", file=sys.stderr)
-        print(f"{summary.images} images, {summary.masks} masks -> {summary.out} ({summary.world} processes"
-              f"{', ' + what.format(s=summary) if what else ''})")
-        if summary.failures:
-            print(f"{len(summary.failures)} file(s) failed (listed above)", file=sys.stderr)
-    return 1 if failed else 0
+def print_summary(summary: ShardSummary | None, *, what: str = "") -> int:
+    """The run's summary and exit code (1 if a file failed on any rank) on the merging process.
+
+    The other ranks say nothing and exit 0, so under torchrun a failed file makes rank 0, and
+    so torchrun, exit non-zero without torchrun stopping rank 0 before it has reported.
+    """
+    if summary is None:
+        return 0
+    for path, why in summary.skipped:
+        print(f"skipped {path}: {why}", file=sys.stderr)
+    for _path, why in summary.failures:
+        print(f"error: {why}", file=sys.stderr)
+    print(f"{summary.images} images, {summary.masks} masks -> {summary.out} ({summary.world} processes"
+          f"{', ' + what.format(s=summary) if what else ''})")
+    if summary.failures:
+        print(f"{len(summary.failures)} file(s) failed (listed above)", file=sys.stderr)
+        return 1
+    return 0

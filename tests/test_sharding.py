@@ -131,16 +131,20 @@ def test_freemask_on_two_processes_equals_one(folder, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def tiny_model(folder, tmp_path_factory) -> Path:
-    """A SOLO trained for 6 iterations on the synthetic ground truth (enough to predict something)."""
+    """A SOLO trained for 2 iterations on the synthetic ground truth, with inference thresholds low
+    enough that it predicts masks however little it learned (what is compared here is the merge)."""
     from engine.solo.train import TrainConfig, train
 
     run = tmp_path_factory.mktemp("solo")
-    train(folder, folder.parent / "gt.json", run, cfg=TrainConfig(iters=6, batch=2, size=96))
+    train(folder, folder.parent / "gt.json", run, cfg=TrainConfig(iters=2, batch=2, size=96))
+    state = torch.load(run / "model.pt", weights_only=False)
+    state["model_config"]["inference"].update(mask_thr=0.1, update_thr=0.0)
+    torch.save(state, run / "model.pt")
     return run / "model.pt"
 
 
 def test_predict_on_two_processes_equals_one(folder, tiny_model, tmp_path, capsys):
-    args = ["predict", str(folder), "--model", str(tiny_model), "--score-thr", "0.001", "--max-per-image", "5",
+    args = ["predict", str(folder), "--model", str(tiny_model), "--score-thr", "0.0", "--max-per-image", "5",
             "--device", "cpu"]
     one, two = tmp_path / "one.json", tmp_path / "two.json"
     assert main([*args, "--out", str(one)]) == 1  # the broken file
@@ -156,3 +160,11 @@ def test_predict_on_two_processes_equals_one(folder, tiny_model, tmp_path, capsy
     bad.write_bytes(b"not a checkpoint")
     assert main([*args[:3], str(bad), "--out", str(tmp_path / "x.json"), "--nproc", "2"]) == 2
     assert "bad.pt" in capsys.readouterr().err and not (tmp_path / "x.json").exists()
+
+
+def test_nproc_inside_torchrun_is_refused(folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert main(["freemask", str(folder), "--out", str(tmp_path / "o.json"), "--nproc", "2"]) == 2
+    assert "--nproc-per-node" in capsys.readouterr().err
+    assert main(["freemask", str(folder), "--out", str(tmp_path / "o.json"), "--nproc", "0"]) == 2

@@ -16,6 +16,24 @@ from qtpy.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QLineEdit, QPush
 from freesolo_napari.section import Section
 
 
+def leave_a_core_to_the_viewer() -> int:
+    """torch in napari's process uses all cores but one, unless OMP_NUM_THREADS is set.
+
+    Backbone passes and post-processing run in worker threads while the viewer renders; with
+    every core busy in torch's thread pool, the two fight and both slow down (measured in
+    benchmarks/panel_responsiveness.py). Returns the thread count in effect.
+    """
+    import os
+
+    import torch
+
+    from engine.device import available_cpu_count, configure_cpu_threads
+
+    if os.environ.get("OMP_NUM_THREADS", "").strip():
+        return torch.get_num_threads()
+    return configure_cpu_threads(max(1, available_cpu_count() - 1))
+
+
 def backbone_choices() -> list[str]:
     """The embedded default first, then the engine registry's other names."""
     from engine.backbones.registry import DEFAULT_BACKBONE, registered_backbones
@@ -32,6 +50,7 @@ class ModelControls(Section):
         body = QWidget()
         super().__init__("Model", body, "Show or hide the backbone, device and trained-model settings")
         self.panel = panel
+        self.threads = leave_a_core_to_the_viewer()
         self.backbone = QComboBox(toolTip="Feature backbone for Free Mask (efficientnet-lite0 is embedded; others need "
                                   "their weights package, or load a checkpoint file)")
         self.backbone.addItems(backbone_choices())
@@ -84,6 +103,8 @@ class ModelControls(Section):
     def build_extractor(self):
         """A FeatureExtractor for the chosen backbone and device (call from a worker thread)."""
         from engine.features import FeatureConfig, FeatureExtractor
+
+        import pandas  # noqa: F401 napari's Labels features import it on first use: here, off the GUI thread
 
         spec = self._spec
         if self._prebuilt is not None and self._prebuilt[0] == spec:

@@ -31,7 +31,7 @@ from freesolo_napari.layers import show_instances
 if TYPE_CHECKING:
     import napari
 
-DEBOUNCE_MS = 120
+DEBOUNCE_MS = 20  # coalesces the signals of one control change; updates are throttled, not debounced
 
 
 def image_from_layer(layer) -> np.ndarray:
@@ -57,6 +57,8 @@ class FreeSoloPanel(QWidget):
         self._features: dict[str, tuple[np.ndarray, object]] = {}  # layer name -> (image, Features)
         self._worker = None
         self._automatic: dict[str, np.ndarray] = {}  # last automatic labels, to mark user edits
+        self._update_worker = None  # the post-processing worker in flight (one at a time)
+        self._update_again = False  # controls changed while it ran: run once more with the latest values
         self._build_ui()
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
@@ -195,7 +197,17 @@ class FreeSoloPanel(QWidget):
         return name, postprocess(feats, params, image)
 
     def _schedule_update(self, *_args) -> None:
-        self._debounce.start()
+        """Throttle: the overlay follows a moving slider at the speed of post-processing, never a stale value."""
+        if self._update_worker is not None:
+            self._update_again = True
+        elif not self._debounce.isActive():
+            self._debounce.start()
+
+    def _update_done(self) -> None:
+        self._update_worker = None
+        if self._update_again:
+            self._update_again = False
+            self.update_overlay()
 
     def update_overlay(self) -> None:
         """Re-run post-processing only (never the backbone) for the current layer."""
@@ -213,6 +225,8 @@ class FreeSoloPanel(QWidget):
         worker = create_worker(_postprocess_only, name, feats, params, image, _ignore_errors=True)
         worker.returned.connect(self._on_result)
         worker.errored.connect(self._on_error)
+        worker.finished.connect(self._update_done)
+        self._update_worker = worker
         worker.start()
 
     # ---- query inspector ------------------------------------------------------------------

@@ -177,3 +177,32 @@ def test_every_input_has_a_tooltip(panel):
     # and every persisted setting is one of them
     assert len(widget.settings.values()) > 25
     assert np.all([isinstance(k, str) for k in widget.settings.values()])
+
+
+def test_slider_burst_ends_on_the_latest_value_one_worker_at_a_time(panel, qtbot):
+    from engine.freemask import postprocess
+    from freesolo_napari.layers import instances_to_labels
+
+    viewer, widget = panel
+    widget.run_button.click()
+    qtbot.waitUntil(lambda: len(_labels(viewer)) == 1 and widget.run_button.isEnabled(), timeout=120_000)
+    started = []
+    original = widget.update_overlay
+
+    def counting():
+        started.append(widget._update_worker)  # None: no other post-processing worker in flight
+        original()
+
+    widget._debounce.timeout.disconnect()
+    widget._debounce.timeout.connect(counting)
+    widget.update_overlay = counting  # the re-run after a worker ends goes through here too
+    for v in (70, 75, 80, 72, 78):  # a quick drag: five values
+        widget.tau_slider.setValue(v)
+        qtbot.wait(5)
+    qtbot.waitUntil(lambda: widget._update_worker is None and not widget._debounce.isActive()
+                    and not widget._update_again and bool(started), timeout=60_000)
+    assert all(w is None for w in started) and 1 <= len(started) <= 3  # throttled, never overlapping
+    image, feats = widget._features["synthetic photo"]
+    expected = postprocess(feats, widget.current_params(), image)
+    assert widget.current_params().tau == pytest.approx(0.78)
+    assert np.array_equal(_labels(viewer)[0].data, instances_to_labels(expected.instances, image.shape[:2]))

@@ -262,6 +262,8 @@ class TrainingSection(Section):
         proc.finished.connect(self._finished)
         proc.errorOccurred.connect(self._process_error)
         self.process = proc
+        # the section goes away (viewer closed): stop the trainer with a checkpoint before Qt kills it
+        self.destroyed.connect(lambda *_a, p=proc: stop_process(p))
         self.state = "running"
         self.log_view.appendPlainText(("resuming: " if resume else "starting: ") + " ".join(args[2:]))
         self.progress_label.setText("Starting the training process…")
@@ -295,11 +297,8 @@ class TrainingSection(Section):
 
     def shutdown(self, wait_ms: int = 10_000) -> None:
         """Stop a running process before the application quits (checkpoint first)."""
-        if self.is_running():
-            self.cancel()
-            if not self.process.waitForFinished(wait_ms):
-                self.process.kill()
-                self.process.waitForFinished(2000)
+        if self.process is not None:
+            stop_process(self.process, wait_ms)
 
     # ---- reading the process ----------------------------------------------------------------
     def _read_stdout(self) -> None:
@@ -474,6 +473,23 @@ class TrainingSection(Section):
         path = QFileDialog.getExistingDirectory(edit, title, edit.text())
         if path:
             edit.setText(path)
+
+
+def stop_process(proc: QProcess, wait_ms: int = 10_000) -> None:
+    """SIGINT (the trainer saves a checkpoint), wait up to ``wait_ms``, then kill. Blocks."""
+    try:
+        if proc.state() == QProcess.ProcessState.NotRunning:
+            return
+        pid = int(proc.processId())
+        if os.name == "posix" and pid > 0:
+            os.kill(pid, signal.SIGINT)
+        else:
+            proc.terminate()
+        if not proc.waitForFinished(wait_ms):
+            proc.kill()
+            proc.waitForFinished(2000)
+    except (RuntimeError, ProcessLookupError):  # already gone
+        pass
 
 
 def _read_round(path: Path, source: str):

@@ -93,3 +93,17 @@ def test_start_cancel_resume_then_load_round(training_panel, qtbot):
                     timeout=60_000)
     layer = viewer.layers["img_0000 · free masks"]
     assert set(layer.features["source"][1:]) <= {"model"} and Path(run / "round_1" / "model.pt").is_file()
+
+
+def test_closing_the_viewer_stops_training_with_a_checkpoint(training_panel, qtbot):
+    viewer, widget, run = training_panel
+    t = widget.training
+    t.iters.setValue(5000)  # would run for minutes
+    assert t.start()
+    qtbot.waitUntil(lambda: t.iteration >= 1 or not t.is_running(), timeout=150_000)
+    proc = t.process
+    assert t.is_running(), t.log_view.toPlainText()
+    viewer.close()  # the panel goes away: SIGINT, the trainer saves its checkpoint, then exits
+    qtbot.waitUntil(lambda: (run / "round_1" / "checkpoint.pt").is_file(), timeout=5_000)
+    with pytest.raises(RuntimeError):  # the QProcess went with the panel, after its process ended
+        proc.state()

@@ -25,6 +25,7 @@ from engine.evaluate import evaluate_segm
 from engine.pipeline import run_freemask_batch
 from engine.solo.config import SoloConfig
 from engine.solo.predict import predict_folder
+from engine.solo.pseudo import SelectionConfig, select_pseudo_labels
 from engine.solo.train import FINAL, TrainConfig, train
 from engine.structures import ImageResult
 
@@ -47,12 +48,13 @@ class RoundSummary:
 
 
 def keep_predictions(path: Path, keep_thr: float, max_keep: int) -> list[ImageResult]:
-    """The confident part of a round's predictions, as the next round's training masks."""
-    kept = []
-    for res in load_image_results(path).values():
-        best = sorted((m for m in res.instances if m.score >= keep_thr), key=lambda m: m.score, reverse=True)
-        kept.append(ImageResult(res.file_name, res.height, res.width, best[:max_keep]))
-    return kept
+    """A round's predictions as the next round's training masks.
+
+    Per image the ``max_keep`` best-scored plausible masks with score >= ``keep_thr`` are
+    positives; the rest stay as ignore regions (see ``engine/solo/pseudo.py``).
+    """
+    results = list(load_image_results(path).values())
+    return select_pseudo_labels(results, SelectionConfig(top=max_keep, min_score=keep_thr))
 
 
 def selftrain(
@@ -64,6 +66,7 @@ def selftrain(
     model_cfg: SoloConfig | None = None,
     keep_thr: float = 0.3,
     max_keep: int = 20,
+    coarse_top: int = 0,
     device: str = "cpu",
     eval_images: Path | None = None,
     gt: Path | None = None,
@@ -100,6 +103,11 @@ def selftrain(
     for k in range(1, rounds + 1):
         rdir = out / f"round_{k}"
         pred = rdir / "predictions.json"
+        if k == 1 and coarse_top > 0:
+            masks = rdir / "train_masks.json"
+            if not masks.exists():
+                coarse = list(load_image_results(r0).values())
+                write_coco(masks, build_coco_dataset(select_pseudo_labels(coarse, SelectionConfig(top=coarse_top))))
         if k >= 2:
             masks = rdir / "train_masks.json"
             if not masks.exists():

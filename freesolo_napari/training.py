@@ -36,6 +36,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from engine.solo.train import TrainConfig
 from freesolo_napari.section import Section
 
 KILL_AFTER_MS = 20_000  # Cancel: SIGINT first, kill if the process is still there after this
@@ -138,7 +139,7 @@ class TrainingSection(Section):
         self.images_button = QPushButton("…", toolTip="Choose the folder of training images")
         self.rounds = QSpinBox(minimum=1, maximum=20, value=2, toolTip="SOLO rounds: round 1 trains on Free Mask's "
                                "masks, round K on round K-1's confident predictions")
-        self.iters = QSpinBox(minimum=1, maximum=1_000_000, value=300, singleStep=50,
+        self.iters = QSpinBox(minimum=1, maximum=1_000_000, value=TrainConfig().iters, singleStep=50,
                               toolTip="Training iterations per round")
         self.size = QSpinBox(minimum=64, maximum=2048, value=320, singleStep=32,
                              toolTip="Training image size (long side, pixels); smaller trains faster")

@@ -184,3 +184,27 @@ def test_selftrain_stops_with_a_checkpoint_and_resume_finishes(data, tmp_path, c
     assert {"event": "round_done", "round": 1, "rounds": 1, "path": str(st / "round_1" / "predictions.json")} in lines
     assert lines[-1] == {"event": "done", "rounds": 1}
     assert main(["selftrain", str(tmp_path / "nothing"), "--out", str(tmp_path / "none"), "--resume"]) == 2
+
+
+def test_mask_positive_cap_samples_a_subset_and_keeps_losses_finite(data):
+    """The cap changes which positives the mask losses see, never the category loss."""
+    from engine.solo.config import SoloConfig
+    from engine.solo.data import load_training_set
+    from engine.solo.model import SoloV2
+    from engine.solo.targets import TargetConfig
+    from engine.solo.train import compute_losses
+
+    samples, _ = load_training_set(data / "images", data / "coarse.json", 128)
+    batch = [s for s in samples if s.masks.shape[0] > 0][:2]
+    torch.manual_seed(0)
+    model = SoloV2(SoloConfig.cpu_small())
+    x = torch.cat([model.backbone.preprocess(s.image.permute(1, 2, 0).numpy()) for s in batch])
+    with torch.no_grad():
+        outputs = model(x)
+    tcfg = TargetConfig.from_head(model.cfg.head)
+    every = compute_losses(outputs, batch, tcfg, TrainConfig(max_mask_positives=0), step=1000)
+    again = compute_losses(outputs, batch, tcfg, TrainConfig(max_mask_positives=10_000), step=1000)
+    one = compute_losses(outputs, batch, tcfg, TrainConfig(max_mask_positives=1), step=1000)
+    assert torch.equal(every["mask"], again["mask"])  # a cap above the count keeps every positive
+    assert torch.equal(every["category"], one["category"])
+    assert torch.isfinite(one["mask"]) and not torch.equal(every["mask"], one["mask"])

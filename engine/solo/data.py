@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from engine.coco import load_image_results
 from engine.images import ImageLoadError, list_images, load_image, relative_name
+from engine.solo.pseudo import is_ignored
 
 
 @dataclass
@@ -25,6 +26,7 @@ class TrainSample:
     masks: torch.Tensor  # (M, S, S) bool
     weights: torch.Tensor  # (M,) float: pseudo-label confidence (1 for coarse masks)
     content: tuple[int, int]  # (h, w) of the real image inside the S×S square
+    ignore: torch.Tensor | None = None  # (K, S, S) bool: unselected candidates (negatives down-weighted there)
 
 
 def letterbox(image: np.ndarray, size: int) -> tuple[torch.Tensor, float, tuple[int, int]]:
@@ -68,11 +70,15 @@ def load_training_set(
         except ImageLoadError as exc:
             problems.append(str(exc))
             continue
-        kept = []
+        kept, ignored = [], []
         for k, inst in enumerate(res.instances):
             if inst.mask.shape != image.shape[:2]:
                 problems.append(f"{name}: mask {k} is {inst.mask.shape}, image is {image.shape[:2]}; skipped")
-            elif inst.mask.any() and (min_score is None or inst.score >= min_score):
+            elif not inst.mask.any():
+                continue
+            elif is_ignored(inst) or (min_score is not None and inst.score < min_score):
+                ignored.append(inst)
+            else:
                 kept.append(inst)
         tensor, _scale, content = letterbox(image, size)
         samples.append(TrainSample(
@@ -81,10 +87,13 @@ def load_training_set(
             masks=letterbox_masks([m.mask for m in kept], content, size),
             weights=torch.tensor([float(m.extra.get("weight", 1.0)) for m in kept], dtype=torch.float32),
             content=content,
+            ignore=letterbox_masks([m.mask for m in ignored], content, size) if ignored else None,
         ))
     return samples, problems
 
 
 def flip_sample(sample: TrainSample) -> TrainSample:
     """Horizontal flip of the whole square (padding moves to the left; the model never minds)."""
-    return TrainSample(sample.file_name, sample.image.flip(-1), sample.masks.flip(-1), sample.weights, sample.content)
+    ignore = None if sample.ignore is None else sample.ignore.flip(-1)
+    return TrainSample(sample.file_name, sample.image.flip(-1), sample.masks.flip(-1), sample.weights, sample.content,
+                       ignore)

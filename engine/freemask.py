@@ -240,8 +240,10 @@ def component_candidates(soft, binary, area, mness, grid: tuple[int, int], top: 
     soft_rows = soft[whole.query]
     counts = torch.bincount(flat.flatten(), minlength=n + 1).float()
     sums = torch.bincount(flat.flatten(), weights=soft_rows.flatten().double(), minlength=n + 1).float()
-    owner = torch.zeros(n + 1, dtype=torch.long)
-    owner[flat.flatten()] = torch.arange(len(volume)).repeat_interleave(h * w)
+    # labels are numbered in scan order and never cross masks, so mask i owns the labels
+    # between the previous masks' highest label and its own
+    last = np.maximum.accumulate(labels.reshape(len(volume), -1).max(axis=1))
+    owner = torch.from_numpy(np.searchsorted(last, np.arange(n + 1), side="left")).long()
     ids = torch.nonzero(counts[1:] > 1).flatten() + 1  # parts of at least 2 cells
     comp_mness = sums[ids] / counts[ids]
     ids = ids[torch.argsort(comp_mness, descending=True)][:top]

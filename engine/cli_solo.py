@@ -50,9 +50,15 @@ def add_solo_commands(sub) -> None:
     st.add_argument("--rounds", type=int, default=2, help="training rounds (default: %(default)s)")
     st.add_argument("--keep-thr", type=float, default=0.3, help="score kept as a pseudo-label (default: %(default)s)")
     st.add_argument("--max-keep", type=int, default=20, help="pseudo-labels per image (default: %(default)s)")
-    st.add_argument("--coarse-top", type=int, default=0,
+    st.add_argument("--positive-only", action="store_true",
+                    help="rounds >= 2: focal loss only at positive cells (the official 'pseudo' mode) instead of "
+                    "down-weighting negatives inside unselected predictions")
+    st.add_argument("--ignore-min-score", type=float, default=float("inf"),
+                    help="rounds >= 2: unselected predictions scoring at least this become ignore regions (negatives "
+                    "down-weighted), lower ones background (default: none, all unselected are background)")
+    st.add_argument("--coarse-top", type=int, default=8,
                     help="round 1 learns from the best N plausible coarse masks per image, the others become "
-                    "ignore regions (0: all coarse masks; default: %(default)s)")
+                    "ignore regions with down-weighted negatives (0: all coarse masks; default: %(default)s)")
     st.add_argument("--eval-images", type=Path, default=None, help="labeled images to evaluate each round on")
     st.add_argument("--gt", type=Path, default=None, help="ground truth COCO for --eval-images (or for IMAGES)")
     st.add_argument("--resume", action="store_true",
@@ -261,7 +267,8 @@ def cmd_selftrain(args) -> int:
         with stop_on_sigint() as should_stop:
             rows = selftrain(args.images, args.out, rounds=args.rounds, train_cfg=_train_config(args),
                              model_cfg=_model_config(args), keep_thr=args.keep_thr, max_keep=args.max_keep,
-                             coarse_top=args.coarse_top,
+                             coarse_top=args.coarse_top, positive_only=args.positive_only,
+                             ignore_min_score=args.ignore_min_score,
                              device=str(resolve_device(args.device)), eval_images=args.eval_images, gt=args.gt,
                              say=say, progress=progress, should_stop=should_stop, events=events)
     except SelfTrainStopped as exc:

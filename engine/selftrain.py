@@ -3,7 +3,7 @@
 RUN_DIR/round_0/  Free Mask's coarse masks (coarse.json)
 RUN_DIR/round_1/  SOLO trained on them (model.pt, predictions.json)
 RUN_DIR/round_K/  for K >= 2, a SOLO retrained (from the pretrained backbone) on round K-1's
-                  kept predictions (score >= keep_thr, at most max_keep per image)
+                  selected predictions (score >= keep_thr, at most max_keep plausible ones per image)
 
 Every round is skipped when its outputs exist, and a round's training resumes from its last
 checkpoint, so an interrupted run continues where it stopped. ``should_stop`` ends a run
@@ -47,14 +47,19 @@ class RoundSummary:
     metrics: dict = field(default_factory=dict)
 
 
-def keep_predictions(path: Path, keep_thr: float, max_keep: int) -> list[ImageResult]:
+def keep_predictions(path: Path, keep_thr: float, max_keep: int,
+                     ignore_min_score: float = float("inf")) -> list[ImageResult]:
     """A round's predictions as the next round's training masks.
 
     Per image the ``max_keep`` best-scored plausible masks with score >= ``keep_thr`` are
-    positives; the rest stay as ignore regions (see ``engine/solo/pseudo.py``).
+    positives; unselected ones scoring at least ``ignore_min_score`` become ignore regions and
+    the rest background (see ``engine/solo/pseudo.py``). Measured: ignore regions here (or the
+    official positive-only focal loss) let the category branch fire everywhere and cost AP50;
+    plain background for everything unselected made round 2 better than round 1.
     """
     results = list(load_image_results(path).values())
-    return select_pseudo_labels(results, SelectionConfig(top=max_keep, min_score=keep_thr))
+    return select_pseudo_labels(results, SelectionConfig(top=max_keep, min_score=keep_thr,
+                                                         ignore_min_score=ignore_min_score))
 
 
 def selftrain(
@@ -66,7 +71,9 @@ def selftrain(
     model_cfg: SoloConfig | None = None,
     keep_thr: float = 0.3,
     max_keep: int = 20,
-    coarse_top: int = 0,
+    coarse_top: int = 8,
+    positive_only: bool = False,
+    ignore_min_score: float = float("inf"),
     device: str = "cpu",
     eval_images: Path | None = None,
     gt: Path | None = None,
@@ -112,12 +119,13 @@ def selftrain(
             masks = rdir / "train_masks.json"
             if not masks.exists():
                 write_coco(masks, build_coco_dataset(keep_predictions(out / f"round_{k - 1}" / "predictions.json",
-                                                                      keep_thr, max_keep)))
+                                                                      keep_thr, max_keep, ignore_min_score)))
         if not pred.exists():
             t0 = time.perf_counter()
             say(f"round {k}: training SOLO on {masks.relative_to(out)}")
             emit("phase", k, phase="train", iters=cfg.iters)
-            result = train(images, masks, rdir, cfg=replace(cfg, positive_only_focal=k >= 2), model_cfg=model_cfg,
+            round_cfg = replace(cfg, positive_only_focal=positive_only and k >= 2)
+            result = train(images, masks, rdir, cfg=round_cfg, model_cfg=model_cfg,
                            device=device, resume=True, progress=progress, should_stop=should_stop)
             for problem in result.problems[:5]:
                 say(f"  skipped: {problem}")

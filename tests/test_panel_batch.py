@@ -3,7 +3,6 @@
 Real napari viewers under Xvfb, the real backbone, real files; small images to stay fast.
 """
 
-from pathlib import Path
 
 import numpy as np
 import pytest

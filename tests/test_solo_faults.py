@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from engine.atomic import OutputError
 from engine.cli import main
 from engine.coco import build_coco_dataset, write_coco
 from engine.masks import mask_to_rle

@@ -59,3 +59,11 @@ def test_ignore_regions_survive_coco_and_downweight_negatives_in_training(tmp_pa
     # cell (6, 6) lies inside the ignored mask: its background weight drops, elsewhere it stays
     assert plain.weight[0][0, 6, 6] == 1.0 and abs(float(down.weight[0][0, 6, 6]) - 0.1) < 1e-6
     assert down.weight[0][0, 0, 7] == 1.0
+
+
+def test_low_scoring_unselected_masks_are_dropped_not_ignored():
+    masks = [InstanceMask(_box(10, 30, 10, 30), score=0.9), InstanceMask(_box(40, 60, 40, 60), score=0.2),
+             InstanceMask(_box(70, 90, 70, 90), score=0.05)]
+    [res] = select_pseudo_labels([ImageResult("a.png", 100, 100, masks)],
+                                 SelectionConfig(top=1, min_score=0.3, ignore_min_score=0.1))
+    assert [(m.score, is_ignored(m)) for m in res.instances] == [(0.9, False), (0.2, True)]

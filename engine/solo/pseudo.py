@@ -31,6 +31,7 @@ class SelectionConfig:
     min_area_frac: float = 0.0015  # of the image area
     max_area_frac: float = 0.3
     max_border_sides: int = 1  # masks reaching more image sides look like background
+    ignore_min_score: float = 0.0  # unselected masks scoring below this are dropped, not ignore regions
 
 
 def border_sides(mask: np.ndarray) -> int:
@@ -46,7 +47,8 @@ def is_plausible_object(inst: InstanceMask, cfg: SelectionConfig) -> bool:
 
 
 def select_pseudo_labels(results: list[ImageResult], cfg: SelectionConfig | None = None) -> list[ImageResult]:
-    """The same images and masks; masks not selected carry ``extra['ignore'] = 1``."""
+    """The same images; selected masks as they are, others with ``extra['ignore'] = 1`` (or dropped
+    when they score below ``ignore_min_score``)."""
     cfg = cfg or SelectionConfig()
     out = []
     for res in results:
@@ -56,6 +58,8 @@ def select_pseudo_labels(results: list[ImageResult], cfg: SelectionConfig | None
         for inst in ranked:
             take = kept < cfg.top and is_plausible_object(inst, cfg)
             kept += take
+            if not take and inst.score < cfg.ignore_min_score:
+                continue  # a confident "no": plain background for the student
             extra = {k: v for k, v in inst.extra.items() if k != IGNORE_KEY}
             if not take:
                 extra[IGNORE_KEY] = 1

@@ -41,7 +41,7 @@ class FreeMaskParams:
     tau: float = 0.65  # soft-mask threshold (official 0.5; measured best here, see README)
     scales: tuple[float, ...] = (1.0, 0.5, 0.25)  # query pyramid, relative to the query grid
     query_stride: int = 32  # input pixels per query cell at scale 1.0
-    pre_nms_top: int = 200  # candidates kept by maskness before Matrix NMS (cost control)
+    pre_nms_top: int = 100  # candidates kept by maskness before Matrix NMS (cost control; at least 2×top-k)
     score_stride: int = 16  # key grid (input px per cell) on which candidates are ranked: 8 or 16
     top_k: int | None = None  # masks per image; None = 20, or 100 for auto-upscaled small objects
     nms_kernel: Literal["gaussian", "linear"] = "gaussian"
@@ -300,10 +300,12 @@ def postprocess(
         raise ValueError(f"image is {tuple(image.shape[:2])} but features were computed for {(H, W)}")
     queries, soft, cgrid = ranked_soft_masks(features, p)
     binary, area, mness = maskness(soft, p.tau)
+    top_k = p.top_k or auto_top_k(features)
+    pre_nms = max(p.pre_nms_top, 2 * top_k)  # images with many small objects need more candidates
     if p.split_components:
-        cands = component_candidates(soft, binary, area, mness, cgrid, p.pre_nms_top)
+        cands = component_candidates(soft, binary, area, mness, cgrid, pre_nms)
     else:
-        cands = whole_mask_candidates(soft, binary, area, mness, p.pre_nms_top)
+        cands = whole_mask_candidates(soft, binary, area, mness, pre_nms)
     cands = drop_background_candidates(cands, cgrid, p, border_cells=max(1, -(-BORDER_INPUT_PX // p.score_stride)))
     decayed = matrix_nms(cands.binary.float(), cands.maskness, kernel=p.nms_kernel, sigma=p.nms_sigma)
     order = torch.argsort(decayed, descending=True)
@@ -313,7 +315,6 @@ def postprocess(
     margin = round(BORDER_INPUT_PX / max(features.input_scale, 1e-6))
 
     found: list[tuple[InstanceMask, torch.Tensor]] = []
-    top_k = p.top_k or auto_top_k(features)
     shortlist = order[: 2 * top_k]  # spare candidates replace ones the filters drop
     fine = soft_masks(queries.vectors[cands.query[shortlist]], keys)  # kept masks on the fine grid, one product
     for row, ci in enumerate(shortlist.tolist()):

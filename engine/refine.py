@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 MAX_FILTER_SIDE = 512  # guide statistics are computed at most at this resolution
-MIN_FILTER_RADIUS = 6  # ... and at a resolution where the radius is about this many pixels
+MIN_FILTER_RADIUS = 4  # ... and at a resolution where the radius is about this many pixels
 
 
 def _axis_count(n: int, r: int) -> np.ndarray:

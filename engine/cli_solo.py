@@ -79,6 +79,9 @@ def _train_options(p: argparse.ArgumentParser, d) -> None:
     p.add_argument("--preset", choices=("cpu-small", "paper"), default="cpu-small", help="model size (default: %(default)s)")
     p.add_argument("--mask-loss", choices=("weak", "full"), default=d.mask_loss,
                    help="weak: projection Dice + pairwise (FreeSOLO); full: plain SOLO Dice (default: %(default)s)")
+    p.add_argument("--copy-paste", type=float, default=d.copy_paste,
+                   help="chance that a training image is the strong view, with objects of another image and their "
+                   "masks pasted in (costs a backbone pass each time; default: %(default)s)")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     _amp_options(p)
@@ -108,7 +111,7 @@ def _train_config(args):
 
     _amp_note(args, args.amp_dtype)
     return TrainConfig(iters=args.iters, batch=args.batch, size=args.size, lr=args.lr, optimizer=args.optimizer,
-                       mask_loss=args.mask_loss,
+                       mask_loss=args.mask_loss, copy_paste=args.copy_paste,
                        checkpoint_every=args.checkpoint_every, amp=args.amp is not False, amp_dtype=args.amp_dtype)
 
 

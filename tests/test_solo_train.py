@@ -208,3 +208,11 @@ def test_mask_positive_cap_samples_a_subset_and_keeps_losses_finite(data):
     assert torch.equal(every["mask"], again["mask"])  # a cap above the count keeps every positive
     assert torch.equal(every["category"], one["category"])
     assert torch.isfinite(one["mask"]) and not torch.equal(every["mask"], one["mask"])
+
+
+def test_training_with_copy_paste_views_runs_and_saves(data, tmp_path):
+    res = train(data / "images", data / "coarse.json", tmp_path / "cp",
+                cfg=TrainConfig(iters=3, batch=2, size=128, copy_paste=1.0, checkpoint_every=100))
+    assert res.iterations == 3 and all(v == v for v in res.last_losses.values())
+    model, _state = load_model(res.model_path)
+    assert model is not None

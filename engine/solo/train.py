@@ -29,6 +29,7 @@ from engine.atomic import OutputError, atomic_save
 from engine.images import NoImagesError
 from engine.solo import amp as amp_mod
 from engine.solo import distributed
+from engine.solo.augment import copy_paste
 from engine.solo.config import SoloConfig
 from engine.solo.data import TrainSample, flip_sample, load_training_set
 from engine.solo.losses import (
@@ -67,6 +68,7 @@ class TrainConfig:
     pairwise_weight: float = 1.0
     pairwise_threshold: float = 0.3
     pairwise_warmup: int = 100
+    copy_paste: float = 0.0  # chance that a batch image is the strong view (objects of another image pasted in)
     ignore_weight: float = 0.1  # category-loss weight of negative cells inside unselected candidates
     max_mask_positives: int = 64  # per batch, sampled at random for the mask losses (0 = all)
     positive_only_focal: bool = False  # self-training: no push to background for unlabeled objects
@@ -97,11 +99,14 @@ class FeatureBank:
     def get(self, index: int, sample: TrainSample, flipped: bool) -> dict[str, torch.Tensor]:
         key = (index, flipped)
         if key not in self._store:
-            image = sample.image.flip(-1) if flipped else sample.image
-            x = self.model.backbone.preprocess(image.permute(1, 2, 0).numpy())
-            with torch.no_grad():
-                self._store[key] = {k: v.detach() for k, v in self.model.backbone_features(x).items()}
+            self._store[key] = self.compute(sample.image.flip(-1) if flipped else sample.image)
         return self._store[key]
+
+    def compute(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Features of one (3, S, S) uint8 image, not kept (copy-paste views are new every time)."""
+        x = self.model.backbone.preprocess(image.permute(1, 2, 0).numpy())
+        with torch.no_grad():
+            return {k: v.detach() for k, v in self.model.backbone_features(x).items()}
 
 
 def _box_masks(masks: torch.Tensor) -> torch.Tensor:
@@ -309,6 +314,11 @@ def _train(image_dir, masks_json, out: Path, cfg: TrainConfig, model_cfg, device
             flips = [random.random() < 0.5 for _ in picks]
             batch = [flip_sample(samples[i]) if f else samples[i] for i, f in zip(picks, flips)]
             feats = [bank.get(i, samples[i], f) for i, f in zip(picks, flips)]
+            if cfg.copy_paste > 0 and len(samples) > 1:  # the strong view: objects of other images pasted in
+                for b in range(len(batch)):
+                    if random.random() < cfg.copy_paste:
+                        batch[b] = copy_paste(batch[b], samples[random.randrange(len(samples))], random)
+                        feats[b] = bank.compute(batch[b].image)
             stacked = {k: torch.cat([f[k] for f in feats]) for k in feats[0]}
             lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / max(cfg.iters, 1)))
             for group in optimizer.param_groups:

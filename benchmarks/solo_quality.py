@@ -4,8 +4,9 @@ The paper's protocol on the project's synthetic data: ``freesolo selftrain`` (th
 in a subprocess) trains on an unlabeled split, and every round is evaluated on a disjoint
 labeled split (class-agnostic COCO mask AP, pycocotools). Prints one markdown row per round
 (Free Mask = round 0, SOLO = round 1, self-training = round 2 …) with its wall time, plus the
-change of each round's AP50 over Free Mask with a noise estimate: the standard error of that
-change over disjoint folds of the evaluation images (a small gain inside it is noise).
+change of each round's AP50 over Free Mask and over the round before, each with a noise
+estimate: the standard error of that change over disjoint folds of the evaluation images (a
+small gain inside it is noise).
 
     python benchmarks/solo_quality.py --data /tmp/solo_q [--train-n 100] [--eval-n 80] [--size 320]
         [--kind photo] [--rounds 2] [--folds 4] [-- EXTRA SELFTRAIN OPTIONS]
@@ -50,6 +51,13 @@ def fold_ap50(gt: dict, pred: dict, folds: int) -> list[float]:
     return [evaluate_segm(subset(gt, p), subset(pred, p))["AP50"] for p in parts]
 
 
+def paired_change(folds: list[float], reference: list[float]) -> str:
+    """Mean change over the folds ± its standard error (paired: same images on both sides)."""
+    d = [a - b for a, b in zip(folds, reference)]
+    se = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan")
+    return f"{statistics.mean(d):+.3f} ± {se:.3f}"
+
+
 def main() -> int:
     argv = sys.argv[1:]
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -77,23 +85,21 @@ def main() -> int:
 
     gt = json.loads(gt_path.read_text())
     rows = json.loads((run / "summary.json").read_text())
-    base = None
+    base = prev = None
     print(f"\ntrain: {args.train_n} unlabeled {args.kind} images, eval: {args.eval_n} labeled (disjoint seeds), "
           f"{args.size}², whole run {total / 60:.1f} min; options: {' '.join(extra) or 'defaults'}\n")
-    print("| round | model | AP | AP50 | AR100 | ΔAP50 vs Free Mask (± s.e. over folds) | minutes |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| round | model | AP | AP50 | AR100 | ΔAP50 vs Free Mask | ΔAP50 vs previous round | minutes |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         pred = json.loads((run / f"round_{r['round']}" / "eval_predictions.json").read_text())
         folds = fold_ap50(gt, pred, args.folds)
-        if base is None:
-            base, delta = folds, "—"
-        else:
-            d = [a - b for a, b in zip(folds, base)]
-            se = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan")
-            delta = f"{statistics.mean(d):+.3f} ± {se:.3f}"
+        delta = "—" if base is None else paired_change(folds, base)
+        step = "—" if prev is None else paired_change(folds, prev)
+        base = folds if base is None else base
+        prev = folds
         m = r["metrics"]
         print(f"| {r['round']} | {r['what']} | {m.get('AP', 0):.3f} | {m.get('AP50', 0):.3f} | {m.get('AR100', 0):.3f} "
-              f"| {delta} | {r['seconds'] / 60:.1f} |")
+              f"| {delta} | {step} | {r['seconds'] / 60:.1f} |")
     return 0
 
 

@@ -68,7 +68,7 @@ class TrainConfig:
     pairwise_weight: float = 1.0
     pairwise_threshold: float = 0.3
     pairwise_warmup: int = 100
-    copy_paste: float = 0.0  # chance that a batch image is the strong view (objects of another image pasted in)
+    copy_paste: float = 0.5  # chance that a batch image is the strong view (objects of another image pasted in)
     ignore_weight: float = 0.1  # category-loss weight of negative cells inside unselected candidates
     max_mask_positives: int = 64  # per batch, sampled at random for the mask losses (0 = all)
     positive_only_focal: bool = False  # self-training: no push to background for unlabeled objects

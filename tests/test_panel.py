@@ -6,14 +6,6 @@ import pytest
 pytestmark = pytest.mark.gui
 
 
-@pytest.fixture
-def panel(make_napari_viewer, qtbot):
-    viewer = make_napari_viewer()
-    viewer.open_sample("freesolo-napari", "synthetic-photo")
-    _dock, widget = viewer.window.add_plugin_dock_widget("freesolo-napari", "FreeSOLO")
-    return viewer, widget
-
-
 def _labels_layers(viewer):
     from napari.layers import Labels
 

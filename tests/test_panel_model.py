@@ -9,14 +9,6 @@ pytestmark = pytest.mark.gui
 
 
 @pytest.fixture
-def panel(make_napari_viewer, qtbot):
-    viewer = make_napari_viewer()
-    viewer.open_sample("freesolo-napari", "synthetic-photo")
-    _dock, widget = viewer.window.add_plugin_dock_widget("freesolo-napari", "FreeSOLO")
-    return viewer, widget
-
-
-@pytest.fixture
 def notices():
     from napari.utils.notifications import notification_manager
 

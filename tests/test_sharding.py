@@ -28,16 +28,7 @@ def folder(tmp_path_factory) -> Path:
     return root / "images"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread, like each of the 2 ranks on 2 cores: the same float sums in the reference
-    run (and on a shared 2-core machine, two busy-waiting threads per process are many times slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")  # so the CLI's configure_cpu_threads leaves it at 1
-        yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _masks(path: Path) -> dict[str, list[tuple[np.ndarray, float]]]:

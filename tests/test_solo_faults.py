@@ -25,15 +25,7 @@ from engine.synthetic import label_map_to_masks, make_sample, sample_seed, write
 SIZE = 96
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one thread is as fast, and on a busy 2-core machine far faster than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")  # so the CLI's configure_cpu_threads leaves it at 1
-        yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

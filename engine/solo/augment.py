@@ -43,7 +43,7 @@ def copy_paste(target: TrainSample, source: TrainSample, rng: random.Random, max
     picks = rng.sample(range(source.masks.shape[0]), min(max_objects, source.masks.shape[0]))
     image = target.image.clone()
     masks = target.masks.clone()
-    pasted, union = [], torch.zeros_like(target.masks[0] if target.masks.shape[0] else source.masks[0])
+    pasted, union = [], torch.zeros(target.image.shape[-2:], dtype=torch.bool)
     ch, cw = target.content
     for k in picks:
         m = source.masks[k]

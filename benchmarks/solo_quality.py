@@ -9,7 +9,7 @@ estimate: the standard error of that change over disjoint folds of the evaluatio
 small gain inside it is noise).
 
     python benchmarks/solo_quality.py --data /tmp/solo_q [--train-n 100] [--eval-n 80] [--size 320]
-        [--kind photo] [--rounds 2] [--folds 4] [-- EXTRA SELFTRAIN OPTIONS]
+        [--kind photo] [--rounds 2] [--eval-seed 2026] [--folds 4] [-- EXTRA SELFTRAIN OPTIONS]
 
 Extra options after ``--`` go to ``freesolo selftrain`` unchanged (e.g. ``--iters 1500``), which
 is how the effect of one lever is measured: same data, same evaluation, one option changed.
@@ -69,12 +69,14 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=320)
     ap.add_argument("--kind", default="photo")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--eval-seed", type=int, default=EVAL_SEED, help="seed of the labeled split (default: %(default)s)")
     ap.add_argument("--folds", type=int, default=4)
     ap.add_argument("--run", type=Path, help="run folder (default: DATA/run-<timestamp>)")
     args = ap.parse_args(argv)
 
     train_images, _ = split(args.data / f"train-{args.kind}", args.train_n, TRAIN_SEED, args.size, args.kind)
-    eval_images, gt_path = split(args.data / f"eval-{args.kind}", args.eval_n, EVAL_SEED, args.size, args.kind)
+    eval_images, gt_path = split(args.data / f"eval-{args.kind}-{args.eval_seed}-{args.eval_n}", args.eval_n,
+                                 args.eval_seed, args.size, args.kind)
     run = args.run or args.data / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
     cmd = [sys.executable, "-m", "engine.cli", "selftrain", str(train_images), "--out", str(run),
            "--rounds", str(args.rounds), "--eval-images", str(eval_images), "--gt", str(gt_path), *extra]

@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
 
 from freesolo_napari.controls import FreeMaskControls
 from freesolo_napari.inspect import MasknessHistogram
-from freesolo_napari.layers import show_instances
+from freesolo_napari.layers import prepare_overlay, show_instances, show_overlay
 
 if TYPE_CHECKING:
     import napari
@@ -194,7 +194,8 @@ class FreeSoloPanel(QWidget):
 
         feats = extract_features(self._get_extractor(), image, path)
         self._features[name] = (image, feats)
-        return name, postprocess(feats, params, image)
+        result = postprocess(feats, params, image)
+        return name, result, prepare_overlay(result.instances, image.shape[:2])
 
     def _schedule_update(self, *_args) -> None:
         """Throttle: the overlay follows a moving slider at the speed of post-processing, never a stale value."""
@@ -297,12 +298,16 @@ class FreeSoloPanel(QWidget):
 
     # ---- results --------------------------------------------------------------------------
     def _on_result(self, payload) -> None:
-        name, result = payload
+        """Show a result: ``(name, result)``, or ``(name, result, overlay)`` prepared by the worker."""
+        name, result, *prepared = payload
         if name not in self.viewer.layers:
             return
         if not self.review.allow_update(name):  # the user keeps edited masks
             return
-        layer = show_instances(self.viewer, self.viewer.layers[name], result.instances)
+        if prepared:
+            layer = show_overlay(self.viewer, name, prepared[0])
+        else:
+            layer = show_instances(self.viewer, self.viewer.layers[name], result.instances)
         self._automatic[name] = np.asarray(layer.data).copy()
         self.review.after_update(layer)
         feats = self._features[name][1]
@@ -332,6 +337,8 @@ class FreeSoloPanel(QWidget):
 
 
 def _postprocess_only(name, feats, params, image):
+    """Worker body of a slider move: post-processing and the overlay, both off the GUI thread."""
     from engine.freemask import postprocess
 
-    return name, postprocess(feats, params, image)
+    result = postprocess(feats, params, image)
+    return name, result, prepare_overlay(result.instances, image.shape[:2])

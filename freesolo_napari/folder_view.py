@@ -2,8 +2,9 @@
 
 Images are loaded lazily (in a worker) when shown. Their masks come from the engine's on-disk
 feature cache plus post-processing, so an image computed once — in this session, an earlier
-one, or by ``freesolo freemask`` — reopens without the network. Edits are stored when you move
-to another image (see ``freesolo_napari.folder``).
+one, or by ``freesolo freemask`` — reopens without the network. Edits of the image on screen
+are stored on disk a moment after each paint, fill or erase stroke (and when you move to another
+image or napari quits), so closing napari never loses them (see ``freesolo_napari.folder``).
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QApplication, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from freesolo_napari.folder import PATH_KEY, FolderSession
 from freesolo_napari.layers import labels_name, points_name, set_labels
 
 MAX_SKIP_NOTES = 20  # non-image files reported one by one, then summarised
+EDIT_SAVE_DELAY_MS = 800  # edits are written this long after the last stroke (one write per burst)
 
 
 def feature_config(panel):
@@ -45,6 +48,12 @@ class FolderView(QWidget):
         self.next_button.clicked.connect(lambda: self.show_image(self.session.index + 1))
         self.position = QLabel("no folder open", toolTip="Image shown: number / images in the folder, file name",
                                wordWrap=True)
+        self._save_timer = QTimer(self, singleShot=True, interval=EDIT_SAVE_DELAY_MS)
+        self._save_timer.timeout.connect(self.save_current_edits)
+        panel.viewer.layers.events.inserted.connect(self._on_layer_inserted)
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(self._flush_edits)
         row = QHBoxLayout()
         row.addWidget(self.prev_button)
         row.addWidget(self.next_button)
@@ -53,6 +62,23 @@ class FolderView(QWidget):
         layout.addWidget(self.open_button)
         layout.addLayout(row)
         layout.addWidget(self.position)
+
+    # ---- storing edits as they happen -----------------------------------------------------
+    def _on_layer_inserted(self, event) -> None:
+        """Watch the shown image's Labels layer for the user's strokes."""
+        layer = event.value
+        if self.shown is not None and layer.name == labels_name(self.shown) and hasattr(layer.events, "paint"):
+            layer.events.paint.connect(self._edited)
+
+    def _edited(self, *_args) -> None:
+        if self.session is not None and self.shown is not None:
+            self._save_timer.start()  # restarts: a burst of strokes is one write
+
+    def _flush_edits(self) -> None:
+        """Write pending edits now (napari quitting, another image, an export)."""
+        if self._save_timer.isActive():
+            self._save_timer.stop()
+            self.save_current_edits()
 
     # ---- opening and navigating -----------------------------------------------------------
     def _ask_folder(self) -> None:
@@ -156,6 +182,7 @@ class FolderView(QWidget):
 
     def save_current_edits(self) -> None:
         """Keep the shown image's masks in the edits store if the user changed them."""
+        self._save_timer.stop()
         if self.shown is None or self.session is None:
             return
         name, viewer = self.shown, self.panel.viewer

@@ -122,6 +122,16 @@ def test_folder_browse_run_cache_edits_and_new_session(make_napari_viewer, qtbot
     edited[edited == ids[0]] = 0  # the user deletes one mask and paints onto another
     edited[:5, :5] = ids[1]
     labels.data = edited
+    # a brush stroke with napari's own paint tool is stored on disk on its own, without
+    # leaving the image (closing napari now would not lose the edits)
+    session = view.session
+    assert session.load_edits(session.path) is None
+    labels.selected_label = int(ids[1])
+    labels.brush_size = 3
+    labels.paint((20, 20), int(ids[1]))
+    edited = labels.data.copy()
+    qtbot.waitUntil(lambda: session.load_edits(session.path) is not None, timeout=10_000)
+    assert np.array_equal(session.load_edits(session.path).labels, edited)
 
     view.next_button.click()  # the broken file: one message, the panel stays usable
     qtbot.waitUntil(lambda: "unreadable" in view.position.text(), timeout=30_000)

@@ -22,6 +22,14 @@ def points_name(image_name: str) -> str:
     return f"{image_name} · maskness"
 
 
+def image_name_of(layer_name: str) -> str:
+    """The image a layer belongs to: its own name, or the name its masks/text layers derive from."""
+    for suffix in (labels_name(""), points_name("")):
+        if layer_name.endswith(suffix):
+            return layer_name[: -len(suffix)]
+    return layer_name
+
+
 def instance_table(instances: Sequence[InstanceMask], areas: Sequence[int] | None = None) -> dict[str, np.ndarray]:
     """The Labels layer's ``features``: one row per label value (row 0 = background)."""
     n = len(instances)

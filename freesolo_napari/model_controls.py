@@ -228,6 +228,7 @@ def show_on_layer(panel, name: str, instances) -> bool:
         return False
     layer = show_instances(panel.viewer, panel.viewer.layers[name], instances)
     panel._automatic[name] = np.asarray(layer.data).copy()
+    panel._params_shown.pop(name, None)  # not a Free Mask overlay: the sliders leave it alone
     if review is not None:
         review.after_update(layer)
     return True

@@ -59,9 +59,13 @@ class FreeSoloPanel(QWidget):
         self._automatic: dict[str, np.ndarray] = {}  # last automatic labels, to mark user edits
         self._update_worker = None  # the post-processing worker in flight (one at a time)
         self._update_again = False  # controls changed while it ran: run once more with the latest values
+        self._params_asked: dict[str, object] = {}  # image -> parameters of its result in flight
+        self._params_shown: dict[str, object] = {}  # image -> parameters of the overlay on screen
         self._build_ui()
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.viewer.layers.selection.events.active.connect(self._follow_selection)
+        self.layer_combo.currentTextChanged.connect(self._image_changed)
         self._refresh_layers()
         from freesolo_napari.settings import PanelSettings
 
@@ -144,6 +148,26 @@ class FreeSoloPanel(QWidget):
     def current_params(self):
         return self.controls.params()
 
+    def _follow_selection(self, event=None) -> None:
+        """Selecting an image (or its masks) in napari's layer list makes it the panel's image."""
+        from freesolo_napari.layers import image_name_of
+
+        layer = self.viewer.layers.selection.active
+        name = image_name_of(layer.name) if layer is not None else None
+        if name and self.layer_combo.findText(name) >= 0:
+            self.layer_combo.setCurrentText(name)
+
+    def _image_changed(self, name: str) -> None:
+        """An image whose overlay was made with other slider values catches up (post-processing only)."""
+        if name not in self._features or name not in self._params_shown:
+            return
+        try:
+            params = self.current_params()
+        except ValueError:
+            return
+        if self._params_shown[name] != params:
+            self._schedule_update()
+
     # ---- work -----------------------------------------------------------------------------
     @property
     def backbone_calls(self) -> int:
@@ -192,6 +216,7 @@ class FreeSoloPanel(QWidget):
         from engine.freemask import postprocess
         from freesolo_napari.folder import extract_features
 
+        self._params_asked[name] = params
         feats = extract_features(self._get_extractor(), image, path)
         self._features[name] = (image, feats)
         result = postprocess(feats, params, image)
@@ -223,6 +248,7 @@ class FreeSoloPanel(QWidget):
         except ValueError as exc:
             self._notify(str(exc))
             return
+        self._params_asked[name] = params
         worker = create_worker(_postprocess_only, name, feats, params, image, _ignore_errors=True)
         worker.returned.connect(self._on_result)
         worker.errored.connect(self._on_error)
@@ -273,6 +299,7 @@ class FreeSoloPanel(QWidget):
         except (ValueError, OSError) as exc:
             self._notify(f"Import failed: {exc}")
             return
+        self._params_shown.clear()  # imported masks are not Free Mask overlays: switching images keeps them
         text = f"Imported masks for {matched} image(s) from {Path(path).name}"
         if problems:
             text += f"; {len(problems)} problem(s): " + "; ".join(problems[:3])
@@ -309,6 +336,7 @@ class FreeSoloPanel(QWidget):
         else:
             layer = show_instances(self.viewer, self.viewer.layers[name], result.instances)
         self._automatic[name] = np.asarray(layer.data).copy()
+        self._params_shown[name] = self._params_asked.get(name)
         self.review.after_update(layer)
         feats = self._features[name][1]
         self.histogram.set_values(result.candidate_maskness, self.controls.min_score.value())

@@ -146,3 +146,34 @@ def test_query_inspector_and_histogram(panel, qtbot):
     assert widget._on_click in viewer.mouse_drag_callbacks
     widget.inspect_check.setChecked(False)
     assert widget._on_click not in viewer.mouse_drag_callbacks
+
+
+def test_slider_values_follow_to_the_image_you_switch_to(panel, qtbot):
+    """Sliders act on the panel's image; another image catches up when you pick it (no backbone),
+    and picking a layer in napari's layer list picks its image in the panel."""
+    from engine.synthetic import make_sample
+
+    viewer, widget = panel
+    viewer.add_image(make_sample(5, (96, 96), kind="photo")[0], name="second", rgb=True)
+    widget.run_scope.set_scope("all open images")
+    widget.run_button.click()
+    qtbot.waitUntil(lambda: len(_labels_layers(viewer)) == 2 and widget.run_button.isEnabled(), timeout=120_000)
+    calls = widget.backbone_calls
+    viewer.layers.selection.active = viewer.layers["synthetic photo · free masks"]
+    assert widget.layer_combo.currentText() == "synthetic photo"  # follows napari's selection
+    second = viewer.layers["second · free masks"].data.copy()
+
+    widget.tau_slider.setValue(85)
+    first = viewer.layers["synthetic photo · free masks"]
+    qtbot.waitUntil(lambda: widget._params_shown.get("synthetic photo") == widget.current_params(), timeout=30_000)
+    assert np.array_equal(viewer.layers["second · free masks"].data, second), "only the panel's image updates"
+
+    viewer.layers.selection.active = viewer.layers["second"]  # switching images catches up
+    assert widget.layer_combo.currentText() == "second"
+    qtbot.waitUntil(lambda: widget._params_shown.get("second") == widget.current_params(), timeout=30_000)
+    assert (viewer.layers["second · free masks"].data > 0).sum() < (second > 0).sum()  # τ 0.85: tighter
+    assert widget.backbone_calls == calls
+    before = first.data.copy()
+    widget.layer_combo.setCurrentText("synthetic photo")  # already up to date: nothing is recomputed
+    qtbot.wait(300)
+    assert np.array_equal(first.data, before) and widget._update_worker is None

@@ -317,6 +317,7 @@ def postprocess(
     found: list[tuple[InstanceMask, torch.Tensor]] = []
     shortlist = order[: 2 * top_k]  # spare candidates replace ones the filters drop
     fine = soft_masks(queries.vectors[cands.query[shortlist]], keys)  # kept masks on the fine grid, one product
+    embeddings = np.round(queries.vectors[cands.query[shortlist]].numpy(), 4).tolist()
     for row, ci in enumerate(shortlist.tolist()):
         if len(found) >= top_k:
             break
@@ -344,7 +345,7 @@ def postprocess(
             extra={
                 "scale": float(queries.scale[qi]),
                 "query_yx": [round((qy + 0.5) * H / grid[0] - 0.5, 1), round((qx + 0.5) * W / grid[1] - 0.5, 1)],
-                "embedding": [round(v, 4) for v in queries.vectors[qi].tolist()],
+                "embedding": embeddings[row],
             },
         )
         found.append((inst, region))

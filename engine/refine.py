@@ -15,6 +15,7 @@ the full-resolution guide).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -25,9 +26,16 @@ MAX_FILTER_SIDE = 512  # guide statistics are computed at most at this resolutio
 MIN_FILTER_RADIUS = 4  # ... and at a resolution where the radius is about this many pixels
 
 
-def _axis_count(n: int, r: int) -> np.ndarray:
-    idx = np.arange(n)
-    return (np.minimum(idx + r, n - 1) - np.maximum(idx - r, 0) + 1).astype(np.float32)
+@lru_cache(maxsize=256)
+def _window_count(h: int, w: int, r: int) -> np.ndarray:
+    """Number of in-image pixels in each (2r+1)² window of an (h, w) grid (cached: crops repeat)."""
+    def axis(n: int) -> np.ndarray:
+        idx = np.arange(n)
+        return (np.minimum(idx + r, n - 1) - np.maximum(idx - r, 0) + 1).astype(np.float32)
+
+    count = axis(h)[:, None] * axis(w)[None, :]
+    count.setflags(write=False)
+    return count
 
 
 def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
@@ -43,8 +51,8 @@ def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
     k = 2 * r + 1
     arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
     sums = ndimage.uniform_filter(arr, size=(1, k, k), mode="constant", cval=0.0) * np.float32(k * k)
-    count = _axis_count(h, r)[:, None] * _axis_count(w, r)[None, :]
-    return torch.from_numpy(sums / count)
+    sums /= _window_count(h, w, r)
+    return torch.from_numpy(sums)
 
 
 @dataclass
@@ -58,12 +66,24 @@ class GuideStats:
     radius: int  # radius at filter resolution
     factor: float  # image px per filter px
 
+    @property
+    def aligned(self) -> bool:
+        """An integer factor: filter px i covers exactly image px [i·f, (i+1)·f)."""
+        return float(self.factor).is_integer()
+
     @classmethod
     def compute(cls, guide: torch.Tensor, radius: int, eps: float = 1e-3, max_side: int = MAX_FILTER_SIDE) -> "GuideStats":
         full = guide.float()
         c, H, W = full.shape
         factor = max(1.0, max(H, W) / max_side, radius / MIN_FILTER_RADIUS)
-        if factor > 1.0:
+        if float(factor).is_integer() and factor > 1:
+            # aligned cells (the common 1024² case): the per-mask coefficients can then be
+            # upsampled by plain bilinear interpolation, much cheaper than grid_sample
+            k = int(factor)
+            pad = (0, (-W) % k, 0, (-H) % k)  # replicate the last row/column to whole cells
+            padded = F.pad(full[None], pad, mode="replicate") if any(pad) else full[None]
+            small = F.avg_pool2d(padded, k)[0]
+        elif factor > 1.0:
             size = (max(1, round(H / factor)), max(1, round(W / factor)))
             small = F.interpolate(full[None], size=size, mode="area")[0]
         else:
@@ -113,8 +133,12 @@ class GuideStats:
         full-resolution copy of it is ever made: this is the per-mask cost of a slider move.
         """
         fbox = self._filter_box(box)
-        h, w = self.guide.shape[1:]
-        return self._apply(upsample_crop(soft, (h, w), fbox), fbox, box)
+        if self.aligned:
+            H, W = self.full_guide.shape[1:]
+            size = (H / self.factor, W / self.factor)
+        else:
+            size = self.guide.shape[1:]
+        return self._apply(upsample_crop(soft, size, fbox), fbox, box)
 
     def _filter_box(self, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
         """``box`` in filter pixels, grown by 2r so both box filters are exact inside it."""
@@ -147,7 +171,8 @@ class GuideStats:
         b = mean_p - (a * m).sum(0)
         coef = box_mean(torch.cat([a, b[None]]), r)
         if f > 1.0:  # fast guided filter: coefficients upsampled, applied to the full-res guide
-            coef = _upsample_window(coef, (fy0, fy1, fx0, fx1), (y0, y1, x0, x1), f)
+            upsample = _upsample_window if self.aligned else _resample_window
+            coef = upsample(coef, (fy0, fy1, fx0, fx1), (y0, y1, x0, x1), f)
             full = self.full_guide[:, y0:y1, x0:x1]
         else:
             coef = coef[:, y0 - fy0: y1 - fy0, x0 - fx0: x1 - fx0]
@@ -155,9 +180,11 @@ class GuideStats:
         return (coef[:-1] * full).sum(0) + coef[-1]
 
 
-def upsample_crop(soft: torch.Tensor, out_size: tuple[int, int], box: tuple[int, int, int, int]) -> torch.Tensor:
+def upsample_crop(soft: torch.Tensor, out_size: tuple[float, float], box: tuple[int, int, int, int]) -> torch.Tensor:
     """Bilinear upsampling of ``soft`` (h, w) to ``out_size``, evaluated only inside ``box``.
 
+    ``out_size`` may be fractional (an image size divided by the filter's factor), so that
+    output pixel i sits where the image's pixels [i·f, (i+1)·f) sit.
     ``box`` = (y0, y1, x0, x1) in output pixels; equals ``F.interpolate(align_corners=False)``
     on that window, without materialising the full-size map.
     """
@@ -194,7 +221,26 @@ def _place(src: torch.Tensor, box, fbox, f: float) -> torch.Tensor:
 
 
 def _upsample_window(coef: torch.Tensor, fbox, box, f: float) -> torch.Tensor:
-    """Bilinear values of ``coef`` (filter px, covering ``fbox``) at the image pixels of ``box``."""
+    """Bilinear values of ``coef`` (filter px, covering ``fbox``) at the image pixels of ``box``,
+    for an integer factor ``f``.
+
+    Filter px i covers image px [i·f, (i+1)·f), which is exactly ``F.interpolate``'s
+    half-pixel mapping for an integer scale factor, clamped at the window's edges as the
+    filter's own window is.
+    """
+    f = int(f)
+    fy0, _, fx0, _ = fbox
+    y0, y1, x0, x1 = box
+    # only the cells around the box (one spare on each side) are interpolated
+    a, b = max(0, (y0 - fy0 * f) // f - 1), min(coef.shape[1], (y1 - 1 - fy0 * f) // f + 2)
+    c, d = max(0, (x0 - fx0 * f) // f - 1), min(coef.shape[2], (x1 - 1 - fx0 * f) // f + 2)
+    up = F.interpolate(coef[None, :, a:b, c:d], scale_factor=f, mode="bilinear", align_corners=False)[0]
+    oy, ox = (fy0 + a) * f, (fx0 + c) * f
+    return up[:, y0 - oy: y1 - oy, x0 - ox: x1 - ox]
+
+
+def _resample_window(coef: torch.Tensor, fbox, box, f: float) -> torch.Tensor:
+    """:func:`_upsample_window` for a fractional factor (``grid_sample`` at each pixel)."""
     fy0, _, fx0, _ = fbox
     y0, y1, x0, x1 = box
     ys = ((torch.arange(y0, y1, dtype=torch.float32) + 0.5) / f - 0.5 - fy0).clamp(0, coef.shape[1] - 1)

@@ -67,3 +67,18 @@ def test_filter_soft_matches_filtering_the_upsampled_map():
         assert fast.shape == slow.shape
         assert (fast - slow).abs().max() < 0.05, max_side
         assert ((fast >= 0.5) == (slow >= 0.5)).float().mean() > 0.99
+
+
+def test_aligned_upsampling_equals_grid_sampling():
+    """For an integer factor the cheap window interpolation gives grid_sample's values."""
+    from engine.refine import _resample_window, _upsample_window
+
+    torch.manual_seed(2)
+    for f in (2, 3):
+        coef = torch.rand(4, 17, 13)
+        fbox = (5, 22, 3, 16)
+        for box in ((5 * f, 22 * f, 3 * f, 16 * f), (5 * f + 7, 5 * f + 30, 3 * f + 1, 3 * f + 20)):
+            fast = _upsample_window(coef, fbox, box, float(f))
+            slow = _resample_window(coef, fbox, box, float(f))
+            assert fast.shape == slow.shape == (4, box[1] - box[0], box[3] - box[2])
+            assert (fast - slow).abs().max() < 1e-5

@@ -318,15 +318,14 @@ def postprocess(
     shortlist = order[: 2 * top_k]  # spare candidates replace ones the filters drop
     fine = soft_masks(queries.vectors[cands.query[shortlist]], keys)  # kept masks on the fine grid, one product
     embeddings = np.round(queries.vectors[cands.query[shortlist]].numpy(), 4).tolist()
+    if p.split_components:  # keep each part only (grown by one coarse cell for the refinement)
+        gates = F.max_pool2d(cands.binary[shortlist].reshape(-1, 1, *cgrid).float(), 3, stride=1, padding=1)
+        fine = fine * F.interpolate(gates, size=grid, mode="nearest").reshape(len(shortlist), -1)
     for row, ci in enumerate(shortlist.tolist()):
         if len(found) >= top_k:
             break
         qi = int(cands.query[ci])
         region = fine[row]
-        if p.split_components:  # keep this part only (grown by one coarse cell for the refinement)
-            gate = F.max_pool2d(cands.binary[ci].reshape(1, *cgrid).float(), 3, stride=1, padding=1)
-            gate = F.interpolate(gate[None], size=grid, mode="nearest")[0]
-            region = region * gate.flatten()
         fine_binary = region >= p.tau
         if not bool(fine_binary.any()):
             continue

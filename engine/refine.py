@@ -199,8 +199,8 @@ def upsample_crop(soft: torch.Tensor, out_size: tuple[float, float], box: tuple[
 
     r0, r1, rw = _axis(y0, y1, h, out_size[0])
     c0, c1, cw = _axis(x0, x1, w, out_size[1])
-    rows = soft[r0] * (1 - rw)[:, None] + soft[r1] * rw[:, None]
-    return rows[:, c0] * (1 - cw)[None] + rows[:, c1] * cw[None]
+    rows = torch.lerp(soft[r0], soft[r1], rw[:, None])
+    return torch.lerp(rows[:, c0], rows[:, c1], cw[None])
 
 
 def _place(src: torch.Tensor, box, fbox, f: float) -> torch.Tensor:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -30,8 +29,6 @@ from freesolo_napari.layers import prepare_overlay, show_instances, show_overlay
 
 if TYPE_CHECKING:
     import napari
-
-DEBOUNCE_MS = 20  # coalesces the signals of one control change; updates are throttled, not debounced
 
 
 def image_from_layer(layer) -> np.ndarray:
@@ -59,6 +56,7 @@ class FreeSoloPanel(QWidget):
         self._automatic: dict[str, np.ndarray] = {}  # last automatic labels, to mark user edits
         self._update_worker = None  # the post-processing worker in flight (one at a time)
         self._update_again = False  # controls changed while it ran: run once more with the latest values
+        self._update_key = None  # (image, parameters) of the update in flight or last run
         self._params_asked: dict[str, object] = {}  # image -> parameters of its result in flight
         self._params_shown: dict[str, object] = {}  # image -> parameters of the overlay on screen
         self._build_ui()
@@ -104,8 +102,6 @@ class FreeSoloPanel(QWidget):
         self.inspect_check.toggled.connect(self._toggle_inspector)
         self.progress = QProgressBar(minimum=0, maximum=0, visible=False)
         self.status = QLabel("Pick an image layer and press Run.", wordWrap=True)
-        self._debounce = QTimer(self, singleShot=True, interval=DEBOUNCE_MS)
-        self._debounce.timeout.connect(self.update_overlay)
 
         form = QFormLayout()
         form.addRow("image", self.layer_combo)
@@ -223,17 +219,26 @@ class FreeSoloPanel(QWidget):
         return name, result, prepare_overlay(result.instances, image.shape[:2])
 
     def _schedule_update(self, *_args) -> None:
-        """Throttle: the overlay follows a moving slider at the speed of post-processing, never a stale value."""
+        """Throttle: the overlay follows a moving slider at the speed of post-processing, never a stale value.
+
+        Idle, the update starts at once (a timer would wait for the window's repaint first);
+        busy, one re-run is queued and takes the latest values when the running one ends.
+        """
         if self._update_worker is not None:
             self._update_again = True
-        elif not self._debounce.isActive():
-            self._debounce.start()
+        else:
+            self.update_overlay()
 
     def _update_done(self) -> None:
         self._update_worker = None
         if self._update_again:
             self._update_again = False
-            self.update_overlay()
+            try:
+                latest = (self.layer_combo.currentText(), self.current_params())
+            except ValueError:
+                latest = None  # update_overlay says what is wrong
+            if latest != self._update_key:  # signals of the same change that ran need no re-run
+                self.update_overlay()
 
     def update_overlay(self) -> None:
         """Re-run post-processing only (never the backbone) for the current layer."""
@@ -249,6 +254,7 @@ class FreeSoloPanel(QWidget):
             self._notify(str(exc))
             return
         self._params_asked[name] = params
+        self._update_key = (name, params)
         worker = create_worker(_postprocess_only, name, feats, params, image, _ignore_errors=True)
         worker.returned.connect(self._on_result)
         worker.errored.connect(self._on_error)

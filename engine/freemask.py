@@ -139,7 +139,7 @@ def maskness(soft: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor
     binary = soft >= tau
     weights = binary.to(soft.dtype)  # float sums are several times faster than bool sums
     area = weights.sum(dim=1)
-    inside = (soft * weights).sum(dim=1)
+    inside = torch.einsum("qn,qn->q", soft, weights)  # row dot products: no (Q, N) product tensor
     return binary, area, inside / area.clamp_min(1)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -136,6 +137,9 @@ class FreeSoloPanel(QWidget):
 
         current = self.layer_combo.currentText()
         names = [layer.name for layer in self.viewer.layers if isinstance(layer, Image)]
+        for gone in [n for n in list(self._features) if n not in names]:  # a closed image frees its features
+            for table in (self._features, self._params_shown, self._params_asked):
+                table.pop(gone, None)
         self.layer_combo.clear()
         self.layer_combo.addItems(names)
         if current in names:
@@ -154,8 +158,17 @@ class FreeSoloPanel(QWidget):
             self.layer_combo.setCurrentText(name)
 
     def _image_changed(self, name: str) -> None:
-        """An image whose overlay was made with other slider values catches up (post-processing only)."""
-        if name not in self._features or name not in self._params_shown:
+        """An image whose overlay was made with other slider values catches up (post-processing only).
+
+        Decided on the next turn of the event loop, not inside the signal: the combo box also
+        changes while layers are being removed (closing the viewer), and then nothing must start.
+        """
+        if name in self._features and name in self._params_shown:
+            QTimer.singleShot(0, self._catch_up)
+
+    def _catch_up(self) -> None:
+        name = self.layer_combo.currentText()
+        if name not in self.viewer.layers or name not in self._features or name not in self._params_shown:
             return
         try:
             params = self.current_params()

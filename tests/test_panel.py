@@ -177,3 +177,6 @@ def test_slider_values_follow_to_the_image_you_switch_to(panel, qtbot):
     widget.layer_combo.setCurrentText("synthetic photo")  # already up to date: nothing is recomputed
     qtbot.wait(300)
     assert np.array_equal(first.data, before) and widget._update_worker is None
+    viewer.layers.remove("second")  # closing an image frees its cached features
+    assert "second" not in widget._features and "second" not in widget._params_shown
+    assert "synthetic photo" in widget._features

@@ -39,20 +39,46 @@ def _window_count(h: int, w: int, r: int) -> np.ndarray:
 
 
 def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """Mean over a (2r+1)² window of ``x`` (C, H, W), windows clipped at the borders.
+    """Mean over a (2r+1)² window of ``x`` (C, H, W), windows clipped at the borders."""
+    if int(radius) <= 0:
+        return x
+    return torch.from_numpy(_box_mean_np(np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32), radius))
 
-    scipy's separable running-sum filter (C code) with zero padding, divided by the number of
-    in-image pixels of each window: one call for all channels, no Python-level loops.
-    """
+
+def _box_mean_np(arr: np.ndarray, radius: int) -> np.ndarray:
+    """:func:`box_mean` on a float32 array: scipy's separable running-sum filter (C code) with
+    zero padding, divided by the number of in-image pixels of each window; one call for all
+    channels, no Python-level loops."""
     r = int(radius)
     if r <= 0:
-        return x
-    _, h, w = x.shape
+        return arr
+    _, h, w = arr.shape
     k = 2 * r + 1
-    arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-    sums = ndimage.uniform_filter(arr, size=(1, k, k), mode="constant", cval=0.0) * np.float32(k * k)
-    sums /= _window_count(h, w, r)
-    return torch.from_numpy(sums)
+    sums = ndimage.uniform_filter(arr, size=(1, k, k), mode="constant", cval=0.0)
+    sums *= np.float32(k * k) / _window_count(h, w, r)
+    return sums
+
+
+def _lerp_axis(n_cells: int, start: float, count: int, step: float, offset: float):
+    """Source cells and weights for ``count`` output pixels along one axis.
+
+    Output pixel j sits at source position (start + j + 0.5)·step − 0.5 − offset, clamped to
+    [0, n_cells − 1] (half-pixel centres, edges repeated: ``F.interpolate``'s convention).
+    """
+    pos = np.clip((np.arange(count, dtype=np.float64) + start + 0.5) * step - 0.5 - offset, 0, n_cells - 1)
+    i0 = np.floor(pos).astype(np.intp)
+    i1 = np.minimum(i0 + 1, n_cells - 1)
+    return i0, i1, (pos - i0).astype(np.float32)
+
+
+def _bilinear_np(arr: np.ndarray, rows, cols) -> np.ndarray:
+    """Separable bilinear resampling of ``arr`` (..., h, w) with ``_lerp_axis`` tables."""
+    r0, r1, rw = rows
+    c0, c1, cw = cols
+    top, bottom = arr[..., r0, :], arr[..., r1, :]
+    mid = top + (bottom - top) * rw[:, None]
+    left, right = mid[..., c0], mid[..., c1]
+    return left + (right - left) * cw
 
 
 @dataclass
@@ -77,8 +103,8 @@ class GuideStats:
         c, H, W = full.shape
         factor = max(1.0, max(H, W) / max_side, radius / MIN_FILTER_RADIUS)
         if float(factor).is_integer() and factor > 1:
-            # aligned cells (the common 1024² case): the per-mask coefficients can then be
-            # upsampled by plain bilinear interpolation, much cheaper than grid_sample
+            # aligned cells (the common 1024² case): filter px i covers exactly image px
+            # [i·f, (i+1)·f), so masks are resampled by the image's own geometry
             k = int(factor)
             pad = (0, (-W) % k, 0, (-H) % k)  # replicate the last row/column to whole cells
             padded = F.pad(full[None], pad, mode="replicate") if any(pad) else full[None]
@@ -138,7 +164,7 @@ class GuideStats:
             size = (H / self.factor, W / self.factor)
         else:
             size = self.guide.shape[1:]
-        return self._apply(upsample_crop(soft, size, fbox), fbox, box)
+        return self._apply(upsample_crop(soft, size, fbox).numpy(), fbox, box)
 
     def _filter_box(self, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
         """``box`` in filter pixels, grown by 2r so both box filters are exact inside it."""
@@ -150,34 +176,51 @@ class GuideStats:
         return fy0, fy1, fx0, fx1
 
     def _apply(self, p: torch.Tensor, fbox: tuple[int, int, int, int], box: tuple[int, int, int, int]) -> torch.Tensor:
-        """The guided filter of ``p`` (filter px, covering ``fbox``), evaluated on ``box`` (image px)."""
+        """The guided filter of ``p`` (filter px, covering ``fbox``), evaluated on ``box`` (image px).
+
+        In numpy: the arrays of one mask are small (tens of filter pixels a side), so the cost
+        is per-operation overhead, which numpy keeps several times lower than torch.
+        """
         fy0, fy1, fx0, fx1 = fbox
         y0, y1, x0, x1 = box
         f, r = self.factor, self.radius
-        g = self.guide[:, fy0:fy1, fx0:fx1]
-        m = self.mean[:, fy0:fy1, fx0:fx1]
-        inv = self.inv_cov[:, fy0:fy1, fx0:fx1]
-        stats = box_mean(torch.cat([p[None], g * p[None]]), r)
+        guide, mean, inv_cov, full_guide = self._arrays()
+        p = p.numpy() if isinstance(p, torch.Tensor) else p
+        g = guide[:, fy0:fy1, fx0:fx1]
+        m = mean[:, fy0:fy1, fx0:fx1]
+        inv = inv_cov[:, fy0:fy1, fx0:fx1]
+        stats = _box_mean_np(np.concatenate([p[None], g * p[None]]), r)
         mean_p = stats[0]
         cov = stats[1:] - m * mean_p
         if g.shape[0] == 1:
-            a = (cov * inv)
+            a = cov * inv
         else:
-            a = torch.stack([
+            a = np.stack([
                 inv[0] * cov[0] + inv[1] * cov[1] + inv[2] * cov[2],
                 inv[1] * cov[0] + inv[3] * cov[1] + inv[4] * cov[2],
                 inv[2] * cov[0] + inv[4] * cov[1] + inv[5] * cov[2],
             ])
         b = mean_p - (a * m).sum(0)
-        coef = box_mean(torch.cat([a, b[None]]), r)
+        coef = _box_mean_np(np.concatenate([a, b[None]]), r)
         if f > 1.0:  # fast guided filter: coefficients upsampled, applied to the full-res guide
-            upsample = _upsample_window if self.aligned else _resample_window
-            coef = upsample(coef, (fy0, fy1, fx0, fx1), (y0, y1, x0, x1), f)
-            full = self.full_guide[:, y0:y1, x0:x1]
+            coef = _upsample_window(coef, fbox, box, f)
+            full = full_guide[:, y0:y1, x0:x1]
         else:
             coef = coef[:, y0 - fy0: y1 - fy0, x0 - fx0: x1 - fx0]
             full = g[:, y0 - fy0: y1 - fy0, x0 - fx0: x1 - fx0]
-        return (coef[:-1] * full).sum(0) + coef[-1]
+        out = coef[-1] + coef[0] * full[0]
+        for c in range(1, full.shape[0]):
+            out += coef[c] * full[c]
+        return torch.from_numpy(out)
+
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """numpy views (no copies) of guide, mean, inverse covariance and full-resolution guide."""
+        cached = getattr(self, "_np", None)
+        if cached is None:
+            cached = tuple(np.ascontiguousarray(t.numpy(), dtype=np.float32)
+                           for t in (self.guide, self.mean, self.inv_cov, self.full_guide))
+            self._np = cached
+        return cached
 
 
 def upsample_crop(soft: torch.Tensor, out_size: tuple[float, float], box: tuple[int, int, int, int]) -> torch.Tensor:
@@ -190,17 +233,10 @@ def upsample_crop(soft: torch.Tensor, out_size: tuple[float, float], box: tuple[
     """
     h, w = soft.shape
     y0, y1, x0, x1 = box
-
-    def _axis(lo: int, hi: int, n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        pos = ((torch.arange(lo, hi, dtype=torch.float32) + 0.5) * n_in / n_out - 0.5).clamp(0, n_in - 1)
-        i0 = pos.floor().long()
-        i1 = (i0 + 1).clamp(max=n_in - 1)
-        return i0, i1, pos - i0
-
-    r0, r1, rw = _axis(y0, y1, h, out_size[0])
-    c0, c1, cw = _axis(x0, x1, w, out_size[1])
-    rows = torch.lerp(soft[r0], soft[r1], rw[:, None])
-    return torch.lerp(rows[:, c0], rows[:, c1], cw[None])
+    arr = soft.numpy() if isinstance(soft, torch.Tensor) else soft
+    rows = _lerp_axis(h, y0, y1 - y0, h / out_size[0], 0.0)
+    cols = _lerp_axis(w, x0, x1 - x0, w / out_size[1], 0.0)
+    return torch.from_numpy(np.ascontiguousarray(_bilinear_np(arr.astype(np.float32, copy=False), rows, cols)))
 
 
 def _place(src: torch.Tensor, box, fbox, f: float) -> torch.Tensor:
@@ -220,35 +256,17 @@ def _place(src: torch.Tensor, box, fbox, f: float) -> torch.Tensor:
     return canvas
 
 
-def _upsample_window(coef: torch.Tensor, fbox, box, f: float) -> torch.Tensor:
-    """Bilinear values of ``coef`` (filter px, covering ``fbox``) at the image pixels of ``box``,
-    for an integer factor ``f``.
+def _upsample_window(coef: np.ndarray, fbox, box, f: float) -> np.ndarray:
+    """Bilinear values of ``coef`` (filter px, covering ``fbox``) at the image pixels of ``box``.
 
-    Filter px i covers image px [i·f, (i+1)·f), which is exactly ``F.interpolate``'s
-    half-pixel mapping for an integer scale factor, clamped at the window's edges as the
-    filter's own window is.
+    Image px y sits at filter position (y + 0.5) / f − 0.5, clamped to the window ``fbox``
+    (the filter's own window), as ``F.interpolate`` does for an integer factor.
     """
-    f = int(f)
     fy0, _, fx0, _ = fbox
     y0, y1, x0, x1 = box
-    # only the cells around the box (one spare on each side) are interpolated
-    a, b = max(0, (y0 - fy0 * f) // f - 1), min(coef.shape[1], (y1 - 1 - fy0 * f) // f + 2)
-    c, d = max(0, (x0 - fx0 * f) // f - 1), min(coef.shape[2], (x1 - 1 - fx0 * f) // f + 2)
-    up = F.interpolate(coef[None, :, a:b, c:d], scale_factor=f, mode="bilinear", align_corners=False)[0]
-    oy, ox = (fy0 + a) * f, (fx0 + c) * f
-    return up[:, y0 - oy: y1 - oy, x0 - ox: x1 - ox]
-
-
-def _resample_window(coef: torch.Tensor, fbox, box, f: float) -> torch.Tensor:
-    """:func:`_upsample_window` for a fractional factor (``grid_sample`` at each pixel)."""
-    fy0, _, fx0, _ = fbox
-    y0, y1, x0, x1 = box
-    ys = ((torch.arange(y0, y1, dtype=torch.float32) + 0.5) / f - 0.5 - fy0).clamp(0, coef.shape[1] - 1)
-    xs = ((torch.arange(x0, x1, dtype=torch.float32) + 0.5) / f - 0.5 - fx0).clamp(0, coef.shape[2] - 1)
-    gy = ys / max(coef.shape[1] - 1, 1) * 2 - 1
-    gx = xs / max(coef.shape[2] - 1, 1) * 2 - 1
-    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)[None]
-    return F.grid_sample(coef[None], grid, mode="bilinear", align_corners=True)[0]
+    rows = _lerp_axis(coef.shape[1], y0, y1 - y0, 1.0 / f, fy0)
+    cols = _lerp_axis(coef.shape[2], x0, x1 - x0, 1.0 / f, fx0)
+    return _bilinear_np(coef, rows, cols)
 
 
 def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float = 1e-3) -> torch.Tensor:

@@ -69,16 +69,43 @@ def test_filter_soft_matches_filtering_the_upsampled_map():
         assert ((fast >= 0.5) == (slow >= 0.5)).float().mean() > 0.99
 
 
-def test_aligned_upsampling_equals_grid_sampling():
-    """For an integer factor the cheap window interpolation gives grid_sample's values."""
-    from engine.refine import _resample_window, _upsample_window
+def test_window_upsampling_matches_torch_interpolation():
+    """The per-mask coefficient upsampling equals F.interpolate (integer factor, the aligned
+    case) and grid_sample at the same positions (fractional factor)."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from engine.refine import _upsample_window
 
     torch.manual_seed(2)
-    for f in (2, 3):
+    for f in (2.0, 3.0, 2.5):
         coef = torch.rand(4, 17, 13)
         fbox = (5, 22, 3, 16)
-        for box in ((5 * f, 22 * f, 3 * f, 16 * f), (5 * f + 7, 5 * f + 30, 3 * f + 1, 3 * f + 20)):
-            fast = _upsample_window(coef, fbox, box, float(f))
-            slow = _resample_window(coef, fbox, box, float(f))
-            assert fast.shape == slow.shape == (4, box[1] - box[0], box[3] - box[2])
-            assert (fast - slow).abs().max() < 1e-5
+        oy, ox = int(fbox[0] * f), int(fbox[2] * f)  # the window's first image pixel
+        for box in ((oy, oy + int(17 * f), ox, ox + int(13 * f)), (oy + 7, oy + 30, ox + 2, ox + 21)):
+            y0, y1, x0, x1 = box
+            fast = torch.from_numpy(_upsample_window(coef.numpy(), fbox, box, f))
+            if f.is_integer():
+                k = int(f)
+                up = F.interpolate(coef[None], scale_factor=k, mode="bilinear", align_corners=False)[0]
+                ref = up[:, y0 - fbox[0] * k: y1 - fbox[0] * k, x0 - fbox[2] * k: x1 - fbox[2] * k]
+            else:
+                ys = ((torch.arange(y0, y1) + 0.5) / f - 0.5 - fbox[0]).clamp(0, 16) / 16 * 2 - 1
+                xs = ((torch.arange(x0, x1) + 0.5) / f - 0.5 - fbox[2]).clamp(0, 12) / 12 * 2 - 1
+                grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1)[None].float()
+                ref = F.grid_sample(coef[None], grid, mode="bilinear", align_corners=True)[0]
+            assert fast.shape == ref.shape == (4, y1 - y0, x1 - x0)
+            assert np.abs((fast - ref).numpy()).max() < 1e-5, f
+
+
+def test_upsample_crop_matches_interpolate():
+    import torch.nn.functional as F
+
+    from engine.refine import upsample_crop
+
+    torch.manual_seed(3)
+    soft = torch.rand(12, 16)
+    full = F.interpolate(soft[None, None], size=(60, 70), mode="bilinear", align_corners=False)[0, 0]
+    for box in ((0, 60, 0, 70), (7, 33, 12, 51)):
+        crop = upsample_crop(soft, (60, 70), box)
+        assert torch.allclose(crop, full[box[0]:box[1], box[2]:box[3]], atol=1e-5)

@@ -40,6 +40,7 @@ class FolderView(QWidget):
         self.session: FolderSession | None = None
         self.shown: str | None = None  # name of the image layer showing the current folder image
         self._loaders: list = []  # running load workers (kept referenced)
+        self._params_of_load: dict = {}
         self.open_button = QPushButton("Open folder…", toolTip="Choose a folder of images to browse and segment")
         self.open_button.clicked.connect(self._ask_folder)
         self.prev_button = QPushButton("◀ Previous", enabled=False, toolTip="Show the previous image of the folder")
@@ -114,7 +115,9 @@ class FolderView(QWidget):
         self._leave_current()
         index = self.session.go(index)
         self._update_nav()
-        worker = create_worker(_load, self.session, index, feature_config(self.panel), self._params(),
+        params = self._params()
+        self._params_of_load = {index: params}  # what the loaded masks were made with
+        worker = create_worker(_load, self.session, index, feature_config(self.panel), params,
                                _ignore_errors=True)
         worker.returned.connect(self._on_loaded)
         worker.errored.connect(self.panel._on_error)
@@ -138,7 +141,7 @@ class FolderView(QWidget):
         self.next_button.setEnabled(bool(s) and s.index < len(s) - 1)
 
     def _on_loaded(self, loaded) -> None:
-        index, image, feats, result, edits, error = loaded
+        index, image, feats, result, overlay, edits, error = loaded
         session, panel, viewer = self.session, self.panel, self.panel.viewer
         if session is None or index != session.index or self.shown is not None:
             return  # the user moved on while this image loaded
@@ -162,7 +165,8 @@ class FolderView(QWidget):
             panel.review.after_update(labels)
             panel.status.setText(f"'{name}': your edited masks (from the cache)")
         elif result is not None:
-            panel._on_result((layer.name, result))
+            panel._params_asked[layer.name] = self._params_of_load.get(index)
+            panel._on_result((layer.name, result, overlay))
         else:
             panel.status.setText(f"'{name}' has no masks yet: Run whole folder, or pick 'current image' and Run.")
 
@@ -234,16 +238,48 @@ class FolderView(QWidget):
             self.panel.status.setText(f"{done} / {total} · {name}" + (" (cached)" if hit else ""))
 
     def _folder_done(self, cancelled: bool) -> None:
-        # the image on screen gets its masks now if it had none
-        s = self.session
-        if s is not None and self.shown is not None and labels_name(self.shown) not in self.panel.viewer.layers:
-            self.show_image(s.index)
+        """The image on screen gets its masks now if it had none (from the cache, in a worker:
+        the image layer stays where it is, so the viewer does not rebuild its scene)."""
+        from napari.qt.threading import create_worker
+
+        s, name, viewer = self.session, self.shown, self.panel.viewer
+        if s is None or name is None or name not in viewer.layers or labels_name(name) in viewer.layers:
+            return
+        image, params = np.asarray(viewer.layers[name].data), self._params()
+        worker = create_worker(_masks_from_cache, s, s.path, image, feature_config(self.panel), params,
+                               _ignore_errors=True)
+        worker.returned.connect(lambda out: self._on_cached_masks(name, image, params, out))
+        worker.errored.connect(self.panel._on_error)
+        worker.finished.connect(lambda: self._loaders.remove(worker) if worker in self._loaders else None)
+        self._loaders.append(worker)
+        worker.start()
+
+    def _on_cached_masks(self, name: str, image: np.ndarray, params, out) -> None:
+        if out is None or self.shown != name or name not in self.panel.viewer.layers:
+            return  # not in the cache (a failed image), or the user moved on
+        feats, result, overlay = out
+        self.panel._features[name] = (image, feats)
+        self.panel._params_asked[name] = params
+        self.panel._on_result((name, result, overlay))
+
+
+def _masks_from_cache(session: FolderSession, path: Path, image: np.ndarray, config, params):
+    """Worker body: Free Mask on the cached features of the image on screen (None if not cached)."""
+    from engine.freemask import postprocess
+    from freesolo_napari.layers import prepare_overlay
+
+    feats = session.cached_features(path, config)
+    if feats is None:
+        return None
+    result = postprocess(feats, params, image)
+    return feats, result, prepare_overlay(result.instances, image.shape[:2])
 
 
 def _load(session: FolderSession, index: int, config, params):
-    """Worker body: image, cached features, stored edits and (if no edits) the masks."""
+    """Worker body: image, cached features, stored edits and (if no edits) the masks and their overlay."""
     from engine.freemask import postprocess
     from engine.images import ImageLoadError, load_image
+    from freesolo_napari.layers import prepare_overlay
 
     path = session.paths[index]
     try:
@@ -253,9 +289,10 @@ def _load(session: FolderSession, index: int, config, params):
         if edits is not None and edits.labels.shape != image.shape[:2]:
             edits = None
         result = postprocess(feats, params, image) if feats is not None and edits is None else None
+        overlay = prepare_overlay(result.instances, image.shape[:2]) if result is not None else None
     except (ImageLoadError, OSError, RuntimeError, ValueError) as exc:
-        return index, None, None, None, None, str(exc)
-    return index, image, feats, result, edits, None
+        return index, None, None, None, None, None, str(exc)
+    return index, image, feats, result, overlay, edits, None
 
 
 def _run_folder(panel, session: FolderSession):

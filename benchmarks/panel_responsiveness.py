@@ -241,6 +241,8 @@ def measure_folder(viewer, panel, beat, tmp, args, results) -> None:
     shown = beat.stop()
     print(f"    then showing the image's masks (a new Labels layer and its first draw): longest stall "
           f"{shown['max_ms']:.0f} ms")
+    for layer in viewer.layers:
+        layer.visible = False
 
 
 def measure_training(panel, beat, tmp, args, results) -> None:

@@ -94,7 +94,7 @@ class ExportControls(QWidget):
         return results
 
     def _export_folder(self, write, done_text):
-        from napari.qt.threading import create_worker
+        from freesolo_napari.workers import create_worker
 
         from freesolo_napari.folder_view import feature_config
 
@@ -109,7 +109,7 @@ class ExportControls(QWidget):
         except ValueError as exc:
             panel._notify(str(exc))
             return None
-        worker = create_worker(_folder_export, view.session, params, feature_config(panel), view.live_results(), write,
+        worker = create_worker(self, _folder_export, view.session, params, feature_config(panel), view.live_results(), write,
                                _ignore_errors=True)
         worker.yielded.connect(self._on_folder_item)
         summary = {}

@@ -81,6 +81,11 @@ class FolderView(QWidget):
             self._save_timer.stop()
             self.save_current_edits()
 
+    def hideEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        """Closing the viewer hides the panel first: pending edits are written then."""
+        self._flush_edits()
+        super().hideEvent(event)
+
     # ---- opening and navigating -----------------------------------------------------------
     def _ask_folder(self) -> None:
         from qtpy.QtWidgets import QFileDialog
@@ -108,7 +113,7 @@ class FolderView(QWidget):
 
     def show_image(self, index: int):
         """Show image ``index`` of the folder (loaded in a worker); returns the load worker."""
-        from napari.qt.threading import create_worker
+        from freesolo_napari.workers import create_worker
 
         if self.session is None:
             return None
@@ -117,7 +122,7 @@ class FolderView(QWidget):
         self._update_nav()
         params = self._params()
         self._params_of_load = {index: params}  # what the loaded masks were made with
-        worker = create_worker(_load, self.session, index, feature_config(self.panel), params,
+        worker = create_worker(self, _load, self.session, index, feature_config(self.panel), params,
                                _ignore_errors=True)
         worker.returned.connect(self._on_loaded)
         worker.errored.connect(self.panel._on_error)
@@ -214,13 +219,13 @@ class FolderView(QWidget):
     # ---- the whole folder -----------------------------------------------------------------
     def run_folder(self):
         """Compute every image of the folder into the feature cache (worker, progress, Cancel)."""
-        from napari.qt.threading import create_worker
+        from freesolo_napari.workers import create_worker
 
         if self.session is None:
             self.panel._notify("Open a folder first (Open folder…).")
             return None
         self.save_current_edits()
-        worker = create_worker(_run_folder, self.panel, self.session, _ignore_errors=True)
+        worker = create_worker(self, _run_folder, self.panel, self.session, _ignore_errors=True)
         worker.yielded.connect(self._on_folder_step)
         return self.panel.run_scope.start_batch(worker, len(self.session),
                                                 f"Computing {len(self.session)} image(s) of the folder…",
@@ -240,13 +245,13 @@ class FolderView(QWidget):
     def _folder_done(self, cancelled: bool) -> None:
         """The image on screen gets its masks now if it had none (from the cache, in a worker:
         the image layer stays where it is, so the viewer does not rebuild its scene)."""
-        from napari.qt.threading import create_worker
+        from freesolo_napari.workers import create_worker
 
         s, name, viewer = self.session, self.shown, self.panel.viewer
         if s is None or name is None or name not in viewer.layers or labels_name(name) in viewer.layers:
             return
         image, params = np.asarray(viewer.layers[name].data), self._params()
-        worker = create_worker(_masks_from_cache, s, s.path, image, feature_config(self.panel), params,
+        worker = create_worker(self, _masks_from_cache, s, s.path, image, feature_config(self.panel), params,
                                _ignore_errors=True)
         worker.returned.connect(lambda out: self._on_cached_masks(name, image, params, out))
         worker.errored.connect(self.panel._on_error)

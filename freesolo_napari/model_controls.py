@@ -131,14 +131,14 @@ class ModelControls(Section):
 
     def load_weights(self, path: str):
         """Check a checkpoint by building the extractor from it (worker); select it if it works."""
-        from napari.qt.threading import create_worker
+        from freesolo_napari.workers import create_worker
 
         from engine.features import FeatureConfig, FeatureExtractor
 
         spec = (str(path), self.device_name())
         self.weights_button.setEnabled(False)
         self.panel.status.setText(f"Loading backbone weights {Path(path).name}…")
-        worker = create_worker(lambda: FeatureExtractor(FeatureConfig(backbone=spec[0]), device=spec[1]),
+        worker = create_worker(self, lambda: FeatureExtractor(FeatureConfig(backbone=spec[0]), device=spec[1]),
                                _ignore_errors=True)
         worker.returned.connect(lambda ex: self._weights_ok(spec, ex))
         worker.errored.connect(lambda exc: self.panel._notify(f"Cannot use backbone weights {path}: {exc}"))
@@ -162,7 +162,7 @@ class ModelControls(Section):
 
     def predict_current(self):
         """Run the SOLO model on the selected image layer in a worker; returns the worker (or None)."""
-        from napari.qt.threading import create_worker
+        from freesolo_napari.workers import create_worker
 
         from freesolo_napari.panel import image_from_layer
 
@@ -182,7 +182,7 @@ class ModelControls(Section):
             return None
         self.predict_button.setEnabled(False)
         panel.status.setText(f"Predicting '{name}' with {Path(path).name}…")
-        worker = create_worker(self._predict, name, image, path, self.device_name(), _ignore_errors=True)
+        worker = create_worker(self, self._predict, name, image, path, self.device_name(), _ignore_errors=True)
         worker.returned.connect(self._show_prediction)
         worker.errored.connect(lambda exc: panel._notify(f"Prediction with {path} failed: {exc}"))
         worker.finished.connect(lambda: self.predict_button.setEnabled(True))

@@ -188,7 +188,7 @@ class FreeSoloPanel(QWidget):
 
     def run_current(self) -> None:
         """Compute features for the selected layer (worker thread), then show the masks."""
-        from napari.qt.threading import create_worker
+        from freesolo_napari.workers import create_worker
 
         name = self.layer_combo.currentText()
         if not name:
@@ -207,7 +207,7 @@ class FreeSoloPanel(QWidget):
         self._set_busy(True, f"Computing features for '{name}'…")
         from freesolo_napari.folder import layer_path
 
-        worker = create_worker(self._extract_and_post, name, image, params, layer_path(self.viewer.layers[name]),
+        worker = create_worker(self, self._extract_and_post, name, image, params, layer_path(self.viewer.layers[name]),
                                _ignore_errors=True)  # errors become a notification
         worker.returned.connect(self._on_result)
         worker.errored.connect(self._on_error)
@@ -255,7 +255,7 @@ class FreeSoloPanel(QWidget):
 
     def update_overlay(self) -> None:
         """Re-run post-processing only (never the backbone) for the current layer."""
-        from napari.qt.threading import create_worker
+        from freesolo_napari.workers import create_worker
 
         name = self.layer_combo.currentText()
         if name not in self._features:
@@ -268,7 +268,7 @@ class FreeSoloPanel(QWidget):
             return
         self._params_asked[name] = params
         self._update_key = (name, params)
-        worker = create_worker(_postprocess_only, name, feats, params, image, _ignore_errors=True)
+        worker = create_worker(self, _postprocess_only, name, feats, params, image, _ignore_errors=True)
         worker.returned.connect(self._on_result)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._update_done)

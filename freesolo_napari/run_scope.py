@@ -73,7 +73,7 @@ class RunScope(QWidget):
     def run_open_images(self):
         """Free Mask on every open 2D image layer in one worker; returns the worker (None if nothing to do)."""
         from napari.layers import Image
-        from napari.qt.threading import create_worker
+        from freesolo_napari.workers import create_worker
 
         from freesolo_napari.folder import layer_path
         from freesolo_napari.panel import image_from_layer
@@ -95,7 +95,7 @@ class RunScope(QWidget):
         if not jobs:
             panel._notify("No 2D image layer to segment: open an image first.")
             return None
-        worker = create_worker(_open_images, panel, jobs, params, _ignore_errors=True)
+        worker = create_worker(self, _open_images, panel, jobs, params, _ignore_errors=True)
         worker.yielded.connect(self._on_open_image)
         return self.start_batch(worker, len(jobs), f"Free Mask on {len(jobs)} open image(s)…")
 

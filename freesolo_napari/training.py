@@ -426,7 +426,7 @@ class TrainingSection(Section):
 
     def load_round(self, k: int | None = None):
         """Decode round ``k``'s COCO file in a worker, then show it on the matching open images."""
-        from napari.qt.threading import create_worker
+        from freesolo_napari.workers import create_worker
 
         k = self.round_combo.currentData() if k is None else k
         out = Path(self.out_edit.text().strip()).expanduser()
@@ -435,7 +435,7 @@ class TrainingSection(Section):
             self.panel._notify(f"No predictions for round {k} in {out}")
             return None
         source = "freemask round 0" if k == 0 else f"model round {k}"
-        worker = create_worker(_read_round, path, source, _ignore_errors=True)
+        worker = create_worker(self, _read_round, path, source, _ignore_errors=True)
         worker.returned.connect(lambda payload: self._show_round(int(k), *payload))
         worker.errored.connect(lambda exc: self.panel._notify(f"Cannot read {path}: {exc}"))
         self._workers.append(worker)

@@ -180,3 +180,26 @@ def test_slider_values_follow_to_the_image_you_switch_to(panel, qtbot):
     viewer.layers.remove("second")  # closing an image frees its cached features
     assert "second" not in widget._features and "second" not in widget._params_shown
     assert "synthetic photo" in widget._features
+
+
+def test_closing_the_viewer_while_free_mask_runs_is_safe(make_napari_viewer, qtbot):
+    """Results of a worker still running when the viewer closes reach no deleted widget
+    (under PyQt6 an exception in a slot would abort the whole process)."""
+    from engine.synthetic import make_sample
+    from freesolo_napari.workers import running_workers
+
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget("freesolo-napari", "FreeSOLO")
+    viewer.add_image(make_sample(3, (384, 384), kind="photo")[0], name="photo", rgb=True)
+    widget.run()
+    worker = widget._worker
+    assert worker in running_workers(widget)
+    finished = []
+    worker.finished.connect(lambda: finished.append(True))
+    widget.deleteLater()  # what closing the viewer does to its dock widgets
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=120_000)
+    from qtpy.QtCore import QThreadPool
+
+    assert QThreadPool.globalInstance().waitForDone(60_000)  # the thread has emitted its last signal
+    qtbot.wait(200)
+    assert not finished, "the worker's signals were cut when the panel went away"

@@ -132,6 +132,11 @@ def test_folder_browse_run_cache_edits_and_new_session(make_napari_viewer, qtbot
     edited = labels.data.copy()
     qtbot.waitUntil(lambda: session.load_edits(session.path) is not None, timeout=10_000)
     assert np.array_equal(session.load_edits(session.path).labels, edited)
+    labels.paint((30, 30), int(ids[1]))  # a stroke, then the viewer closes at once (it hides the panel
+    edited = labels.data.copy()          # first): the pending edits are written, not lost
+    view.setVisible(False)
+    assert np.array_equal(session.load_edits(session.path).labels, edited)
+    view.setVisible(True)
 
     view.next_button.click()  # the broken file: one message, the panel stays usable
     qtbot.waitUntil(lambda: "unreadable" in view.position.text(), timeout=30_000)

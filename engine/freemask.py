@@ -341,6 +341,7 @@ def postprocess(
             score=float(decayed[ci]),
             maskness=float(cands.maskness[ci]),
             source="freemask",
+            box=(y0, y1, x0, x1),
             extra={
                 "scale": float(queries.scale[qi]),
                 "query_yx": [round((qy + 0.5) * H / grid[0] - 0.5, 1), round((qx + 0.5) * W / grid[1] - 0.5, 1)],

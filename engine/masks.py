@@ -250,12 +250,14 @@ def masks_to_label_image(
     scores: Sequence[float] | None = None,
     *,
     shape: tuple[int, int] | None = None,
+    windows: Sequence[tuple[slice, slice]] | None = None,
 ) -> np.ndarray:
     """Paint masks into one label image; label ``k + 1`` is ``masks[k]``.
 
     Where masks overlap, the higher score wins (painted last). Without scores the
     given order decides (later masks on top). uint16, or uint32 past 65535 masks.
-    ``shape`` is needed only when ``masks`` is empty.
+    ``shape`` is needed only when ``masks`` is empty. ``windows`` (one pair of slices per
+    mask, holding all of it) lets each mask be painted from its window only.
     """
     if len(masks) == 0:
         if shape is None:
@@ -275,7 +277,11 @@ def masks_to_label_image(
         m = _as_2d_bool(masks[k])
         if m.shape != out_shape:
             raise ValueError(f"mask {k} has shape {m.shape}, expected {out_shape}")
-        labels[m] = k + 1
+        if windows is None:
+            labels[m] = k + 1
+        else:
+            win = windows[k]
+            labels[win][m[win]] = k + 1
     return labels
 
 

@@ -26,10 +26,20 @@ class InstanceMask:
     maskness: float | None = None
     source: str = "freemask"
     extra: dict[str, Any] = field(default_factory=dict)
+    # (y0, y1, x0, x1): a window known to hold the whole mask, when the producer knows it. Only a
+    # speed hint (sums, centres and painting look inside it); never exported.
+    box: tuple[int, int, int, int] | None = field(default=None, repr=False, compare=False)
+
+    def window(self) -> tuple[slice, slice]:
+        """Slices of the image that contain the mask (the whole image without a ``box``)."""
+        if self.box is None:
+            return slice(None), slice(None)
+        y0, y1, x0, x1 = self.box
+        return slice(y0, y1), slice(x0, x1)
 
     @property
     def area(self) -> int:
-        return int(self.mask.sum())
+        return int(self.mask[self.window()].sum())
 
 
 @dataclass

@@ -48,14 +48,18 @@ def instances_to_labels(instances: Sequence[InstanceMask], shape: tuple[int, int
     """Label image of ``instances`` (label k + 1 = instance k; higher score on top)."""
     if not instances:
         return np.zeros(tuple(shape), np.uint16)
-    return masks_to_label_image([m.mask for m in instances], [m.score for m in instances])
+    return masks_to_label_image([m.mask for m in instances], [m.score for m in instances],
+                                windows=[m.window() for m in instances])
 
 
-def mask_centre(mask: np.ndarray) -> tuple[float, float, int]:
+def mask_centre(mask: np.ndarray, window: tuple[slice, slice] = (slice(None), slice(None))) -> tuple[float, float, int]:
     """Centre of mass (y, x) and area of a boolean mask, from row and column sums inside its box.
 
-    Sums avoid building index arrays (np.argwhere over a 1024² mask costs ~4 ms; this ~0.5 ms).
+    Sums avoid building index arrays (np.argwhere over a 1024² mask costs ~4 ms; this ~0.5 ms);
+    ``window`` (slices holding the whole mask, when known) narrows the search for the box.
     """
+    oy, ox = window[0].start or 0, window[1].start or 0
+    mask = mask[window]
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:
         return 0.0, 0.0, 0
@@ -63,8 +67,8 @@ def mask_centre(mask: np.ndarray) -> tuple[float, float, int]:
     crop = mask[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
     per_row, per_col = crop.sum(axis=1), crop.sum(axis=0)
     n = int(per_row.sum())
-    return (rows[0] + float(per_row @ np.arange(per_row.size)) / n,
-            cols[0] + float(per_col @ np.arange(per_col.size)) / n, n)
+    return (oy + rows[0] + float(per_row @ np.arange(per_row.size)) / n,
+            ox + cols[0] + float(per_col @ np.arange(per_col.size)) / n, n)
 
 
 @dataclass
@@ -84,7 +88,7 @@ class Overlay:
 
 def prepare_overlay(instances: Sequence[InstanceMask], shape: tuple[int, int]) -> Overlay:
     """Label image, features table and text positions of ``instances`` (no napari calls: any thread)."""
-    stats = [mask_centre(m.mask) for m in instances]
+    stats = [mask_centre(m.mask, m.window()) for m in instances]
     centres = np.array([s[:2] for s in stats], dtype=float).reshape(-1, 2)
     return Overlay(instances_to_labels(instances, shape), instance_table(instances, [s[2] for s in stats]),
                    centres, [f"{m.maskness or 0:.2f}" for m in instances])

@@ -248,3 +248,14 @@ def test_tau_change_reuses_the_ranked_soft_masks(photo_features, photo_sample):
     other = ranked_soft_masks(photo_features, FreeMaskParams(scales=(1.0,)))
     assert other[1].shape[0] < first[1].shape[0]  # a new pyramid is computed, not the memo
     assert len([k for k in photo_features.memo if isinstance(k, tuple) and k[0] == "ranked"]) == 1
+
+
+def test_instances_carry_a_box_that_holds_the_whole_mask(photo_features, photo_sample):
+    """The box hint lets sums, centres and painting look at a window: it must never cut a mask."""
+    image, _ = photo_sample
+    for refine in (False, True):
+        for inst in postprocess(photo_features, FreeMaskParams(refine=refine), image).instances:
+            y0, y1, x0, x1 = inst.box
+            outside = inst.mask.copy()
+            outside[y0:y1, x0:x1] = False
+            assert not outside.any() and inst.area == int(inst.mask.sum()) > 0

@@ -199,3 +199,21 @@ def test_label_image_uses_uint32_past_65535() -> None:
     masks = [np.zeros((1, 1), bool)] * n
     labels = masks_to_label_image(masks)
     assert labels.dtype == np.uint32
+
+
+def test_label_image_painted_from_windows_equals_full_painting() -> None:
+    from engine.structures import InstanceMask
+
+    rng = np.random.default_rng(4)
+    masks, windows = [], []
+    for _ in range(6):
+        m = np.zeros((40, 50), bool)
+        y, x = rng.integers(0, 30), rng.integers(0, 40)
+        m[y: y + 10, x: x + 10] = rng.random((10, 10)) > 0.3
+        masks.append(m)
+        windows.append(InstanceMask(m, 1.0, box=(y, y + 10, x, x + 10)).window())
+    scores = rng.random(6).tolist()
+    full = masks_to_label_image(masks, scores)
+    assert np.array_equal(masks_to_label_image(masks, scores, windows=windows), full)
+    inst = InstanceMask(masks[0], 1.0, box=(0, 40, 0, 50))
+    assert inst.area == int(masks[0].sum()) == InstanceMask(masks[0], 1.0).area

@@ -381,11 +381,15 @@ def _full_resolution_mask(
     else:
         crop = upsample_crop(soft_q.reshape(grid), image_size, (y0, y1, x0, x1))
     inside = crop.numpy() >= p.tau
-    if not inside.any():
+    rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+    if rows.size == 0:
         return None
+    # the tight box: labelling, filters and the final copy then skip the empty margins
+    inside = inside[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
+    y0, y1, x0, x1 = y0 + rows[0], y0 + rows[-1] + 1, x0 + cols[0], x0 + cols[-1] + 1
     if p.split_components:
         inside = largest_part(inside)
-    return inside, (y0, y1, x0, x1)
+    return inside, (int(y0), int(y1), int(x0), int(x1))
 
 
 def drop_background_candidates(

@@ -128,6 +128,8 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=512, help="their size in px (default: %(default)s)")
     ap.add_argument("--iters", type=int, default=60, help="training iterations for (b) (default: %(default)s)")
     ap.add_argument("--changes", type=int, default=10, help="τ changes for (c) (default: %(default)s)")
+    ap.add_argument("--settle", type=float, default=0.25,
+                    help="seconds between two τ changes in (c), for the redraw to finish (default: %(default)s)")
     ap.add_argument("--trace-stalls", action="store_true", help="print the GUI thread's stack during long stalls")
     ap.add_argument("--only", default="afbc", help="which measurements to run: a (open images), f (a folder), "
                     "b (training), c (τ) (default: %(default)s)")
@@ -292,7 +294,7 @@ def measure_tau(viewer, panel, beat, args, results) -> None:
         if not wait_until(lambda: len(done) > n, 60):
             print("    an update did not arrive within 60 s")
             break
-        wait_until(lambda: False, 0.25)  # let the viewer settle between moves
+        wait_until(lambda: False, args.settle)  # let the viewer settle (redraw) between moves
         if k:  # the first move after a run also fills the post-processing memo
             latencies.append((done[-1] - t0) * 1000)
     stall = beat.stop()

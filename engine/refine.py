@@ -260,10 +260,20 @@ def _upsample_window(coef: np.ndarray, fbox, box, f: float) -> np.ndarray:
     """Bilinear values of ``coef`` (filter px, covering ``fbox``) at the image pixels of ``box``.
 
     Image px y sits at filter position (y + 0.5) / f − 0.5, clamped to the window ``fbox``
-    (the filter's own window), as ``F.interpolate`` does for an integer factor.
+    (the filter's own window). For an integer factor that is exactly ``F.interpolate``'s
+    mapping, which is several times faster than gathering, so it does the work there.
     """
     fy0, _, fx0, _ = fbox
     y0, y1, x0, x1 = box
+    if float(f).is_integer():
+        k = int(f)
+        # only the cells around the box (one spare on each side) are interpolated
+        a, b = max(0, (y0 - fy0 * k) // k - 1), min(coef.shape[1], (y1 - 1 - fy0 * k) // k + 2)
+        c, d = max(0, (x0 - fx0 * k) // k - 1), min(coef.shape[2], (x1 - 1 - fx0 * k) // k + 2)
+        window = torch.from_numpy(np.ascontiguousarray(coef[:, a:b, c:d]))[None]
+        up = F.interpolate(window, scale_factor=k, mode="bilinear", align_corners=False)[0].numpy()
+        oy, ox = (fy0 + a) * k, (fx0 + c) * k
+        return up[:, y0 - oy: y1 - oy, x0 - ox: x1 - ox]
     rows = _lerp_axis(coef.shape[1], y0, y1 - y0, 1.0 / f, fy0)
     cols = _lerp_axis(coef.shape[2], x0, x1 - x0, 1.0 / f, fx0)
     return _bilinear_np(coef, rows, cols)

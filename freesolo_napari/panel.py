@@ -135,8 +135,10 @@ class FreeSoloPanel(QWidget):
     def _refresh_layers(self, *_args) -> None:
         from napari.layers import Image
 
+        from freesolo_napari.inspect import QUERY_LAYER
+
         current = self.layer_combo.currentText()
-        names = [layer.name for layer in self.viewer.layers if isinstance(layer, Image)]
+        names = [layer.name for layer in self.viewer.layers if isinstance(layer, Image) and layer.name != QUERY_LAYER]
         for gone in [n for n in list(self._features) if n not in names]:  # a closed image frees its features
             for table in (self._features, self._params_shown, self._params_asked):
                 table.pop(gone, None)

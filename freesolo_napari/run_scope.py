@@ -76,6 +76,7 @@ class RunScope(QWidget):
         from freesolo_napari.workers import create_worker
 
         from freesolo_napari.folder import layer_path
+        from freesolo_napari.inspect import QUERY_LAYER
         from freesolo_napari.panel import image_from_layer
 
         panel = self.panel
@@ -86,7 +87,7 @@ class RunScope(QWidget):
             return None
         jobs = []
         for layer in list(panel.viewer.layers):
-            if not isinstance(layer, Image) or layer.name == "query soft mask":
+            if not isinstance(layer, Image) or layer.name == QUERY_LAYER:
                 continue
             try:
                 jobs.append((layer.name, image_from_layer(layer), layer_path(layer)))

@@ -141,6 +141,9 @@ def test_query_inspector_and_histogram(panel, qtbot):
     h, w = viewer.layers["synthetic photo"].data.shape[:2]
     assert layer.scale[0] * soft.shape[0] == pytest.approx(h, rel=0.05)  # drawn at image size
     assert "query soft mask · τ contour" in viewer.layers
+    assert widget.layer_combo.currentText() == "synthetic photo"  # the soft mask is not an image to segment
+    assert widget.layer_combo.findText("query soft mask") < 0
+    assert "maskness" in widget.inspect_query(100, 100)  # a second click still inspects the photo
     assert widget.backbone_calls == calls  # inspecting never runs the network
     widget.inspect_check.setChecked(True)
     assert widget._on_click in viewer.mouse_drag_callbacks

@@ -14,6 +14,8 @@ every slider move.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -22,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from engine.device import available_cpu_count
 from engine.features import Features
 from engine.nms import matrix_nms
 from engine.refine import GuideStats, upsample_crop
@@ -30,6 +33,7 @@ from engine.structures import InstanceMask
 # Backbone padding makes the outermost key cells look unlike their neighbours, so "touching
 # the image side" means reaching within this many network-input pixels of it.
 BORDER_INPUT_PX = 16
+MAX_MASK_THREADS = 4  # masks refined at once by default (capped by the usable cores)
 DISTINCT_QUERY_COS = 0.95  # queries closer than this to a better one are not split again
 REFINE_RADIUS_AT_SCALE_1 = 12  # px; measured best on photo-like images at native resolution
 
@@ -286,11 +290,14 @@ def ranked_soft_masks(features: Features, p: FreeMaskParams) -> tuple[Queries, t
 
 
 def postprocess(
-    features: Features, params: FreeMaskParams | None = None, image: np.ndarray | None = None
+    features: Features, params: FreeMaskParams | None = None, image: np.ndarray | None = None,
+    threads: int | None = None,
 ) -> FreeMaskResult:
     """Run Free Mask on cached ``features``; ``image`` (H, W, 3 uint8) guides the refinement.
 
     Without ``image`` the masks are the upsampled soft masks thresholded at τ (no refinement).
+    ``threads``: how many masks are refined at once (default: the usable cores, at most 4);
+    the result does not depend on it.
     """
     p = (params or FreeMaskParams()).validated()
     keys = features.keys
@@ -321,34 +328,50 @@ def postprocess(
     if p.split_components:  # keep each part only (grown by one coarse cell for the refinement)
         gates = F.max_pool2d(cands.binary[shortlist].reshape(-1, 1, *cgrid).float(), 3, stride=1, padding=1)
         fine = fine * F.interpolate(gates, size=grid, mode="nearest").reshape(len(shortlist), -1)
-    for row, ci in enumerate(shortlist.tolist()):
-        if len(found) >= top_k:
-            break
-        qi = int(cands.query[ci])
+    def refine_row(row: int):
+        """The full-resolution mask crop and box of shortlist row ``row``, or None if filtered out."""
         region = fine[row]
         fine_binary = region >= p.tau
         if not bool(fine_binary.any()):
-            continue
+            return None
         out = _full_resolution_mask(region, fine_binary, grid, (H, W), p, radius, guide)
         if out is None or not _passes_filters(*out, p, (H, W), margin=margin):
-            continue
-        crop, (y0, y1, x0, x1) = out
-        mask = np.zeros((H, W), dtype=bool)
-        mask[y0:y1, x0:x1] = crop
-        qy, qx = queries.yx[qi].tolist()
-        inst = InstanceMask(
-            mask=mask,
-            score=float(decayed[ci]),
-            maskness=float(cands.maskness[ci]),
-            source="freemask",
-            box=(y0, y1, x0, x1),
-            extra={
-                "scale": float(queries.scale[qi]),
-                "query_yx": [round((qy + 0.5) * H / grid[0] - 0.5, 1), round((qx + 0.5) * W / grid[1] - 0.5, 1)],
-                "embedding": embeddings[row],
-            },
-        )
-        found.append((inst, region))
+            return None
+        return out
+
+    if guide is not None:
+        guide.prepare()  # shared read-only arrays, made once before any thread reads them
+    candidates = shortlist.tolist()
+    with _mask_pool(threads, len(candidates)) as run:
+        done = 0
+        while done < len(candidates) and len(found) < top_k:
+            # exactly as many candidates as masks still missing, so the work (and the result)
+            # is that of a one-by-one loop stopping at the top_k-th mask
+            batch = list(range(done, min(len(candidates), done + top_k - len(found))))
+            done = batch[-1] + 1
+            for row, out in zip(batch, run(refine_row, batch)):
+                if out is None:
+                    continue
+                ci = candidates[row]
+                qi = int(cands.query[ci])
+                crop, (y0, y1, x0, x1) = out
+                mask = np.zeros((H, W), dtype=bool)
+                mask[y0:y1, x0:x1] = crop
+                qy, qx = queries.yx[qi].tolist()
+                inst = InstanceMask(
+                    mask=mask,
+                    score=float(decayed[ci]),
+                    maskness=float(cands.maskness[ci]),
+                    source="freemask",
+                    box=(y0, y1, x0, x1),
+                    extra={
+                        "scale": float(queries.scale[qi]),
+                        "query_yx": [round((qy + 0.5) * H / grid[0] - 0.5, 1),
+                                     round((qx + 0.5) * W / grid[1] - 0.5, 1)],
+                        "embedding": embeddings[row],
+                    },
+                )
+                found.append((inst, fine[row]))
     return FreeMaskResult(
         top_k=top_k,
         instances=[inst for inst, _ in found],
@@ -358,6 +381,18 @@ def postprocess(
         _soft=torch.stack([r.reshape(grid) for _, r in found]) if found else torch.zeros(0, *grid),
         _features=features,
     )
+
+
+@contextmanager
+def _mask_pool(threads: int | None, jobs: int):
+    """A ``map`` that refines masks on a few threads (numpy, scipy and torch release the GIL
+    in their inner loops, so two threads do about 1.5x the work of one), or in this thread."""
+    n = min(MAX_MASK_THREADS, available_cpu_count()) if threads is None else int(threads)
+    if n <= 1 or jobs <= 1:
+        yield lambda fn, items: [fn(i) for i in items]
+        return
+    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="freemask") as pool:
+        yield pool.map
 
 
 def _full_resolution_mask(

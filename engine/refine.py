@@ -213,6 +213,10 @@ class GuideStats:
             out += coef[c] * full[c]
         return torch.from_numpy(out)
 
+    def prepare(self) -> None:
+        """Make the numpy views now (before several threads filter masks with these statistics)."""
+        self._arrays()
+
     def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """numpy views (no copies) of guide, mean, inverse covariance and full-resolution guide."""
         cached = getattr(self, "_np", None)

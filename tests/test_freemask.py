@@ -259,3 +259,15 @@ def test_instances_carry_a_box_that_holds_the_whole_mask(photo_features, photo_s
             outside = inst.mask.copy()
             outside[y0:y1, x0:x1] = False
             assert not outside.any() and inst.area == int(inst.mask.sum()) > 0
+
+
+def test_refining_masks_on_threads_gives_the_one_thread_result(photo_features, photo_sample):
+    """Masks refined a few at a time give exactly the one-by-one result, also when filters drop
+    candidates and later ones must take their place."""
+    image, _ = photo_sample
+    for params in (FreeMaskParams(), FreeMaskParams(min_area=400, top_k=5)):
+        one = postprocess(photo_features, params, image, threads=1)
+        many = postprocess(photo_features, params, image, threads=3)
+        assert len(one.instances) == len(many.instances) > 0
+        for a, b in zip(one.instances, many.instances):
+            assert np.array_equal(a.mask, b.mask) and a.score == b.score and a.box == b.box

@@ -225,3 +225,37 @@ def test_folder_export_coco_and_label_images(make_napari_viewer, qtbot, image_fo
     ex.confirm_overwrite = lambda paths: True
     ex.export_labels_asking(folder)
     qtbot.waitUntil(lambda: _idle(widget) and (folder / "img1.png.bak").exists(), timeout=60_000)
+
+
+def test_cancel_mid_folder_then_run_again_resumes(make_napari_viewer, qtbot, tmp_path):
+    """Cancel during 'Run whole folder' stops between images; running again computes only the rest."""
+    from engine.synthetic import make_sample
+
+    folder = tmp_path / "larger"
+    folder.mkdir()
+    for i in range(4):  # large enough that the Cancel arrives while images are left
+        Image.fromarray(make_sample(40 + i, (448, 448), kind="photo")[0]).save(folder / f"img{i}.png")
+    viewer, widget = _panel(make_napari_viewer)
+    widget.run_scope.set_scope("folder")
+    view = widget.run_scope.folder_view
+    assert view.open_folder(folder)
+    qtbot.waitUntil(lambda: "img0.png" in viewer.layers, timeout=30_000)
+
+    done = []
+
+    def on_step(item):
+        if item[0] == "done":
+            done.append(item)
+            if len(done) == 1:
+                widget.cancel_button.click()
+
+    widget.run_button.click()
+    widget._worker.yielded.connect(on_step)
+    qtbot.waitUntil(lambda: _idle(widget), timeout=120_000)
+    assert "Cancelled after" in widget.status.text()
+    computed = widget.backbone_calls
+    assert 1 <= computed < 4, "Cancel stops between images"
+
+    widget.run_button.click()  # again: the images already in the cache are not recomputed
+    qtbot.waitUntil(lambda: _idle(widget) and "Done: 4 of 4" in widget.status.text(), timeout=120_000)
+    assert widget.backbone_calls == 4, "each image's backbone ran exactly once over both runs"

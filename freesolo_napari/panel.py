@@ -1,8 +1,9 @@
 """The FreeSOLO dock panel: run Free Mask on an image layer and tune it live.
 
 The backbone pass runs once per image in a worker thread and its features are kept; every
-control change re-runs only the engine's cheap post-processing (debounced), so the overlay
-follows the sliders without freezing the viewer.
+control change re-runs only the engine's cheap post-processing in a worker, coalesced: one
+update runs at a time and the changes made meanwhile become a single re-run with the latest
+values, so the overlay follows a moving slider without freezing the viewer or ending stale.
 """
 
 from __future__ import annotations

@@ -72,8 +72,12 @@ class FolderView(QWidget):
             layer.events.paint.connect(self._edited)
 
     def _edited(self, *_args) -> None:
-        if self.session is not None and self.shown is not None:
+        if self.session is None or self.shown is None:
+            return
+        try:
             self._save_timer.start()  # restarts: a burst of strokes is one write
+        except RuntimeError:  # the panel was closed while the viewer lives on: nothing to store into
+            self.session = None
 
     def _flush_edits(self) -> None:
         """Write pending edits now (napari quitting, another image, an export)."""

@@ -178,8 +178,8 @@ class GuideStats:
     def _apply(self, p: torch.Tensor, fbox: tuple[int, int, int, int], box: tuple[int, int, int, int]) -> torch.Tensor:
         """The guided filter of ``p`` (filter px, covering ``fbox``), evaluated on ``box`` (image px).
 
-        In numpy: the arrays of one mask are small (tens of filter pixels a side), so the cost
-        is per-operation overhead, which numpy keeps several times lower than torch.
+        In numpy: one mask's arrays are small (tens of filter pixels a side), where numpy's
+        per-operation overhead is lower than torch's.
         """
         fy0, fy1, fx0, fx1 = fbox
         y0, y1, x0, x1 = box

@@ -9,6 +9,7 @@ image or napari quits), so closing napari never loses them (see ``freesolo_napar
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QApplication, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from freesolo_napari.folder import PATH_KEY, FolderSession
-from freesolo_napari.layers import labels_name, points_name, set_labels
+from freesolo_napari.layers import freemask_update, labels_name, points_name, set_labels
 
 MAX_SKIP_NOTES = 20  # non-image files reported one by one, then summarised
 EDIT_SAVE_DELAY_MS = 800  # edits are written this long after the last stroke (one write per burst)
@@ -40,7 +41,6 @@ class FolderView(QWidget):
         self.session: FolderSession | None = None
         self.shown: str | None = None  # name of the image layer showing the current folder image
         self._loaders: list = []  # running load workers (kept referenced)
-        self._params_of_load: dict = {}
         self.open_button = QPushButton("Open folder…", toolTip="Choose a folder of images to browse and segment")
         self.open_button.clicked.connect(self._ask_folder)
         self.prev_button = QPushButton("◀ Previous", enabled=False, toolTip="Show the previous image of the folder")
@@ -124,9 +124,7 @@ class FolderView(QWidget):
         self._leave_current()
         index = self.session.go(index)
         self._update_nav()
-        params = self._params()
-        self._params_of_load = {index: params}  # what the loaded masks were made with
-        worker = create_worker(self, _load, self.session, index, feature_config(self.panel), params,
+        worker = create_worker(self, _load, self.session, index, feature_config(self.panel), self._params(),
                                _ignore_errors=True)
         worker.returned.connect(self._on_loaded)
         worker.errored.connect(self.panel._on_error)
@@ -150,7 +148,7 @@ class FolderView(QWidget):
         self.next_button.setEnabled(bool(s) and s.index < len(s) - 1)
 
     def _on_loaded(self, loaded) -> None:
-        index, image, feats, result, overlay, edits, error = loaded
+        index, image, feats, update, edits, error = loaded
         session, panel, viewer = self.session, self.panel, self.panel.viewer
         if session is None or index != session.index or self.shown is not None:
             return  # the user moved on while this image loaded
@@ -173,9 +171,8 @@ class FolderView(QWidget):
                 panel._automatic[layer.name] = edits.automatic
             panel.review.after_update(labels)
             panel.status.setText(f"'{name}': your edited masks (from the cache)")
-        elif result is not None:
-            panel._params_asked[layer.name] = self._params_of_load.get(index)
-            panel._on_result((layer.name, result, overlay))
+        elif update is not None:
+            panel._on_result(replace(update, name=layer.name))
         else:
             panel.status.setText(f"'{name}' has no masks yet: Run whole folder, or pick 'current image' and Run.")
 
@@ -255,40 +252,35 @@ class FolderView(QWidget):
         if s is None or name is None or name not in viewer.layers or labels_name(name) in viewer.layers:
             return
         image, params = np.asarray(viewer.layers[name].data), self._params()
-        worker = create_worker(self, _masks_from_cache, s, s.path, image, feature_config(self.panel), params,
+        worker = create_worker(self, _masks_from_cache, s, s.path, name, image, feature_config(self.panel), params,
                                _ignore_errors=True)
-        worker.returned.connect(lambda out: self._on_cached_masks(name, image, params, out))
+        worker.returned.connect(lambda out: self._on_cached_masks(image, out))
         worker.errored.connect(self.panel._on_error)
         worker.finished.connect(lambda: self._loaders.remove(worker) if worker in self._loaders else None)
         self._loaders.append(worker)
         worker.start()
 
-    def _on_cached_masks(self, name: str, image: np.ndarray, params, out) -> None:
-        if out is None or self.shown != name or name not in self.panel.viewer.layers:
-            return  # not in the cache (a failed image), or the user moved on
-        feats, result, overlay = out
-        self.panel._features[name] = (image, feats)
-        self.panel._params_asked[name] = params
-        self.panel._on_result((name, result, overlay))
+    def _on_cached_masks(self, image: np.ndarray, out) -> None:
+        if out is None:
+            return  # not in the cache (a failed image)
+        feats, update = out
+        if self.shown != update.name or update.name not in self.panel.viewer.layers:
+            return  # the user moved on
+        self.panel._features[update.name] = (image, feats)
+        self.panel._on_result(update)
 
 
-def _masks_from_cache(session: FolderSession, path: Path, image: np.ndarray, config, params):
-    """Worker body: Free Mask on the cached features of the image on screen (None if not cached)."""
-    from engine.freemask import postprocess
-    from freesolo_napari.layers import prepare_overlay
-
+def _masks_from_cache(session: FolderSession, path: Path, name: str, image: np.ndarray, config, params):
+    """Worker body: (features, Free Mask update) of the image on screen from the cache (None if not cached)."""
     feats = session.cached_features(path, config)
     if feats is None:
         return None
-    result = postprocess(feats, params, image)
-    return feats, result, prepare_overlay(result.instances, image.shape[:2])
+    return feats, freemask_update(name, feats, params, image)
 
 
 def _load(session: FolderSession, index: int, config, params):
-    """Worker body: image, cached features, stored edits and (if no edits) the masks and their overlay."""
-    from engine.freemask import postprocess
+    """Worker body: image, cached features, stored edits and (if no edits) the Free Mask update."""
     from engine.images import ImageLoadError, load_image
-    from freesolo_napari.layers import prepare_overlay
 
     path = session.paths[index]
     try:
@@ -297,11 +289,11 @@ def _load(session: FolderSession, index: int, config, params):
         edits = session.load_edits(path)
         if edits is not None and edits.labels.shape != image.shape[:2]:
             edits = None
-        result = postprocess(feats, params, image) if feats is not None and edits is None else None
-        overlay = prepare_overlay(result.instances, image.shape[:2]) if result is not None else None
+        update = (freemask_update(session.names[index], feats, params, image)
+                  if feats is not None and edits is None else None)
     except (ImageLoadError, OSError, RuntimeError, ValueError) as exc:
-        return index, None, None, None, None, None, str(exc)
-    return index, image, feats, result, overlay, edits, None
+        return index, None, None, None, None, str(exc)
+    return index, image, feats, update, edits, None
 
 
 def _run_folder(panel, session: FolderSession):

@@ -94,6 +94,28 @@ def prepare_overlay(instances: Sequence[InstanceMask], shape: tuple[int, int]) -
                    centres, [f"{m.maskness or 0:.2f}" for m in instances])
 
 
+@dataclass
+class FreeMaskUpdate:
+    """Free Mask's result for one image, with what it takes to show it (built in a worker).
+
+    ``params`` travels with the result, so the panel knows which slider values the overlay on
+    screen was made with even when several updates of one image are in flight.
+    """
+
+    name: str  # the image layer's name
+    result: object  # engine.freemask.FreeMaskResult
+    overlay: Overlay
+    params: object  # the engine.freemask.FreeMaskParams it was made with
+
+
+def freemask_update(name: str, features, params, image: np.ndarray) -> FreeMaskUpdate:
+    """Post-processing on cached ``features`` and the overlay of its masks (no napari calls: any thread)."""
+    from engine.freemask import postprocess
+
+    result = postprocess(features, params, image)
+    return FreeMaskUpdate(name, result, prepare_overlay(result.instances, image.shape[:2]), params)
+
+
 def show_instances(viewer, image_layer, instances: Sequence[InstanceMask]):
     """Create or update the image's Labels layer (reused, never duplicated) and its score text."""
     h, w = np.asarray(image_layer.data).shape[:2]

@@ -27,7 +27,7 @@ from qtpy.QtWidgets import (
 
 from freesolo_napari.controls import FreeMaskControls
 from freesolo_napari.inspect import MasknessHistogram
-from freesolo_napari.layers import prepare_overlay, show_instances, show_overlay
+from freesolo_napari.layers import FreeMaskUpdate, freemask_update, show_overlay
 
 if TYPE_CHECKING:
     import napari
@@ -59,7 +59,6 @@ class FreeSoloPanel(QWidget):
         self._update_worker = None  # the post-processing worker in flight (one at a time)
         self._update_again = False  # controls changed while it ran: run once more with the latest values
         self._update_key = None  # (image, parameters) of the update in flight or last run
-        self._params_asked: dict[str, object] = {}  # image -> parameters of its result in flight
         self._params_shown: dict[str, object] = {}  # image -> parameters of the overlay on screen
         self._build_ui()
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
@@ -141,7 +140,7 @@ class FreeSoloPanel(QWidget):
         current = self.layer_combo.currentText()
         names = [layer.name for layer in self.viewer.layers if isinstance(layer, Image) and layer.name != QUERY_LAYER]
         for gone in [n for n in list(self._features) if n not in names]:  # a closed image frees its features
-            for table in (self._features, self._params_shown, self._params_asked):
+            for table in (self._features, self._params_shown):
                 table.pop(gone, None)
         self.layer_combo.clear()
         self.layer_combo.addItems(names)
@@ -225,14 +224,11 @@ class FreeSoloPanel(QWidget):
 
     def _extract_and_post(self, name: str, image: np.ndarray, params, path: str | None = None):
         """Features (from the on-disk cache for images loaded from a file by this plugin) + Free Mask."""
-        from engine.freemask import postprocess
         from freesolo_napari.folder import extract_features
 
-        self._params_asked[name] = params
         feats = extract_features(self._get_extractor(), image, path)
         self._features[name] = (image, feats)
-        result = postprocess(feats, params, image)
-        return name, result, prepare_overlay(result.instances, image.shape[:2])
+        return freemask_update(name, feats, params, image)
 
     def _schedule_update(self, *_args) -> None:
         """Throttle: the overlay follows a moving slider at the speed of post-processing, never a stale value.
@@ -269,9 +265,8 @@ class FreeSoloPanel(QWidget):
         except ValueError as exc:
             self._notify(str(exc))
             return
-        self._params_asked[name] = params
         self._update_key = (name, params)
-        worker = create_worker(self, _postprocess_only, name, feats, params, image, _ignore_errors=True)
+        worker = create_worker(self, freemask_update, name, feats, params, image, _ignore_errors=True)
         worker.returned.connect(self._on_result)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._update_done)
@@ -346,19 +341,16 @@ class FreeSoloPanel(QWidget):
         self._set_busy(False, "Cancelled.")
 
     # ---- results --------------------------------------------------------------------------
-    def _on_result(self, payload) -> None:
-        """Show a result: ``(name, result)``, or ``(name, result, overlay)`` prepared by the worker."""
-        name, result, *prepared = payload
+    def _on_result(self, update: FreeMaskUpdate) -> None:
+        """Show a Free Mask result prepared by a worker (``layers.freemask_update``)."""
+        name, result = update.name, update.result
         if name not in self.viewer.layers:
             return
         if not self.review.allow_update(name):  # the user keeps edited masks
             return
-        if prepared:
-            layer = show_overlay(self.viewer, name, prepared[0])
-        else:
-            layer = show_instances(self.viewer, self.viewer.layers[name], result.instances)
+        layer = show_overlay(self.viewer, name, update.overlay)
         self._automatic[name] = np.asarray(layer.data).copy()
-        self._params_shown[name] = self._params_asked.get(name)
+        self._params_shown[name] = update.params
         self.review.after_update(layer)
         feats = self._features[name][1]
         self.histogram.set_values(result.candidate_maskness, self.controls.min_score.value())
@@ -385,10 +377,3 @@ class FreeSoloPanel(QWidget):
         if message:
             self.status.setText(message)
 
-
-def _postprocess_only(name, feats, params, image):
-    """Worker body of a slider move: post-processing and the overlay, both off the GUI thread."""
-    from engine.freemask import postprocess
-
-    result = postprocess(feats, params, image)
-    return name, result, prepare_overlay(result.instances, image.shape[:2])

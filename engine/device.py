@@ -82,17 +82,18 @@ def available_cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def configure_cpu_threads(n: int | None = None) -> int:
+def configure_cpu_threads(n: int | None = None, spare: int = 0) -> int:
     """Set torch's intra-op threads and return the count in effect.
 
     torch defaults to the machine's core count, which oversubscribes CPUs in
     containers limited by affinity. An explicit ``n`` always wins; otherwise a
-    user-set ``OMP_NUM_THREADS`` is respected and left untouched.
+    user-set ``OMP_NUM_THREADS`` is respected and left untouched, and without it torch
+    gets the usable cores but ``spare`` (at least one).
     """
     if n is None:
         if os.environ.get("OMP_NUM_THREADS", "").strip():
             return torch.get_num_threads()
-        n = available_cpu_count()
+        n = max(1, available_cpu_count() - spare)
     if n < 1:
         raise ValueError(f"thread count must be >= 1, got {n}")
     torch.set_num_threads(n)

@@ -23,15 +23,9 @@ def leave_a_core_to_the_viewer() -> int:
     every core busy in torch's thread pool, the two fight and both slow down (measured in
     benchmarks/panel_responsiveness.py). Returns the thread count in effect.
     """
-    import os
+    from engine.device import configure_cpu_threads
 
-    import torch
-
-    from engine.device import available_cpu_count, configure_cpu_threads
-
-    if os.environ.get("OMP_NUM_THREADS", "").strip():
-        return torch.get_num_threads()
-    return configure_cpu_threads(max(1, available_cpu_count() - 1))
+    return configure_cpu_threads(spare=1)
 
 
 def backbone_choices() -> list[str]:

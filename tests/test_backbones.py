@@ -231,8 +231,12 @@ def test_configure_cpu_threads(monkeypatch: pytest.MonkeyPatch) -> None:
         assert configure_cpu_threads(1) == 1 and torch.get_num_threads() == 1
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
         assert configure_cpu_threads() == 1  # user's setting respected, not overridden
+        assert configure_cpu_threads(spare=1) == torch.get_num_threads() == 1  # ... also with a spare core asked
         monkeypatch.delenv("OMP_NUM_THREADS")
         assert configure_cpu_threads() >= 1
+        from engine.device import available_cpu_count
+
+        assert configure_cpu_threads(spare=1) == max(1, available_cpu_count() - 1) == torch.get_num_threads()
         with pytest.raises(ValueError):
             configure_cpu_threads(0)
     finally:

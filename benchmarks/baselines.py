@@ -5,7 +5,7 @@ Usage::
     python benchmarks/baselines.py --data DIR [--n 40] [--size 320] [--kind photo|cartoon|microscopy]
                                    [--seed 0] [--json OUT] [--overwrite]
 
-``DIR`` gets ``images/``, ``gt.json`` (from ``engine.synthetic``) and one COCO result
+``DIR`` gets ``images/``, ``gt.json`` (from ``engine.data.synthetic``) and one COCO result
 list per baseline (``pred_<method>.json``). An existing data set is reused when its
 recorded kind/seed/n/size match the arguments; otherwise the script stops rather
 than evaluate against the wrong ground truth (``--overwrite`` regenerates it).
@@ -30,12 +30,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from engine.atomic import atomic_write_json
-from engine.baselines import BASELINES
-from engine.coco import build_results, read_coco
-from engine.evaluate import evaluate_segm
+from engine.io.atomic import atomic_write_json
+from engine.eval.baselines import BASELINES
+from engine.io.coco import build_results, read_coco
+from engine.eval.coco_eval import evaluate_segm
 from engine.structures import ImageResult, InstanceMask
-from engine.synthetic import KINDS, write_synthetic_dataset
+from engine.data.synthetic import KINDS, write_synthetic_dataset
 
 METRICS = ("AP", "AP50", "AP75", "AR100")
 

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
-from engine.coco import build_coco_dataset
-from engine.evaluate import evaluate_segm
-from engine.features import FeatureConfig, FeatureExtractor
-from engine.freemask import FreeMaskParams, postprocess
-from engine.images import list_images, load_image
+from engine.io.coco import build_coco_dataset
+from engine.eval.coco_eval import evaluate_segm
+from engine.freemask.features import FeatureConfig, FeatureExtractor
+from engine.freemask.postprocess import FreeMaskParams, postprocess
+from engine.io.images import list_images, load_image
 from engine.structures import ImageResult
-from engine.synthetic import write_synthetic_dataset
+from engine.data.synthetic import write_synthetic_dataset
 
 
 def dataset(folder: Path, n: int, size: int, kind: str, seed: int) -> tuple[Path, Path]:

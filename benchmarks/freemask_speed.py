@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from engine.features import FeatureConfig, FeatureExtractor
-from engine.freemask import FreeMaskParams, postprocess
-from engine.pipeline import run_freemask_batch
-from engine.synthetic import make_sample, write_synthetic_dataset
+from engine.freemask.features import FeatureConfig, FeatureExtractor
+from engine.freemask.postprocess import FreeMaskParams, postprocess
+from engine.freemask.pipeline import run_freemask_batch
+from engine.data.synthetic import make_sample, write_synthetic_dataset
 
 
 def timed(fn, repeats: int) -> list[float]:

@@ -144,8 +144,8 @@ def main() -> int:
     import napari
     import torch
 
-    from engine.device import available_cpu_count
-    from engine.synthetic import make_sample
+    from engine.runtime.device import available_cpu_count
+    from engine.data.synthetic import make_sample
     from freesolo_napari.run_scope import OPEN
 
     viewer, panel = open_viewer(napari)
@@ -226,7 +226,7 @@ def measure_folder(viewer, panel, beat, tmp, args, results) -> None:
     """Open a folder of images in the panel's browser and time "Run whole folder" (no cache yet)."""
     from PIL import Image
 
-    from engine.synthetic import make_sample
+    from engine.data.synthetic import make_sample
     from freesolo_napari.run_scope import FOLDER
 
     folder = tmp / "folder"
@@ -258,7 +258,7 @@ def measure_folder(viewer, panel, beat, tmp, args, results) -> None:
 
 
 def measure_training(panel, beat, tmp, args, results) -> None:
-    from engine.synthetic import write_synthetic_dataset
+    from engine.data.synthetic import write_synthetic_dataset
 
     images, _gt = write_synthetic_dataset(tmp / "train", 8, seed=7, size=(160, 160), kind="photo")
     t = panel.training
@@ -278,7 +278,7 @@ def measure_training(panel, beat, tmp, args, results) -> None:
 
 
 def measure_tau(viewer, panel, beat, args, results) -> None:
-    from engine.synthetic import make_sample
+    from engine.data.synthetic import make_sample
     from freesolo_napari.run_scope import CURRENT
 
     viewer.add_image(make_sample(7, (1024, 1024), kind="photo")[0], name="big", rgb=True)

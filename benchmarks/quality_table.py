@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import ensure_dataset, run_baselines  # noqa: E402
 
-from engine.evaluate import evaluate_segm  # noqa: E402
+from engine.eval.coco_eval import evaluate_segm  # noqa: E402
 
 
 def run_freemask(image_dir: Path, out: Path, n: int, cache: Path) -> dict:

@@ -25,8 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from engine.evaluate import evaluate_segm
-from engine.synthetic import write_synthetic_dataset
+from engine.eval.coco_eval import evaluate_segm
+from engine.data.synthetic import write_synthetic_dataset
 
 TRAIN_SEED = 77  # the unlabeled split
 EVAL_SEED = 2026  # the labeled split (the held-out seed of the Free Mask quality table)

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
-from engine.coco import build_coco_dataset, write_coco
-from engine.solo.distributed import launch
+from engine.io.coco import build_coco_dataset, write_coco
+from engine.runtime.distributed import launch
 from engine.solo.train import TrainConfig, train
 from engine.structures import ImageResult
-from engine.synthetic import label_map_to_masks, make_sample, sample_seed, write_synthetic_dataset
+from engine.data.synthetic import label_map_to_masks, make_sample, sample_seed, write_synthetic_dataset
 
 
 def make_data(root: Path, n: int, size: int) -> tuple[Path, Path]:

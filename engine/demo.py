@@ -9,12 +9,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from engine.evaluate import evaluate_segm
-from engine.features import FeatureConfig
-from engine.freemask import FreeMaskParams
-from engine.pipeline import run_freemask_batch
-from engine.progress import ProgressBar
-from engine.synthetic import write_synthetic_dataset
+from engine.eval.coco_eval import evaluate_segm, format_metrics
+from engine.freemask.features import FeatureConfig
+from engine.freemask.postprocess import FreeMaskParams
+from engine.freemask.pipeline import run_freemask_batch
+from engine.runtime.progress import ProgressBar
+from engine.data.synthetic import write_synthetic_dataset
+from engine.io.export import write_outputs
 
 DEMO_KINDS = ("photo", "microscopy")
 
@@ -32,7 +33,6 @@ def new_run_folder(parent: Path) -> Path:
 
 
 def run_demo(parent: Path, *, n: int = 6, size: int = 320, device: str = "auto", cache_dir: Path | None = None) -> Path:
-    from engine.cli import format_metrics, write_outputs
 
     run = new_run_folder(Path(parent))
     print(f"demo: writing everything under {run.resolve()}")

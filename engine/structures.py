@@ -10,6 +10,9 @@ from typing import Any
 
 import numpy as np
 
+# extra-field marking a mask the student must neither learn nor push to background (see engine/selftrain/pseudo.py)
+IGNORE_KEY = "ignore"
+
 
 @dataclass
 class InstanceMask:
@@ -40,6 +43,11 @@ class InstanceMask:
     @property
     def area(self) -> int:
         return int(self.mask[self.window()].sum())
+
+
+def is_ignored(inst: InstanceMask) -> bool:
+    """Whether pseudo-label selection marked ``inst`` as an ignore region."""
+    return bool(inst.extra.get(IGNORE_KEY, 0))
 
 
 @dataclass

@@ -13,14 +13,14 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 @pytest.fixture(scope="session")
 def extractor():
-    from engine.features import FeatureConfig, FeatureExtractor
+    from engine.freemask.features import FeatureConfig, FeatureExtractor
 
     return FeatureExtractor(FeatureConfig(), device="cpu")
 
 
 @pytest.fixture(scope="session")
 def photo_sample() -> tuple[np.ndarray, np.ndarray]:
-    from engine.synthetic import make_sample
+    from engine.data.synthetic import make_sample
 
     return make_sample(3, (192, 192), kind="photo")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.atomic import (
+from engine.io.atomic import (
     OutputError,
     OutputExistsError,
     atomic_save,

@@ -25,7 +25,7 @@ from engine.backbones import (
     read_checkpoint,
     verify_sha256,
 )
-from engine.device import configure_cpu_threads, resolve_device
+from engine.runtime.device import configure_cpu_threads, resolve_device
 
 LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -234,7 +234,7 @@ def test_configure_cpu_threads(monkeypatch: pytest.MonkeyPatch) -> None:
         assert configure_cpu_threads(spare=1) == torch.get_num_threads() == 1  # ... also with a spare core asked
         monkeypatch.delenv("OMP_NUM_THREADS")
         assert configure_cpu_threads() >= 1
-        from engine.device import available_cpu_count
+        from engine.runtime.device import available_cpu_count
 
         assert configure_cpu_threads(spare=1) == max(1, available_cpu_count() - 1) == torch.get_num_threads()
         with pytest.raises(ValueError):

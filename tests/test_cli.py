@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from engine.cli import build_parser, main
-from engine.synthetic import write_synthetic_dataset
+from engine.data.synthetic import write_synthetic_dataset
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from engine.atomic import OutputExistsError
-from engine.coco import (
+from engine.io.atomic import OutputExistsError
+from engine.io.coco import (
     CATEGORY,
     CocoFormatError,
     build_coco_dataset,
@@ -21,7 +21,7 @@ from engine.coco import (
     write_coco,
     write_label_images,
 )
-from engine.masks import label_image_to_masks
+from engine.io.masks import label_image_to_masks
 from engine.structures import ImageResult, InstanceMask
 
 

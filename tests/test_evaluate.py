@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.coco import CocoFormatError, build_coco_dataset, build_results, write_coco
-from engine.evaluate import evaluate_segm
+from engine.io.coco import CocoFormatError, build_coco_dataset, build_results, write_coco
+from engine.eval.coco_eval import evaluate_segm
 from engine.structures import ImageResult, InstanceMask
 
 H, W = 64, 64

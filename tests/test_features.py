@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.features import (
+from engine.freemask.features import (
     FeatureCache,
     FeatureConfig,
     Features,
@@ -11,8 +11,8 @@ from engine.features import (
     fuse_levels,
     pca_project,
 )
-from engine.scale import estimate_object_size
-from engine.synthetic import make_sample
+from engine.freemask.input_scale import estimate_object_size
+from engine.data.synthetic import make_sample
 
 
 def test_features_are_unit_vectors_on_stride8_grid(photo_features, photo_sample):
@@ -96,7 +96,7 @@ def test_features_bytes_reject_other_versions(photo_features):
 
 
 def test_single_channel_detection_gates_auto_upscaling():
-    from engine.scale import colour_spread, is_single_channel_like
+    from engine.freemask.input_scale import colour_spread, is_single_channel_like
 
     nuclei, _ = make_sample(5, (160, 160), kind="microscopy")
     photo, _ = make_sample(5, (160, 160), kind="cartoon")

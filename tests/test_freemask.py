@@ -5,16 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.features import FeatureConfig, Features
-from engine.freemask import (
-    FreeMaskParams,
-    build_queries,
-    maskness,
-    postprocess,
-    query_similarity,
-    soft_masks,
-    upsample_crop,
-)
+from engine.freemask.features import FeatureConfig, Features
+from engine.freemask.postprocess import FreeMaskParams, postprocess
+from engine.freemask.queries import build_queries
+from engine.freemask.soft_masks import maskness, query_similarity, soft_masks
+from engine.ops.guided_filter import upsample_crop
 
 
 def toy_features(size=(48, 64), image_size=None) -> tuple[Features, np.ndarray]:
@@ -110,9 +105,9 @@ def test_split_components_separates_a_two_part_mask():
     feats.keys = keys
     merged = postprocess(feats, FreeMaskParams(refine=False, split_components=False)).instances
     split = postprocess(feats, FreeMaskParams(refine=False, split_components=True, top_k=30)).instances
-    two_part = [m for m in merged if m.area > 0 and len(__import__("engine.masks", fromlist=["x"]).split_components(m.mask)) >= 2]
+    two_part = [m for m in merged if m.area > 0 and len(__import__("engine.io.masks", fromlist=["x"]).split_components(m.mask)) >= 2]
     assert two_part, "expected a mask covering both objects when not splitting"
-    from engine.masks import split_components
+    from engine.io.masks import split_components
 
     assert all(len(split_components(m.mask)) == 1 for m in split)
 
@@ -159,7 +154,7 @@ def test_postprocess_never_runs_the_backbone(extractor, photo_sample):
 
 
 def test_background_candidates_are_dropped_on_the_key_grid():
-    from engine.freemask import Candidates, drop_background_candidates
+    from engine.freemask.candidates import Candidates, drop_background_candidates
 
     grid = (10, 10)
     full = torch.ones(10, 10, dtype=torch.bool)  # touches all four sides
@@ -202,7 +197,7 @@ def test_split_mode_finds_every_copy_of_a_repeated_object():
 def test_auto_top_k_follows_the_automatic_input_scale():
     from dataclasses import replace as dc_replace
 
-    from engine.freemask import auto_top_k
+    from engine.freemask.postprocess import auto_top_k
 
     feats, _ = toy_features()
     assert auto_top_k(feats) == 20
@@ -226,7 +221,7 @@ def test_score_stride_16_ranks_on_pooled_keys_but_returns_fine_masks():
 
 
 def test_distinct_queries_drops_near_copies_keeps_distinct_ones():
-    from engine.freemask import Queries, distinct_queries
+    from engine.freemask.queries import Queries, distinct_queries
 
     v = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.01], [0.0, 1.0], [0.7, 0.7]]), dim=1)
     q = Queries(v, torch.ones(4), torch.zeros(4, 2))
@@ -237,7 +232,7 @@ def test_distinct_queries_drops_near_copies_keeps_distinct_ones():
 
 def test_tau_change_reuses_the_ranked_soft_masks(photo_features, photo_sample):
     """Queries and their ranking-grid soft masks depend on features and scales only."""
-    from engine.freemask import ranked_soft_masks
+    from engine.freemask.soft_masks import ranked_soft_masks
 
     image = photo_sample[0]
     photo_features.memo.clear()

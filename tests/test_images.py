@@ -10,7 +10,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from engine.images import (
+from engine.io.images import (
     IMAGE_EXTENSIONS,
     ImageLoadError,
     NoImagesError,

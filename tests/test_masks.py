@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from engine.masks import (
+from engine.io.masks import (
     check_rle,
     label_image_to_masks,
     mask_to_bbox,

@@ -1,6 +1,6 @@
 import torch
 
-from engine.nms import mask_iou_matrix, matrix_nms
+from engine.ops.nms import mask_iou_matrix, matrix_nms
 
 
 def _box(h0, h1, w0, w1, size=20):

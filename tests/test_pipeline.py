@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.freemask import FreeMaskParams
-from engine.images import NoImagesError
-from engine.pipeline import run_freemask_batch
-from engine.synthetic import make_sample
+from engine.freemask.postprocess import FreeMaskParams
+from engine.io.images import NoImagesError
+from engine.freemask.pipeline import run_freemask_batch
+from engine.data.synthetic import make_sample
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 import torch
 
-from engine.refine import box_mean, guided_filter
+from engine.ops.guided_filter import box_mean, guided_filter
 
 
 def test_box_mean_matches_brute_force():
@@ -50,7 +50,7 @@ def test_filter_soft_matches_filtering_the_upsampled_map():
     """The per-mask fast path (low-res soft map straight to filter resolution) equals the slow one."""
     import torch.nn.functional as F
 
-    from engine.refine import GuideStats
+    from engine.ops.guided_filter import GuideStats
 
     torch.manual_seed(1)
     img = torch.rand(3, 96, 128)
@@ -75,7 +75,7 @@ def test_window_upsampling_matches_torch_interpolation():
     import numpy as np
     import torch.nn.functional as F
 
-    from engine.refine import _upsample_window
+    from engine.ops.guided_filter import _upsample_window
 
     torch.manual_seed(2)
     for f in (2.0, 3.0, 2.5):
@@ -101,7 +101,7 @@ def test_window_upsampling_matches_torch_interpolation():
 def test_upsample_crop_matches_interpolate():
     import torch.nn.functional as F
 
-    from engine.refine import upsample_crop
+    from engine.ops.guided_filter import upsample_crop
 
     torch.manual_seed(3)
     soft = torch.rand(12, 16)

@@ -10,17 +10,17 @@ import pytest
 import torch
 
 from engine.cli import main
-from engine.masks import rle_to_mask
-from engine.pipeline import BatchReport, shard_of
-from engine.sharding import ShardError, merge_parts, part_path, write_part
-from engine.coco import build_coco_dataset
+from engine.io.masks import rle_to_mask
+from engine.runtime.batch import BatchReport, shard_of
+from engine.runtime.sharding import ShardError, merge_parts, part_path, write_part
+from engine.io.coco import build_coco_dataset
 from engine.structures import ImageResult, InstanceMask
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
     """4 tiny synthetic photos and one broken file."""
-    from engine.synthetic import write_synthetic_dataset
+    from engine.data.synthetic import write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("shard")
     write_synthetic_dataset(root, 4, seed=5, size=(96, 96), kind="photo")

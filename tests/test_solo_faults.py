@@ -14,13 +14,13 @@ import pytest
 import torch
 
 from engine.cli import main
-from engine.coco import build_coco_dataset, write_coco
-from engine.masks import mask_to_rle
+from engine.io.coco import build_coco_dataset, write_coco
+from engine.io.masks import mask_to_rle
 from engine.solo import amp as amp_mod
 from engine.solo import train as train_module
 from engine.solo.train import CheckpointError, TrainConfig, TrainingDivergedError, load_model, train
 from engine.structures import ImageResult
-from engine.synthetic import label_map_to_masks, make_sample, sample_seed, write_synthetic_dataset
+from engine.data.synthetic import label_map_to_masks, make_sample, sample_seed, write_synthetic_dataset
 
 SIZE = 96
 

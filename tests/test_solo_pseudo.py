@@ -3,8 +3,10 @@
 import numpy as np
 import torch
 
-from engine.coco import build_coco_dataset, write_coco
-from engine.solo.pseudo import SelectionConfig, border_sides, is_ignored, select_pseudo_labels
+from engine.io.coco import build_coco_dataset, write_coco
+from engine.selftrain.pseudo import SelectionConfig, select_pseudo_labels
+from engine.ops.masks import border_sides
+from engine.structures import is_ignored
 from engine.structures import ImageResult, InstanceMask
 
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from engine.cli import main
-from engine.coco import build_coco_dataset, write_coco
+from engine.io.coco import build_coco_dataset, write_coco
 from engine.solo.train import CheckpointError, TrainConfig, load_model, train
-from engine.synthetic import label_map_to_masks, make_sample, write_synthetic_dataset
+from engine.data.synthetic import label_map_to_masks, make_sample, write_synthetic_dataset
 from engine.structures import ImageResult
 
 
@@ -29,7 +29,7 @@ def data(tmp_path_factory) -> Path:
 
 
 def make_sample_for(i):
-    from engine.synthetic import sample_seed
+    from engine.data.synthetic import sample_seed
 
     return make_sample(sample_seed(11, i), (128, 128), kind="cartoon")
 
@@ -117,7 +117,7 @@ def test_two_gloo_processes_both_train_and_rank0_writes(data, tmp_path, capsys):
 
 
 def test_each_torchrun_process_takes_its_own_gpu(monkeypatch):
-    from engine.solo.distributed import local_device
+    from engine.runtime.distributed import local_device
 
     monkeypatch.setenv("LOCAL_RANK", "3")
     assert local_device(torch.device("cuda")) == torch.device("cuda", 3)
@@ -147,8 +147,8 @@ def test_selftrain_stops_with_a_checkpoint_and_resume_finishes(data, tmp_path, c
     import os
     import signal
 
-    from engine.cli_solo import stop_on_sigint
-    from engine.selftrain import SelfTrainStopped, selftrain
+    from engine.cli.solo import stop_on_sigint
+    from engine.selftrain.rounds import SelfTrainStopped, selftrain
 
     with stop_on_sigint() as should_stop:  # the first Ctrl-C only asks to stop
         assert not should_stop()

@@ -13,13 +13,13 @@ from pycocotools.coco import COCO
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
-from engine.synthetic import (
+from engine.io.export import render_overlay
+from engine.data.synthetic import (
     _BACKGROUND_SOURCES,
     _make_photo,
     _texture_bank,
     label_map_to_masks,
     make_sample,
-    render_overlay,
     sample_seed,
     write_synthetic_dataset,
 )

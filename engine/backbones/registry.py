@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..device import resolve_device
+from engine.runtime.device import resolve_device
 from .base import Backbone, BackboneError
 from .efficientnet_lite import EfficientNetLite, is_efficientnet_state
 from .resnet import ResNet, is_resnet_state

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.coco import load_image_results
-from engine.images import ImageLoadError, list_images, load_image, relative_name
-from engine.solo.pseudo import is_ignored
+from engine.io.coco import load_image_results
+from engine.io.images import ImageLoadError, list_images, load_image, relative_name
+from engine.structures import is_ignored
 
 
 @dataclass

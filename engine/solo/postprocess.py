@@ -12,8 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..nms import matrix_nms
-from ..structures import InstanceMask
+from engine.ops.nms import matrix_nms
+from engine.structures import InstanceMask
 from .config import InferenceConfig
 from .model import MASK_STRIDE, SoloOutputs, dynamic_masks
 

@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from engine.pipeline import BatchReport, iter_batch
+from engine.runtime.batch import BatchReport, iter_batch
 from engine.solo.amp import Precision, resolve_precision, to_float
 from engine.solo.data import letterbox
 from engine.solo.postprocess import predict_instances
@@ -60,7 +60,7 @@ def predict_folder(
     """Predict instances for every image of ``inputs``; bad files are reported, not fatal.
 
     ``amp``: float16 autocast on CUDA (ignored elsewhere). ``shard = (rank, world)``: only that
-    share of the images (``engine.sharding`` runs the shares in parallel and merges them).
+    share of the images (``engine.runtime.sharding`` runs the shares in parallel and merges them).
     """
     model, state = load_model(model_path, device)
     size, inference = inference_settings(model, state, score_thr, max_per_image)

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.atomic import OutputError, atomic_save
-from engine.images import NoImagesError
+from engine.io.atomic import OutputError, atomic_save
+from engine.io.images import NoImagesError
 from engine.solo import amp as amp_mod
-from engine.solo import distributed
+from engine.runtime import distributed
 from engine.solo.augment import copy_paste
 from engine.solo.config import SoloConfig
 from engine.solo.data import TrainSample, flip_sample, load_training_set

@@ -21,8 +21,8 @@ import tifffile
 from PIL import Image
 
 from engine import __version__
-from engine.atomic import OutputExistsError, atomic_save, atomic_write_json, to_jsonable
-from engine.masks import (
+from engine.io.atomic import OutputExistsError, atomic_save, atomic_write_json, to_jsonable
+from engine.io.masks import (
     check_rle,
     mask_to_bbox,
     mask_to_polygons,

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-import numpy as np
 
-from engine.structures import ImageResult, InstanceMask
+from engine.ops.masks import border_sides
+from engine.structures import IGNORE_KEY, ImageResult, InstanceMask
 
-IGNORE_KEY = "ignore"
 
 
 @dataclass(frozen=True)
@@ -32,11 +31,6 @@ class SelectionConfig:
     max_area_frac: float = 0.3
     max_border_sides: int = 1  # masks reaching more image sides look like background
     ignore_min_score: float = 0.0  # unselected masks scoring below this are dropped, not ignore regions
-
-
-def border_sides(mask: np.ndarray) -> int:
-    """How many of the image's four sides the mask touches."""
-    return int(mask[0].any()) + int(mask[-1].any()) + int(mask[:, 0].any()) + int(mask[:, -1].any())
 
 
 def is_plausible_object(inst: InstanceMask, cfg: SelectionConfig) -> bool:
@@ -67,6 +61,3 @@ def select_pseudo_labels(results: list[ImageResult], cfg: SelectionConfig | None
         out.append(ImageResult(res.file_name, res.height, res.width, marked))
     return out
 
-
-def is_ignored(inst: InstanceMask) -> bool:
-    return bool(inst.extra.get(IGNORE_KEY, 0))

@@ -1,7 +1,7 @@
 """Class-agnostic COCO mask evaluation (AP, AP50, AP75, AR100).
 
 FreeSOLO finds "objects" without classes, so predictions are scored against any
-ground-truth object (``useCats = 0``). Inputs go through :mod:`engine.coco` first so
+ground-truth object (``useCats = 0``). Inputs go through :mod:`engine.io.coco` first so
 a bad file gives a one-line error naming it rather than a pycocotools traceback,
 and predictions saved as a full dataset (with their own image ids) are matched to
 the ground truth by ``file_name``.
@@ -19,8 +19,8 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from engine.coco import CATEGORY, CocoDataset, CocoFormatError, annotation_to_mask, parse_coco, read_coco
-from engine.masks import mask_to_bbox, mask_to_rle
+from engine.io.coco import CATEGORY, CocoDataset, CocoFormatError, annotation_to_mask, parse_coco, read_coco
+from engine.io.masks import mask_to_bbox, mask_to_rle
 
 __all__ = ["evaluate_segm"]
 
@@ -149,3 +149,11 @@ def evaluate_segm(gt: CocoInput, pred: CocoInput) -> dict[str, float | int]:
         v = float(value)
         result[key] = max(v, 0.0) if n_gt else v
     return result
+
+
+def format_metrics(metrics: dict) -> str:
+    """AP, AP50, AP75 and AR100 as a small table, with the counts behind them."""
+    keys = ("AP", "AP50", "AP75", "AR100")
+    head = " | ".join(f"{k:>6}" for k in keys)
+    vals = " | ".join(f"{metrics[k]:6.3f}" for k in keys)
+    return f"{head}\n{vals}\n({metrics.get('n_images', '?')} images, {metrics.get('n_gt', '?')} objects, {metrics.get('n_pred', '?')} predictions)"

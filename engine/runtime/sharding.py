@@ -27,9 +27,9 @@ from typing import Any, Callable
 
 import torch
 
-from engine.atomic import atomic_write_json
-from engine.coco import build_coco_dataset, write_coco
-from engine.pipeline import BatchReport
+from engine.io.atomic import atomic_write_json
+from engine.io.coco import build_coco_dataset, write_coco
+from engine.runtime.batch import BatchReport
 
 __all__ = ["ShardError", "ShardSummary", "env_world", "merge_parts", "part_path", "print_summary", "run_sharded",
            "write_part"]
@@ -181,7 +181,7 @@ def run_sharded(
                           merge=True, title=title)
     import torch.multiprocessing as mp
 
-    from engine.solo.distributed import launch
+    from engine.runtime.distributed import launch
 
     try:
         launch(_rank_main, nproc, job, job_args, out=out, device=device, fmt=fmt, info=info, overwrite=overwrite,
@@ -195,9 +195,9 @@ def run_sharded(
 
 def _rank_main(job: Job, job_args: tuple, *, out: Path, device, fmt: str, info, overwrite: bool, merge: bool,
                title: str) -> ShardSummary | None:
-    from engine.device import resolve_device
-    from engine.progress import ProgressBar
-    from engine.solo import distributed
+    from engine.runtime.device import resolve_device
+    from engine.runtime.progress import ProgressBar
+    from engine.runtime import distributed
 
     rank, world = env_world()
     local = distributed.local_device(resolve_device(device))

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.atomic import atomic_save
-from engine.scale import estimate_object_size, is_single_channel_like
+from engine.freemask.cache import FeatureMemo
+from engine.io.atomic import atomic_save
+from engine.freemask.input_scale import estimate_object_size, is_single_channel_like
 
 FEATURE_FORMAT_VERSION = 1
 DEFAULT_LEVELS = ("s8", "s16", "s32")
@@ -60,7 +61,7 @@ class Features:
     object_size: float | None  # estimated object diameter in image pixels (auto mode)
     config: FeatureConfig = field(default_factory=FeatureConfig)
     backbone_seconds: float = 0.0
-    memo: dict = field(default_factory=dict, repr=False, compare=False)  # in-memory only
+    memo: FeatureMemo = field(default_factory=FeatureMemo, repr=False, compare=False)  # in-memory only
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -165,7 +166,7 @@ class FeatureExtractor:
 
     def __init__(self, config: FeatureConfig | None = None, device: str | torch.device = "auto"):
         from engine.backbones import build_backbone
-        from engine.device import resolve_device
+        from engine.runtime.device import resolve_device
 
         self.config = config or FeatureConfig()
         self.device = resolve_device(device) if isinstance(device, str) else device

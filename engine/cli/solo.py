@@ -9,9 +9,10 @@ import signal
 import sys
 from pathlib import Path
 
+from engine.cli.common import add_nproc_option, check_outputs_free, sharded
+
 
 def add_solo_commands(sub) -> None:
-    from engine.cli import add_nproc_option
     from engine.solo.train import TrainConfig
 
     d = TrainConfig()
@@ -97,7 +98,7 @@ def _amp_options(p: argparse.ArgumentParser) -> None:
 
 def _amp_note(args, amp_dtype: str = "float16") -> None:
     """Say so when an explicit --amp cannot apply on the chosen device."""
-    from engine.device import resolve_device
+    from engine.runtime.device import resolve_device
     from engine.solo.amp import resolve_precision
 
     if args.amp:
@@ -171,7 +172,7 @@ def _json_lines():
 
 
 def _loss_bar(title: str):
-    from engine.progress import ProgressBar
+    from engine.runtime.progress import ProgressBar
 
     bar = ProgressBar(title)
 
@@ -183,14 +184,14 @@ def _loss_bar(title: str):
 
 
 def cmd_train(args) -> int:
-    from engine.device import configure_cpu_threads, resolve_device
+    from engine.runtime.device import configure_cpu_threads, resolve_device
     from engine.solo.plot import plot_losses
     from engine.solo.train import train
 
     configure_cpu_threads()
     device = resolve_device(args.device)
     if args.nproc > 1:
-        from engine.solo.distributed import launch
+        from engine.runtime.distributed import launch
         from engine.solo.train import load_model
 
         launch(train, args.nproc, args.images, args.masks, args.out, cfg=_train_config(args),
@@ -227,17 +228,16 @@ def predict_shard(args, *, shard, device, progress):
 
 
 def cmd_predict(args) -> int:
-    from engine.cli import _check_outputs_free, sharded
-    from engine.coco import build_coco_dataset, write_coco
-    from engine.device import configure_cpu_threads, resolve_device
-    from engine.progress import ProgressBar
+    from engine.io.coco import build_coco_dataset, write_coco
+    from engine.runtime.device import configure_cpu_threads, resolve_device
+    from engine.runtime.progress import ProgressBar
     from engine.solo.predict import predict_folder
 
     configure_cpu_threads()
-    _check_outputs_free([args.out], args.overwrite)
+    check_outputs_free([args.out], args.overwrite)
     _amp_note(args)
     if sharded(args):
-        from engine.sharding import print_summary, run_sharded
+        from engine.runtime.sharding import print_summary, run_sharded
         from engine.solo.train import load_model
 
         load_model(args.model)  # a bad checkpoint is one clear error here, not one per process
@@ -254,8 +254,8 @@ def cmd_predict(args) -> int:
 
 
 def cmd_selftrain(args) -> int:
-    from engine.device import configure_cpu_threads, resolve_device
-    from engine.selftrain import SelfTrainStopped, format_summary, selftrain
+    from engine.runtime.device import configure_cpu_threads, resolve_device
+    from engine.selftrain.rounds import SelfTrainStopped, format_summary, selftrain
 
     configure_cpu_threads()
     if args.resume and not args.out.is_dir():

@@ -28,14 +28,12 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.draw import polygon as draw_polygon
-from skimage.segmentation import find_boundaries
 
 from engine.structures import ImageResult, InstanceMask
 
 __all__ = [
     "label_map_to_masks",
     "make_sample",
-    "render_overlay",
     "sample_seed",
     "write_synthetic_dataset",
 ]
@@ -724,8 +722,8 @@ def write_synthetic_dataset(
     """
     from PIL import Image
 
-    from engine.atomic import atomic_save
-    from engine.coco import build_coco_dataset, write_coco
+    from engine.io.atomic import atomic_save
+    from engine.io.coco import build_coco_dataset, write_coco
 
     out_dir = Path(out_dir)
     image_dir = out_dir / "images"
@@ -767,49 +765,3 @@ def write_synthetic_dataset(
     dataset = build_coco_dataset(results, segmentation="rle", info=info)
     write_coco(gt_json, dataset, overwrite=overwrite)
     return image_dir, gt_json
-
-
-def _colour(i: int) -> np.ndarray:
-    """Deterministic, well-separated colours via golden-ratio hue steps."""
-    return _hsv((0.13 + i * 0.618033988749895) % 1.0, 0.85, 1.0)
-
-
-def render_overlay(
-    image: np.ndarray, masks: Sequence[np.ndarray], scores: Sequence[float] | None = None
-) -> np.ndarray:
-    """RGB uint8 picture with a translucent fill and a solid outline per mask.
-
-    With ``scores`` the fill opacity follows the score, so confident instances stand
-    out in demo overlays.
-    """
-    img = np.asarray(image)
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    if img.ndim == 3 and img.shape[2] == 4:
-        img = img[..., :3]
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = np.repeat(img, 3, axis=2)
-    if img.dtype == np.uint16:
-        img = img.astype(np.float64) / 257.0
-    elif img.dtype != np.uint8:
-        f = np.nan_to_num(img.astype(np.float64))
-        lo, hi = float(f.min()), float(f.max())
-        if lo >= 0.0 and hi <= 1.0:  # float image in [0, 1]
-            img = f * 255.0
-        else:  # anything else: stretch to the full range
-            img = np.zeros(f.shape) if hi <= lo else (f - lo) / (hi - lo) * 255.0
-    out = img.astype(np.float64)
-    if scores is not None and len(scores) != len(masks):
-        raise ValueError("scores and masks differ in length")
-    for i, m in enumerate(masks):
-        m = np.asarray(m, dtype=bool)
-        if m.shape != out.shape[:2]:
-            raise ValueError(f"mask {i} has shape {m.shape}, image {out.shape[:2]}")
-        if not m.any():
-            continue
-        colour = _colour(i) * 255
-        alpha = 0.4 if scores is None else 0.15 + 0.45 * float(np.clip(scores[i], 0, 1))
-        out[m] = (1 - alpha) * out[m] + alpha * colour
-        edge = find_boundaries(m, mode="inner")
-        out[edge] = colour
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)

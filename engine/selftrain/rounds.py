@@ -19,13 +19,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from engine.atomic import atomic_write_json
-from engine.coco import build_coco_dataset, load_image_results, write_coco
-from engine.evaluate import evaluate_segm
-from engine.pipeline import run_freemask_batch
+from engine.io.atomic import atomic_write_json
+from engine.io.coco import build_coco_dataset, load_image_results, write_coco
+from engine.eval.coco_eval import evaluate_segm
+from engine.freemask.pipeline import run_freemask_batch
 from engine.solo.config import SoloConfig
 from engine.solo.predict import predict_folder
-from engine.solo.pseudo import SelectionConfig, select_pseudo_labels
+from engine.selftrain.pseudo import SelectionConfig, select_pseudo_labels
 from engine.solo.train import FINAL, TrainConfig, train
 from engine.structures import ImageResult
 

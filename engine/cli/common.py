@@ -1,0 +1,145 @@
+"""What every ``freesolo`` command shares: exit codes, user errors, option groups and their parsing.
+
+Command modules (``freemask``, ``solo``) import this one and never each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Sequence
+
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line without a traceback."""
+
+
+def floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
+def scale_arg(text: str) -> float | None:
+    if text == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number, got {text!r}") from None
+    if not 0.05 <= value <= 8:
+        raise argparse.ArgumentTypeError("input scale must be between 0.05 and 8")
+    return value
+
+
+def add_nproc_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nproc", type=int, default=1,
+                   help="split the images across this many processes on this machine (one GPU each with --device "
+                   "cuda) and merge their outputs into --out; under torchrun the ranks split them instead")
+
+
+def add_feature_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("features (the backbone pass, cached on disk)")
+    g.add_argument("--backbone", default="efficientnet-lite0",
+                   help="registered backbone name or path to a local .pth checkpoint (default: %(default)s, ships offline)")
+    g.add_argument("--levels", default="s8,s16,s32",
+                   help="backbone levels fused into the key map, among s4,s8,s16,s32,head (default: %(default)s)")
+    g.add_argument("--input-scale", type=scale_arg, default=None, metavar="auto|X",
+                   help="resize factor before the backbone; 'auto' (default) upsamples images with small objects")
+    g.add_argument("--short-side", type=int, default=None, help="resize so the short side has this many px (official: 800)")
+    g.add_argument("--max-side", type=int, default=1333, help="cap on the long side of the network input (default: %(default)s)")
+    g.add_argument("--feature-dim", type=int, default=64, help="PCA dimensions of the key map, 0 = keep all (default: %(default)s)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
+    g.add_argument("--cache-dir", type=Path, default=None, help="feature cache folder (default: ~/.cache/freesolo-napari/features)")
+    g.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
+
+
+def add_freemask_options(p: argparse.ArgumentParser) -> None:
+    from engine.freemask.postprocess import FreeMaskParams
+
+
+    d = FreeMaskParams()
+    g = p.add_argument_group("Free Mask post-processing (cheap; never re-runs the backbone)")
+    g.add_argument("--tau", type=float, default=d.tau, help="soft-mask threshold τ (default: %(default)s; paper: 0.5)")
+    g.add_argument("--scales", type=floats, default=d.scales, help="query pyramid scales (default: 1.0,0.5,0.25)")
+    g.add_argument("--top-k", type=int, default=d.top_k,
+                   help="masks kept per image (default: 20, or 100 when the automatic input scale found small objects)")
+    g.add_argument("--pre-nms-top", type=int, default=d.pre_nms_top, help="candidates entering Matrix NMS (default: %(default)s)")
+    g.add_argument("--nms-kernel", choices=("gaussian", "linear"), default=d.nms_kernel, help="Matrix NMS kernel (default: %(default)s)")
+    g.add_argument("--nms-sigma", type=float, default=d.nms_sigma, help="gaussian Matrix NMS σ (default: %(default)s)")
+    g.add_argument("--min-score", type=float, default=d.min_score, help="minimum decayed maskness (official script: 0.7)")
+    g.add_argument("--min-area", type=int, default=d.min_area, help="minimum mask area in image px (default: %(default)s)")
+    g.add_argument("--max-area-frac", type=float, default=d.max_area_frac, help="drop masks covering more of the image than this")
+    g.add_argument("--max-border-sides", type=int, default=d.max_border_sides, choices=range(5), metavar="0-4",
+                   help="drop masks reaching more image sides than this: background (default: %(default)s; 4 = off)")
+    g.add_argument("--split-components", action=argparse.BooleanOptionalAction, default=d.split_components,
+                   help="one instance per connected part, so one query lighting up several objects gives each of them "
+                   "(default: on; --no-split-components keeps the paper's whole masks)")
+    g.add_argument("--no-refine", action="store_true", help="skip the image-guided boundary refinement")
+    g.add_argument("--refine-radius", type=int, default=None, help="guided filter radius in image px (default: 12 / input scale)")
+    g.add_argument("--official-filters", action="store_true",
+                   help="the official script's COCO heuristics: centre y > 0.2·H, box width < 0.95·W, score >= 0.7")
+
+
+def feature_config_from_args(args: argparse.Namespace):
+    from engine.freemask.features import FeatureConfig
+
+
+    levels = tuple(v.strip() for v in args.levels.split(",") if v.strip())
+    return FeatureConfig(
+        backbone=args.backbone,
+        levels=levels,
+        input_scale=args.input_scale,
+        short_side=args.short_side,
+        max_side=args.max_side,
+        dim=args.feature_dim or None,
+    )
+
+
+def params_from_args(args: argparse.Namespace):
+    from engine.freemask.postprocess import FreeMaskParams
+
+
+    official = args.official_filters
+    return FreeMaskParams(
+        tau=args.tau,
+        scales=tuple(args.scales),
+        top_k=args.top_k,
+        pre_nms_top=args.pre_nms_top,
+        nms_kernel=args.nms_kernel,
+        nms_sigma=args.nms_sigma,
+        min_score=max(args.min_score, 0.7 if official else 0.0),
+        min_area=args.min_area,
+        max_area_frac=args.max_area_frac,
+        max_border_sides=args.max_border_sides,
+        split_components=args.split_components,
+        refine=not args.no_refine,
+        refine_radius=args.refine_radius,
+        center_y_min=0.2 if official else None,
+        max_box_width=0.95 if official else None,
+    ).validated()
+
+
+def check_outputs_free(paths: Sequence[Path | None], overwrite: bool) -> None:
+    from engine.io.atomic import OutputExistsError
+
+
+    for path in paths:
+        if path is not None and path.exists() and path.is_file() and not overwrite:
+            raise OutputExistsError(path)
+
+
+def sharded(args: argparse.Namespace) -> bool:
+    """Whether to split the batch across processes (``--nproc N`` or torchrun's environment)."""
+    from engine.runtime.sharding import env_world
+
+
+    if args.nproc < 1:
+        raise UserError(f"--nproc must be at least 1, got {args.nproc}")
+    return args.nproc > 1 or env_world()[1] > 1

@@ -1,0 +1,137 @@
+"""``freesolo freemask``, ``eval`` and ``demo``: Free Mask over folders, evaluation, the sample run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from engine.cli.common import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    UserError,
+    add_feature_options,
+    add_freemask_options,
+    add_nproc_option,
+    check_outputs_free,
+    feature_config_from_args,
+    params_from_args,
+    sharded,
+)
+from engine.io.export import FREEMASK_INFO, write_outputs, write_overlays
+
+
+def add_freemask_commands(sub) -> None:
+    fm = sub.add_parser("freemask", help="coarse instance masks for a folder of images (COCO JSON out)",
+                        description="Run Free Mask on images and write a COCO dataset of the masks found. "
+                        "Resumable: features are cached, so a rerun skips the backbone for images already seen. "
+                        "Bad files are reported and skipped; the exit code is 1 if any failed.")
+    fm.add_argument("images", nargs="+", help="image files and/or folders")
+    fm.add_argument("--out", required=True, type=Path, help="output COCO JSON file")
+    fm.add_argument("--format", choices=("rle", "polygon"), default="rle", help="segmentation encoding (default: rle)")
+    fm.add_argument("--labels", type=Path, default=None, help="also write one 16-bit label PNG per image into this folder")
+    fm.add_argument("--overlays", type=Path, default=None, help="also write an overlay PNG per image into this folder")
+    fm.add_argument("--overwrite", action="store_true", help="replace existing outputs (the old file is kept as .bak)")
+    add_nproc_option(fm)
+    add_feature_options(fm)
+    add_freemask_options(fm)
+    fm.set_defaults(func=cmd_freemask)
+
+    ev = sub.add_parser("eval", help="class-agnostic COCO mask AP of predictions against ground truth",
+                        description="Evaluate PRED against GT with pycocotools (segm, useCats=0). "
+                        "Images are matched by file_name when PRED is a dataset, by image_id when it is a result list.")
+    ev.add_argument("gt", type=Path, help="ground-truth COCO dataset")
+    ev.add_argument("pred", type=Path, help="predictions: COCO dataset or result list")
+    ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    ev.set_defaults(func=cmd_eval)
+
+    demo = sub.add_parser("demo", help="make sample data and run the headless pipeline on it",
+                          description="Generate synthetic images with ground truth, run Free Mask, write COCO JSON, "
+                          "label images and overlay PNGs, evaluate, and print where everything is.")
+    demo.add_argument("--out", type=Path, default=Path("freesolo_demo"), help="parent folder; each run gets a new subfolder")
+    demo.add_argument("--n", type=int, default=6, help="synthetic images per kind (default: %(default)s)")
+    demo.add_argument("--size", type=int, default=320, help="image side in px (default: %(default)s)")
+    demo.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    demo.set_defaults(func=cmd_demo)
+
+
+def freemask_shard(args, fconf, params, *, shard, device, progress):
+    """One rank's share of ``freesolo freemask``: its masks, label images and overlays."""
+    from engine.io.coco import write_label_images
+    from engine.freemask.pipeline import run_freemask_batch
+
+
+    report = run_freemask_batch(args.images, feature_config=fconf, params=params, device=device,
+                                cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=progress, shard=shard)
+    if args.labels is not None:
+        write_label_images(report.results, args.labels, fmt="png", overwrite=args.overwrite)
+    if args.overlays is not None:
+        write_overlays(report, args.overlays, args.overwrite)
+    return report
+
+
+def cmd_freemask(args: argparse.Namespace) -> int:
+    from engine.runtime.device import configure_cpu_threads
+    from engine.freemask.pipeline import run_freemask_batch
+    from engine.runtime.progress import ProgressBar
+
+
+    configure_cpu_threads()
+    try:
+        fconf = feature_config_from_args(args)
+        params = params_from_args(args)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    check_outputs_free([args.out], args.overwrite)
+    if sharded(args):
+        from engine.runtime.sharding import print_summary, run_sharded
+
+
+        summary = run_sharded(freemask_shard, (args, fconf, params), out=args.out, nproc=args.nproc,
+                              device=args.device, fmt=args.format, info=FREEMASK_INFO, overwrite=args.overwrite,
+                              title="freemask")
+        code = print_summary(summary, what="{s.cache_hits} from cache, backbone {s.backbone_seconds:.1f}s, "
+                             "post-processing {s.postprocess_seconds:.1f}s")
+        for folder, what in ((args.labels, "label images"), (args.overlays, "overlays")):
+            if summary is not None and folder is not None:
+                print(f"{what} -> {folder}")
+        return code
+    report = run_freemask_batch(
+        args.images, feature_config=fconf, params=params, device=args.device,
+        cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=ProgressBar("freemask"),
+    )
+    for path, why in report.skipped:
+        print(f"skipped {path}: {why}", file=sys.stderr)
+    for _path, why in report.failures:
+        print(f"error: {why}", file=sys.stderr)
+    written = write_outputs(report, args.out, args.format, args.labels, args.overlays, args.overwrite)
+    n_masks = sum(len(r.instances) for r in report.results)
+    print(f"{len(report.results)} images, {n_masks} masks -> {written[0]}"
+          f" ({report.cache_hits} from cache, backbone {report.backbone_seconds:.1f}s, "
+          f"post-processing {report.postprocess_seconds:.1f}s)")
+    if args.labels is not None:
+        print(f"label images -> {args.labels}")
+    if args.overlays is not None:
+        print(f"overlays -> {args.overlays}")
+    if report.failures:
+        print(f"{len(report.failures)} file(s) failed (listed above)", file=sys.stderr)
+        return EXIT_PARTIAL
+    return EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from engine.eval.coco_eval import evaluate_segm, format_metrics
+
+
+    metrics = evaluate_segm(args.gt, args.pred)
+    print(json.dumps(metrics, indent=2) if args.json else format_metrics(metrics))
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from engine.demo import run_demo
+
+
+    run_demo(args.out, n=args.n, size=args.size, device=args.device)
+    return EXIT_OK

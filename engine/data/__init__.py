@@ -1,0 +1,1 @@
+"""Data for tests and demos (synthetic images with ground truth)."""

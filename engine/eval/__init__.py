@@ -1,0 +1,1 @@
+"""Evaluation: COCO mask AP/AR and the classical baselines."""

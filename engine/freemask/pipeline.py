@@ -1,0 +1,77 @@
+"""Free Mask over a batch of images: the steps shared by the CLI, the demo, self-training and the plugin.
+
+Features are cached on disk by image content, so a rerun (or a resumed, interrupted run) skips
+the backbone for every image already seen.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from engine.backbones.weights import cache_root
+from engine.freemask.features import FeatureCache, FeatureConfig, FeatureExtractor, extract_cached
+from engine.freemask.postprocess import FreeMaskParams, postprocess
+from engine.io.images import file_sha1
+from engine.runtime.batch import BatchReport, ProgressFn, iter_batch
+from engine.structures import ImageResult
+
+
+def default_cache_dir() -> Path:
+    """Feature cache shared by the CLI and the plugin (``FREESOLO_CACHE`` overrides)."""
+    return cache_root() / "features"
+
+
+def run_freemask_batch(
+    inputs: Sequence[str | Path],
+    *,
+    feature_config: FeatureConfig | None = None,
+    params: FreeMaskParams | None = None,
+    device: str = "auto",
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
+    extractor: FeatureExtractor | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_result: Callable[[ImageResult, np.ndarray], None] | None = None,
+    shard: tuple[int, int] | None = None,
+) -> BatchReport:
+    """Run Free Mask on every image of ``inputs`` (folders and/or files).
+
+    Raises only for problems with the whole batch (no images at all, missing input path);
+    per-file problems go to ``report.failures``. ``shard = (rank, world)``: only that share of
+    the images (``engine.runtime.sharding`` runs the shares in parallel and merges them).
+    """
+    params = (params or FreeMaskParams()).validated()
+    report = BatchReport()
+    images = iter_batch(inputs, report, progress, should_stop, shard)
+    first = next(images, None)  # lists the inputs: a missing path or empty folder fails before the model loads
+    extractor = extractor or FeatureExtractor(feature_config or FeatureConfig(), device=device)
+    cache = FeatureCache(cache_dir or default_cache_dir()) if use_cache else None
+    t_start = time.perf_counter()
+    for name, path, image in itertools.chain([first] if first is not None else [], images):
+        try:
+            digest = file_sha1(path) if cache is not None else None
+            t0 = time.perf_counter()
+            feats, hit = extract_cached(extractor, image, digest, cache)
+            t1 = time.perf_counter()
+            result = postprocess(feats, params, image)
+            t2 = time.perf_counter()
+        except (OSError, RuntimeError, ValueError) as exc:  # e.g. out of memory on a huge image
+            report.failures.append((str(path), f"{path}: {type(exc).__name__}: {exc}"))
+            continue
+        report.cache_hits += int(hit)
+        report.backbone_seconds += 0.0 if hit else t1 - t0
+        report.postprocess_seconds += t2 - t1
+        h, w = image.shape[:2]
+        img_result = ImageResult(file_name=name, height=h, width=w, instances=result.instances)
+        report.results.append(img_result)
+        report.images[name] = path
+        if on_result is not None:
+            on_result(img_result, image)
+    report.total_seconds = time.perf_counter() - t_start
+    return report

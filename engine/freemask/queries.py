@@ -1,0 +1,53 @@
+"""Pyramid queries: the key map pooled at several scales, one unit vector per cell.
+
+The official Free Mask pools the key map to a coarse grid per pyramid scale; every pooled
+vector is a query. Near-copies (cosine above ``DISTINCT_QUERY_COS`` to a coarser query) are
+dropped before they cost anything downstream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+DISTINCT_QUERY_COS = 0.95  # queries closer than this to a better one are not split again
+
+
+@dataclass
+class Queries:
+    vectors: torch.Tensor  # (Q, D) unit vectors
+    scale: torch.Tensor  # (Q,) pyramid scale of each query
+    yx: torch.Tensor  # (Q, 2) query centre in key-grid coordinates
+
+
+def build_queries(keys: torch.Tensor, scales: tuple[float, ...], query_stride: int) -> Queries:
+    """Pool the key map into one query grid per pyramid scale (area pooling, then L2 norm)."""
+    d, h, w = keys.shape
+    ratio = 8.0 / query_stride  # keys live at stride 8
+    vecs, sc, yx = [], [], []
+    for s in sorted(set(scales)):  # coarse first: they survive de-duplication
+        gh = max(1, round(h * ratio * s))
+        gw = max(1, round(w * ratio * s))
+        pooled = F.adaptive_avg_pool2d(keys[None], (gh, gw))[0]
+        vecs.append(F.normalize(pooled.reshape(d, -1).T, dim=1))
+        ys = (torch.arange(gh, dtype=torch.float32) + 0.5) * h / gh - 0.5
+        xs = (torch.arange(gw, dtype=torch.float32) + 0.5) * w / gw - 0.5
+        grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)
+        yx.append(grid)
+        sc.append(torch.full((gh * gw,), float(s)))
+    return Queries(torch.cat(vecs), torch.cat(sc), torch.cat(yx))
+
+
+def distinct_queries(queries: Queries, max_cos: float = DISTINCT_QUERY_COS) -> Queries:
+    """Drop queries nearly parallel to an earlier one (coarse scales first).
+
+    Hundreds of queries on one background region, or on one kind of object, give the same
+    mask; scoring, labelling and suppressing all of them is wasted work (and near-copies
+    would crowd out rarer queries in the candidate cap). One Q×Q product decides.
+    """
+    v = queries.vectors
+    sim = (v @ v.T).triu(diagonal=1)
+    keep = ~(sim > max_cos).any(dim=0)
+    return Queries(v[keep], queries.scale[keep], queries.yx[keep])

@@ -1,0 +1,1 @@
+"""Image, mask and COCO input/output: loaders, RLE and polygons, COCO files, atomic writes."""

@@ -1,0 +1,1 @@
+"""Tensor operations shared by the generators and the student (Matrix NMS)."""

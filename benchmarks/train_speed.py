@@ -16,7 +16,8 @@ import torch
 
 from engine.io.coco import build_coco_dataset, write_coco
 from engine.runtime.distributed import launch
-from engine.solo.train import TrainConfig, train
+from engine.solo.config import TrainConfig
+from engine.solo.train import train
 from engine.structures import ImageResult
 from engine.data.synthetic import label_map_to_masks, make_sample, sample_seed, write_synthetic_dataset
 

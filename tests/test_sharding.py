@@ -123,11 +123,12 @@ def test_freemask_on_two_processes_equals_one(folder, tmp_path, capsys):
 def tiny_model(folder, tmp_path_factory) -> Path:
     """A SOLO trained for 2 iterations on the synthetic ground truth, with inference thresholds low
     enough that it predicts masks however little it learned (what is compared here is the merge)."""
-    from engine.solo.train import TrainConfig, train
+    from engine.solo.config import TrainConfig
+    from engine.solo.train import train
 
     run = tmp_path_factory.mktemp("solo")
     train(folder, folder.parent / "gt.json", run, cfg=TrainConfig(iters=2, batch=2, size=96))
-    state = torch.load(run / "model.pt", weights_only=False)
+    state = torch.load(run / "model.pt", weights_only=True)
     state["model_config"]["inference"].update(mask_thr=0.1, update_thr=0.0)
     torch.save(state, run / "model.pt")
     return run / "model.pt"

@@ -17,8 +17,11 @@ from engine.cli import main
 from engine.io.coco import build_coco_dataset, write_coco
 from engine.io.masks import mask_to_rle
 from engine.solo import amp as amp_mod
-from engine.solo import train as train_module
-from engine.solo.train import CheckpointError, TrainConfig, TrainingDivergedError, load_model, train
+from engine.solo import checkpoint as train_module  # the module whose open() writes checkpoints
+from engine.solo.checkpoint import CheckpointError, load_model
+from engine.solo.config import TrainConfig
+from engine.solo.train import train
+from engine.solo.trainer import TrainingDivergedError
 from engine.structures import ImageResult
 from engine.data.synthetic import label_map_to_masks, make_sample, sample_seed, write_synthetic_dataset
 
@@ -151,7 +154,7 @@ def test_masks_outside_the_image_are_skipped_naming_the_image(data, tmp_path, ca
 
 def _tampered(trained: Path, tmp_path: Path) -> Path:
     """model.pt whose config says 32-d kernels while its weights are 64-d."""
-    state = torch.load(trained / "model.pt", weights_only=False)
+    state = torch.load(trained / "model.pt", weights_only=True)
     state["model_config"]["head"]["kernel_dim"] = 32
     state["model_config"]["mask"]["out_dim"] = 32
     path = tmp_path / "tampered.pt"

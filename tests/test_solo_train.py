@@ -8,7 +8,9 @@ import torch
 
 from engine.cli import main
 from engine.io.coco import build_coco_dataset, write_coco
-from engine.solo.train import CheckpointError, TrainConfig, load_model, train
+from engine.solo.checkpoint import CheckpointError, load_model
+from engine.solo.config import TrainConfig
+from engine.solo.train import train
 from engine.data.synthetic import label_map_to_masks, make_sample, write_synthetic_dataset
 from engine.structures import ImageResult
 
@@ -126,7 +128,7 @@ def test_each_torchrun_process_takes_its_own_gpu(monkeypatch):
 
 
 def test_divergence_stops_clearly_and_keeps_the_last_good_checkpoint(data, tmp_path, capsys):
-    from engine.solo.train import TrainingDivergedError
+    from engine.solo.trainer import TrainingDivergedError
 
     run = tmp_path / "nan"
     train(data / "images", data / "coarse.json", run, cfg=TrainConfig(iters=2, size=128, checkpoint_every=1))

@@ -43,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from engine.io.images import NoImagesError
 
         from engine.runtime.sharding import ShardError
-        from engine.solo.train import CheckpointError, TrainingDivergedError
+        from engine.solo.checkpoint import CheckpointError
+        from engine.solo.trainer import TrainingDivergedError
 
         user_errors += (BackboneError, CocoFormatError, NoImagesError, CheckpointError, TrainingDivergedError,
                         ShardError)

@@ -13,7 +13,7 @@ from engine.cli.common import add_nproc_option, check_outputs_free, sharded
 
 
 def add_solo_commands(sub) -> None:
-    from engine.solo.train import TrainConfig
+    from engine.solo.config import TrainConfig
 
     d = TrainConfig()
     tr = sub.add_parser("train", help="train a class-agnostic SOLO on coarse masks (FreeSOLO's weak losses)",
@@ -108,7 +108,7 @@ def _amp_note(args, amp_dtype: str = "float16") -> None:
 
 
 def _train_config(args):
-    from engine.solo.train import TrainConfig
+    from engine.solo.config import TrainConfig
 
     _amp_note(args, args.amp_dtype)
     return TrainConfig(iters=args.iters, batch=args.batch, size=args.size, lr=args.lr, optimizer=args.optimizer,
@@ -192,7 +192,7 @@ def cmd_train(args) -> int:
     device = resolve_device(args.device)
     if args.nproc > 1:
         from engine.runtime.distributed import launch
-        from engine.solo.train import load_model
+        from engine.solo.checkpoint import load_model
 
         launch(train, args.nproc, args.images, args.masks, args.out, cfg=_train_config(args),
                model_cfg=_model_config(args), device=device, resume=args.resume)
@@ -238,7 +238,7 @@ def cmd_predict(args) -> int:
     _amp_note(args)
     if sharded(args):
         from engine.runtime.sharding import print_summary, run_sharded
-        from engine.solo.train import load_model
+        from engine.solo.checkpoint import load_model
 
         load_model(args.model)  # a bad checkpoint is one clear error here, not one per process
         summary = run_sharded(predict_shard, (args,), out=args.out, nproc=args.nproc, device=args.device,

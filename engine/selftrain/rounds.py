@@ -26,7 +26,9 @@ from engine.freemask.pipeline import run_freemask_batch
 from engine.solo.config import SoloConfig
 from engine.solo.predict import predict_folder
 from engine.selftrain.pseudo import SelectionConfig, select_pseudo_labels
-from engine.solo.train import FINAL, TrainConfig, train
+from engine.solo.checkpoint import FINAL
+from engine.solo.config import TrainConfig
+from engine.solo.train import train
 from engine.structures import ImageResult
 
 Say = Callable[[str], None]

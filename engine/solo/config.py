@@ -196,3 +196,31 @@ class SoloConfig:
         if unknown:
             raise ValueError(f"SoloConfig: unknown keys {sorted(unknown)}")
         return cls(**{k: _build(c, dict(data[k])) for k, c in parts.items() if k in data})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How the student is trained (saved in every checkpoint as ``train_config``)."""
+
+    iters: int = 1500  # 300 left the student far below its coarse masks; 1500 beat them (see README)
+    batch: int = 2
+    size: int = 320  # training images are letterboxed to size×size
+    optimizer: Literal["adamw", "sgd"] = "adamw"  # SGD (paper: lr 0.001, batch 16) barely moved at batch 2 here
+    lr: float = 1e-3
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 0.05
+    mask_loss: Literal["weak", "full"] = "full"  # measured better here than the paper's "weak" (see README)
+    alpha: float = 0.1  # weight of the average-projection Dice
+    mask_weight: float = 3.0
+    focal_weight: float = 1.0
+    pairwise_weight: float = 1.0
+    pairwise_threshold: float = 0.3
+    pairwise_warmup: int = 100
+    copy_paste: float = 0.5  # chance that a batch image is the strong view (objects of another image pasted in)
+    ignore_weight: float = 0.1  # category-loss weight of negative cells inside unselected candidates
+    max_mask_positives: int = 64  # per batch, sampled at random for the mask losses (0 = all)
+    positive_only_focal: bool = False  # self-training: no push to background for unlabeled objects
+    checkpoint_every: int = 100
+    seed: int = 0
+    amp: bool = True  # mixed precision on CUDA (see engine/solo/amp.py); float32 on the CPU
+    amp_dtype: Literal["float16", "bfloat16"] = "float16"  # bfloat16 also autocasts on the CPU

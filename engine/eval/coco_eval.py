@@ -69,69 +69,65 @@ def evaluate_segm(gt: CocoInput, pred: CocoInput) -> dict[str, float | int]:
     if gt_ds.is_result_list:
         raise CocoFormatError(gt_ds.path, "ground truth must be a COCO dataset with images, not a result list")
     pred_ds = _load(pred)
-
     sizes = {img["id"]: (img["height"], img["width"]) for img in gt_ds.images}
-    images = [
-        {"id": img["id"], "file_name": img["file_name"], "height": img["height"], "width": img["width"]}
-        for img in gt_ds.images
-    ]
+    images = [{k: img[k] for k in ("id", "file_name", "height", "width")} for img in gt_ds.images]
+    gt_anns = _ground_truth_annotations(gt_ds, sizes)
+    id_map, unmatched = _match_images(gt_ds, pred_ds, sizes)
+    dt_anns = _prediction_annotations(pred_ds, id_map, sizes)
+    n_gt = sum(1 for a in gt_anns if not a["iscrowd"])
+    result: dict[str, float | int] = {"n_images": len(images), "n_gt": n_gt, "n_pred": len(dt_anns),
+                                      "n_unmatched": len(unmatched)}
+    if not images or not dt_anns:  # undefined: -1 without objects (pycocotools' value), else 0
+        result.update({k: (0.0 if images and n_gt else -1.0) for k in METRICS})
+        return result
+    for key, value in _coco_metrics(images, gt_anns, dt_anns, sorted(sizes, key=lambda i: (str(type(i)), i))).items():
+        result[key] = max(value, 0.0) if n_gt else value
+    return result
 
-    gt_anns: list[dict[str, Any]] = []
+
+METRICS = ("AP", "AP50", "AP75", "AR100")
+
+
+def _ground_truth_annotations(gt_ds: CocoDataset, sizes: dict) -> list[dict[str, Any]]:
+    """Every decodable ground-truth mask as RLE, one category, crowd regions ignored."""
+    out: list[dict[str, Any]] = []
     for ann in gt_ds.annotations:
-        h, w = sizes[ann["image_id"]]
-        enc = _to_rle_ann(ann, h, w)
+        enc = _to_rle_ann(ann, *sizes[ann["image_id"]])
         if enc is None:
             continue
         crowd = int(bool(ann.get("iscrowd", 0)))
-        gt_anns.append(
-            {**enc, "id": len(gt_anns) + 1, "image_id": ann["image_id"],
-             "category_id": CATEGORY["id"], "iscrowd": crowd,
-             "ignore": crowd}
-        )
+        out.append({**enc, "id": len(out) + 1, "image_id": ann["image_id"], "category_id": CATEGORY["id"],
+                    "iscrowd": crowd, "ignore": crowd})
+    return out
 
-    # Map prediction image ids onto GT ids.
-    unmatched: set[Any] = set()
+
+def _match_images(gt_ds: CocoDataset, pred_ds: CocoDataset, sizes: dict) -> tuple[dict, set]:
+    """Prediction image id -> ground-truth image id (by id for result lists, by file name for datasets),
+    and the prediction image ids without a match."""
     if pred_ds.is_result_list:
-        id_map = {i: i for i in sizes}
-        unmatched = {a["image_id"] for a in pred_ds.annotations if a["image_id"] not in sizes}
-    else:
-        by_name = {img["file_name"]: img["id"] for img in gt_ds.images}
-        id_map = {}
-        for img in pred_ds.images:
-            if img["file_name"] in by_name:
-                id_map[img["id"]] = by_name[img["file_name"]]
-            else:
-                unmatched.add(img["id"])
+        return {i: i for i in sizes}, {a["image_id"] for a in pred_ds.annotations if a["image_id"] not in sizes}
+    by_name = {img["file_name"]: img["id"] for img in gt_ds.images}
+    id_map = {img["id"]: by_name[img["file_name"]] for img in pred_ds.images if img["file_name"] in by_name}
+    return id_map, {img["id"] for img in pred_ds.images if img["file_name"] not in by_name}
 
-    dt_anns: list[dict[str, Any]] = []
+
+def _prediction_annotations(pred_ds: CocoDataset, id_map: dict, sizes: dict) -> list[dict[str, Any]]:
+    """Every decodable, non-empty predicted mask on a matched image, as RLE with its score."""
+    out: list[dict[str, Any]] = []
     for ann in pred_ds.annotations:
         gt_id = id_map.get(ann["image_id"])
         if gt_id is None:
             continue
-        h, w = sizes[gt_id]
-        enc = _to_rle_ann(ann, h, w)
+        enc = _to_rle_ann(ann, *sizes[gt_id])
         if enc is None or enc["area"] == 0:
             continue
-        dt_anns.append(
-            {**enc, "id": len(dt_anns) + 1, "image_id": gt_id, "category_id": CATEGORY["id"],
-             "iscrowd": 0, "score": float(ann.get("score", 1.0))}
-        )
+        out.append({**enc, "id": len(out) + 1, "image_id": gt_id, "category_id": CATEGORY["id"],
+                    "iscrowd": 0, "score": float(ann.get("score", 1.0))})
+    return out
 
-    n_gt = sum(1 for a in gt_anns if not a["iscrowd"])
-    result: dict[str, float | int] = {
-        "n_images": len(images),
-        "n_gt": n_gt,
-        "n_pred": len(dt_anns),
-        "n_unmatched": len(unmatched),
-    }
-    keys = ("AP", "AP50", "AP75", "AR100")
-    if not images:
-        result.update({k: -1.0 for k in keys})
-        return result
-    if not dt_anns:
-        result.update({k: (0.0 if n_gt else -1.0) for k in keys})
-        return result
 
+def _coco_metrics(images: list, gt_anns: list, dt_anns: list, image_ids: list) -> dict[str, float]:
+    """pycocotools' segm AP, AP50, AP75 and AR@100 with categories ignored (its printout silenced)."""
     categories = [dict(CATEGORY)]
     coco_gt = _coco_object({"images": images, "annotations": gt_anns, "categories": categories})
     coco_dt = _coco_object({"images": images, "annotations": dt_anns, "categories": categories})
@@ -139,16 +135,12 @@ def evaluate_segm(gt: CocoInput, pred: CocoInput) -> dict[str, float | int]:
         ev = COCOeval(coco_gt, coco_dt, iouType="segm")
         ev.params.useCats = 0
         ev.params.maxDets = [1, 10, 100]
-        ev.params.imgIds = sorted(sizes, key=lambda i: (str(type(i)), i))
+        ev.params.imgIds = image_ids
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
     stats = np.asarray(ev.stats, dtype=np.float64)
-    values = {"AP": stats[0], "AP50": stats[1], "AP75": stats[2], "AR100": stats[8]}
-    for key, value in values.items():
-        v = float(value)
-        result[key] = max(v, 0.0) if n_gt else v
-    return result
+    return {"AP": float(stats[0]), "AP50": float(stats[1]), "AP75": float(stats[2]), "AR100": float(stats[8])}
 
 
 def format_metrics(metrics: dict) -> str:

@@ -166,3 +166,19 @@ def test_unicode_path(tmp_path: Path) -> None:
     target = tmp_path / "données" / "résultats ü.json"
     atomic_write_json(target, {"a": 1})
     assert json.loads(target.read_text()) == {"a": 1}
+
+
+def test_file_mode_follows_the_umask_without_changing_it(tmp_path, monkeypatch):
+    """Atomic writes give the mode a plain open() would, and never flip the process umask
+    (flipping it raced with worker threads creating files)."""
+    from engine.io import atomic
+
+    calls = []
+    real = os.umask
+    monkeypatch.setattr(os, "umask", lambda m: calls.append(m) or real(m))
+    atomic._default_file_mode.cache_clear()
+    target = atomic.atomic_write_json(tmp_path / "x.json", {"a": 1})
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert (target.stat().st_mode & 0o777) == (plain.stat().st_mode & 0o777)
+    assert calls == []

@@ -9,6 +9,8 @@ target path and refuses to overwrite unless asked.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import shutil
@@ -63,17 +65,35 @@ def _backup_path(path: Path) -> Path:
     return path.with_name(path.name + ".bak")
 
 
-_UMASK: int | None = None
+def _read_umask() -> int:
+    """The process umask, read without changing it.
+
+    ``os.umask`` can only be read by setting it, which would race with threads creating files
+    meanwhile; Linux reports it in /proc/self/status, elsewhere a probe file's mode tells it.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    fd, probe = tempfile.mkstemp(prefix=".umask-probe-")
+    try:
+        os.close(fd)
+        os.unlink(probe)
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o777)
+        mode = os.fstat(fd).st_mode & 0o777
+        os.close(fd)
+        return 0o777 & ~mode
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
 
 
+@functools.lru_cache(maxsize=1)
 def _default_file_mode() -> int:
     """Permissions an ordinary ``open(path, 'w')`` would give (mkstemp uses 0600)."""
-    global _UMASK
-    if _UMASK is None:
-        mask = os.umask(0o022)
-        os.umask(mask)
-        _UMASK = mask
-    return 0o666 & ~_UMASK
+    return 0o666 & ~_read_umask()
 
 
 def _prepare_dir(path: Path) -> None:

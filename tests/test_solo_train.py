@@ -150,7 +150,7 @@ def test_selftrain_stops_with_a_checkpoint_and_resume_finishes(data, tmp_path, c
     import signal
 
     from engine.cli.solo import stop_on_sigint
-    from engine.selftrain.rounds import SelfTrainStopped, selftrain
+    from engine.selftrain.rounds import SelfTrainConfig, SelfTrainStopped, selftrain
 
     with stop_on_sigint() as should_stop:  # the first Ctrl-C only asks to stop
         assert not should_stop()
@@ -168,7 +168,7 @@ def test_selftrain_stops_with_a_checkpoint_and_resume_finishes(data, tmp_path, c
         return sum(1 for _i, n in seen if n == 50) >= 2  # two training iterations done
 
     with pytest.raises(SelfTrainStopped, match="round 1"):
-        selftrain(data / "images", st, rounds=1, train_cfg=TrainConfig(iters=50, size=128, checkpoint_every=1000),
+        selftrain(data / "images", st, config=SelfTrainConfig(rounds=1), train_cfg=TrainConfig(iters=50, size=128, checkpoint_every=1000),
                   say=lambda _t: None, progress=progress, should_stop=stop, events=events.append)
     assert events[0] == {"event": "phase", "round": 0, "rounds": 1, "phase": "freemask"}
     assert {"event": "round_done", "round": 0, "rounds": 1, "path": str(st / "round_0" / "coarse.json")} in events

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import signal
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from engine.cli.common import add_nproc_option, check_outputs_free, sharded
 
 
 def add_solo_commands(sub) -> None:
+    from engine.selftrain.rounds import SelfTrainConfig
     from engine.solo.config import TrainConfig
 
     d = TrainConfig()
@@ -48,16 +48,17 @@ def add_solo_commands(sub) -> None:
                         "round_K (K >= 2) SOLO retrained on round K-1's confident predictions. Resumable.")
     st.add_argument("images", type=Path)
     st.add_argument("--out", required=True, type=Path)
-    st.add_argument("--rounds", type=int, default=2, help="training rounds (default: %(default)s)")
-    st.add_argument("--keep-thr", type=float, default=0.3, help="score kept as a pseudo-label (default: %(default)s)")
-    st.add_argument("--max-keep", type=int, default=20, help="pseudo-labels per image (default: %(default)s)")
+    s = SelfTrainConfig()
+    st.add_argument("--rounds", type=int, default=s.rounds, help="training rounds (default: %(default)s)")
+    st.add_argument("--keep-thr", type=float, default=s.keep_thr, help="score kept as a pseudo-label (default: %(default)s)")
+    st.add_argument("--max-keep", type=int, default=s.max_keep, help="pseudo-labels per image (default: %(default)s)")
     st.add_argument("--positive-only", action="store_true",
                     help="rounds >= 2: focal loss only at positive cells (the official 'pseudo' mode) instead of "
                     "down-weighting negatives inside unselected predictions")
-    st.add_argument("--ignore-min-score", type=float, default=float("inf"),
+    st.add_argument("--ignore-min-score", type=float, default=s.ignore_min_score,
                     help="rounds >= 2: unselected predictions scoring at least this become ignore regions (negatives "
                     "down-weighted), lower ones background (default: none, all unselected are background)")
-    st.add_argument("--coarse-top", type=int, default=8,
+    st.add_argument("--coarse-top", type=int, default=s.coarse_top,
                     help="round 1 learns from the best N plausible coarse masks per image, the others become "
                     "ignore regions with down-weighted negatives (0: all coarse masks; default: %(default)s)")
     st.add_argument("--eval-images", type=Path, default=None, help="labeled images to evaluate each round on")
@@ -148,29 +149,6 @@ def stop_on_sigint():
         signal.signal(signal.SIGINT, previous)
 
 
-def _json_lines():
-    """(events, progress) callbacks writing one JSON object per line on stdout."""
-    state = {"round": 0, "rounds": 0, "phase": ""}
-
-    def write(obj: dict) -> None:
-        sys.stdout.write(json.dumps(obj) + "\n")
-        sys.stdout.flush()
-
-    def events(event: dict) -> None:
-        state.update({k: event[k] for k in ("round", "rounds", "phase") if k in event})
-        write(event)
-
-    def progress(i: int, n: int, info) -> None:
-        event = {"event": "progress", **state, "done": i, "total": n}
-        if isinstance(info, str):
-            event["file"] = info
-        else:
-            event["loss"] = info
-        write(event)
-
-    return events, progress
-
-
 def _loss_bar(title: str):
     from engine.runtime.progress import ProgressBar
 
@@ -255,30 +233,31 @@ def cmd_predict(args) -> int:
 
 def cmd_selftrain(args) -> int:
     from engine.runtime.device import configure_cpu_threads, resolve_device
-    from engine.selftrain.rounds import SelfTrainStopped, format_summary, selftrain
+    from engine.selftrain.events import DONE, JsonLines
+    from engine.selftrain.rounds import SelfTrainConfig, SelfTrainStopped, format_summary, selftrain
 
     configure_cpu_threads()
     if args.resume and not args.out.is_dir():
         print(f"freesolo selftrain: error: --resume: {args.out} holds no earlier run", file=sys.stderr)
         return 2
     if args.progress == "json":
-        events, progress = _json_lines()
-        say = lambda text: events({"event": "message", "text": text})  # noqa: E731
+        lines = JsonLines()
+        events, progress, say = lines.events, lines.progress, lines.message
     else:
         events, progress, say = None, _loss_bar("selftrain"), print
     try:
         with stop_on_sigint() as should_stop:
-            rows = selftrain(args.images, args.out, rounds=args.rounds, train_cfg=_train_config(args),
-                             model_cfg=_model_config(args), keep_thr=args.keep_thr, max_keep=args.max_keep,
-                             coarse_top=args.coarse_top, positive_only=args.positive_only,
-                             ignore_min_score=args.ignore_min_score,
-                             device=str(resolve_device(args.device)), eval_images=args.eval_images, gt=args.gt,
+            config = SelfTrainConfig(rounds=args.rounds, keep_thr=args.keep_thr, max_keep=args.max_keep,
+                                     coarse_top=args.coarse_top, positive_only=args.positive_only,
+                                     ignore_min_score=args.ignore_min_score)
+            rows = selftrain(args.images, args.out, config=config, train_cfg=_train_config(args),
+                             model_cfg=_model_config(args), device=str(resolve_device(args.device)), eval_images=args.eval_images, gt=args.gt,
                              say=say, progress=progress, should_stop=should_stop, events=events)
     except SelfTrainStopped as exc:
         print(f"freesolo selftrain: {exc} (with --resume)", file=sys.stderr)
         return 130
     if events is not None:
-        events({"event": "done", "rounds": args.rounds})
+        events({"event": DONE, "rounds": args.rounds})
     print(format_summary(rows))
     print(f"outputs in {args.out}")
     return 0

@@ -26,9 +26,10 @@ from engine.freemask.pipeline import run_freemask_batch
 from engine.solo.config import SoloConfig
 from engine.solo.predict import predict_folder
 from engine.selftrain.pseudo import SelectionConfig, select_pseudo_labels
-from engine.solo.checkpoint import FINAL
 from engine.solo.config import TrainConfig
 from engine.solo.train import train
+from engine.selftrain import events as ev
+from engine.selftrain.layout import RunLayout
 from engine.structures import ImageResult
 
 Say = Callable[[str], None]
@@ -64,18 +65,49 @@ def keep_predictions(path: Path, keep_thr: float, max_keep: int,
                                                          ignore_min_score=ignore_min_score))
 
 
+@dataclass(frozen=True)
+class SelfTrainConfig:
+    """The self-training knobs (the CLI's and the panel's defaults come from here)."""
+
+    rounds: int = 2  # SOLO rounds after Free Mask's round 0
+    keep_thr: float = 0.3  # rounds >= 2: a prediction scoring at least this can be a pseudo-label
+    max_keep: int = 20  # rounds >= 2: pseudo-labels per image
+    coarse_top: int = 8  # round 1: the best N plausible coarse masks per image (0: all)
+    positive_only: bool = False  # rounds >= 2: focal loss only at positive cells (the official 'pseudo' mode)
+    ignore_min_score: float = float("inf")  # rounds >= 2: unselected predictions above this become ignore regions
+
+
+@dataclass
+class _Run:
+    """What every round of one ``selftrain`` call shares."""
+
+    images: Path
+    layout: RunLayout
+    cfg: SelfTrainConfig
+    train_cfg: TrainConfig
+    model_cfg: SoloConfig | None
+    device: str
+    say: Say
+    progress: Callable | None
+    should_stop: Callable[[], bool] | None
+    events: Events | None
+
+    def emit(self, kind: str, k: int, **info) -> None:
+        if self.events is not None:
+            self.events({"event": kind, "round": k, "rounds": self.cfg.rounds, **info})
+
+    def stopped(self, k: int, where: str) -> SelfTrainStopped:
+        self.emit(ev.STOPPED, k, phase=where)
+        return SelfTrainStopped(f"stopped during round {k} ({where}); run the same command again to continue")
+
+
 def selftrain(
     images: Path,
     out: Path,
     *,
-    rounds: int = 2,
+    config: SelfTrainConfig | None = None,
     train_cfg: TrainConfig | None = None,
     model_cfg: SoloConfig | None = None,
-    keep_thr: float = 0.3,
-    max_keep: int = 20,
-    coarse_top: int = 8,
-    positive_only: bool = False,
-    ignore_min_score: float = float("inf"),
     device: str = "cpu",
     eval_images: Path | None = None,
     gt: Path | None = None,
@@ -84,85 +116,90 @@ def selftrain(
     should_stop: Callable[[], bool] | None = None,
     events: Events | None = None,
 ) -> list[RoundSummary]:
-
-    def emit(event: str, k: int, **info) -> None:
-        if events is not None:
-            events({"event": event, "round": k, "rounds": rounds, **info})
-
-    def stopped(k: int, where: str) -> SelfTrainStopped:
-        emit("stopped", k, phase=where)
-        return SelfTrainStopped(f"stopped during round {k} ({where}); run the same command again to continue")
-
-    cfg = train_cfg or TrainConfig()
-    out.mkdir(parents=True, exist_ok=True)
-    summaries: list[RoundSummary] = []
-    r0 = out / "round_0" / "coarse.json"
-    if not r0.exists():
-        t0 = time.perf_counter()
-        say("round 0: Free Mask coarse masks")
-        emit("phase", 0, phase="freemask")
-        report = run_freemask_batch([images], device=device, progress=progress, should_stop=should_stop)
-        if report.cancelled:
-            raise stopped(0, "freemask")
-        write_coco(r0, build_coco_dataset(report.results))
-        (out / "round_0" / "seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}")
-    summaries.append(_summary(0, "Free Mask", r0, out / "round_0", eval_images, gt, device))
-    emit("round_done", 0, path=str(r0))
-    masks = r0
-    for k in range(1, rounds + 1):
-        rdir = out / f"round_{k}"
-        pred = rdir / "predictions.json"
-        if k == 1 and coarse_top > 0:
-            masks = rdir / "train_masks.json"
-            if not masks.exists():
-                coarse = list(load_image_results(r0).values())
-                write_coco(masks, build_coco_dataset(select_pseudo_labels(coarse, SelectionConfig(top=coarse_top))))
-        if k >= 2:
-            masks = rdir / "train_masks.json"
-            if not masks.exists():
-                write_coco(masks, build_coco_dataset(keep_predictions(out / f"round_{k - 1}" / "predictions.json",
-                                                                      keep_thr, max_keep, ignore_min_score)))
-        if not pred.exists():
-            t0 = time.perf_counter()
-            say(f"round {k}: training SOLO on {masks.relative_to(out)}")
-            emit("phase", k, phase="train", iters=cfg.iters)
-            round_cfg = replace(cfg, positive_only_focal=positive_only and k >= 2)
-            result = train(images, masks, rdir, cfg=round_cfg, model_cfg=model_cfg,
-                           device=device, resume=True, progress=progress, should_stop=should_stop)
-            for problem in result.problems[:5]:
-                say(f"  skipped: {problem}")
-            if result.iterations < cfg.iters:
-                raise stopped(k, f"training, checkpoint at iteration {result.iterations} in {rdir / 'checkpoint.pt'}")
-            emit("phase", k, phase="predict")
-            report = predict_folder([images], rdir / FINAL, device=device, should_stop=should_stop)
-            if report.cancelled:
-                raise stopped(k, "prediction")
-            write_coco(pred, build_coco_dataset(report.results))
-            (rdir / "seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}")
-        summaries.append(_summary(k, "SOLO" if k == 1 else "self-trained SOLO", pred, rdir, eval_images, gt, device))
-        emit("round_done", k, path=str(pred))
-        masks = pred
-    atomic_write_json(out / "summary.json", [s.__dict__ for s in summaries], overwrite=True, backup=False)
+    """Round 0 (Free Mask), then ``config.rounds`` SOLO rounds; every finished round is kept and skipped
+    on a rerun. Returns one summary per round (with metrics when ``gt`` is given)."""
+    layout = RunLayout(out)
+    run = _Run(Path(images), layout, config or SelfTrainConfig(), train_cfg or TrainConfig(), model_cfg, device,
+               say, progress, should_stop, events)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    _coarse_round(run)
+    summaries = [_summary(0, "Free Mask", layout, eval_images, gt, device)]
+    run.emit(ev.ROUND_DONE, 0, path=str(layout.coarse()))
+    for k in range(1, run.cfg.rounds + 1):
+        _training_round(run, k, _write_train_masks(run, k))
+        summaries.append(_summary(k, "SOLO" if k == 1 else "self-trained SOLO", layout, eval_images, gt, device))
+        run.emit(ev.ROUND_DONE, k, path=str(layout.predictions(k)))
+    atomic_write_json(layout.summary(), [s.__dict__ for s in summaries], overwrite=True, backup=False)
     return summaries
 
 
-def _summary(k: int, what: str, pred: Path, rdir: Path, eval_images: Path | None, gt: Path | None,
+def _coarse_round(run: _Run) -> None:
+    """Round 0: Free Mask's coarse masks of the folder (skipped when they exist)."""
+    if run.layout.coarse().exists():
+        return
+    t0 = time.perf_counter()
+    run.say("round 0: Free Mask coarse masks")
+    run.emit(ev.PHASE, 0, phase="freemask")
+    report = run_freemask_batch([run.images], device=run.device, progress=run.progress, should_stop=run.should_stop)
+    if report.cancelled:
+        raise run.stopped(0, "freemask")
+    write_coco(run.layout.coarse(), build_coco_dataset(report.results))
+    run.layout.seconds(0).write_text(f"{time.perf_counter() - t0:.1f}")
+
+
+def _write_train_masks(run: _Run, k: int) -> Path:
+    """The masks round ``k`` learns from: round 1 the selected coarse masks (all of them with
+    ``coarse_top`` 0), later rounds the selected predictions of round ``k - 1``."""
+    layout, cfg = run.layout, run.cfg
+    if k == 1 and cfg.coarse_top <= 0:
+        return layout.coarse()
+    target = layout.train_masks(k)
+    if not target.exists():
+        if k == 1:
+            coarse = list(load_image_results(layout.coarse()).values())
+            selected = select_pseudo_labels(coarse, SelectionConfig(top=cfg.coarse_top))
+        else:
+            selected = keep_predictions(layout.predictions(k - 1), cfg.keep_thr, cfg.max_keep, cfg.ignore_min_score)
+        write_coco(target, build_coco_dataset(selected))
+    return target
+
+
+def _training_round(run: _Run, k: int, masks: Path) -> None:
+    """Train round ``k`` (resuming its checkpoint) and predict the folder (skipped when done)."""
+    layout = run.layout
+    if layout.predictions(k).exists():
+        return
+    t0 = time.perf_counter()
+    run.say(f"round {k}: training SOLO on {masks.relative_to(layout.root)}")
+    run.emit(ev.PHASE, k, phase="train", iters=run.train_cfg.iters)
+    round_cfg = replace(run.train_cfg, positive_only_focal=run.cfg.positive_only and k >= 2)
+    result = train(run.images, masks, layout.round_dir(k), cfg=round_cfg, model_cfg=run.model_cfg,
+                   device=run.device, resume=True, progress=run.progress, should_stop=run.should_stop)
+    for problem in result.problems[:5]:
+        run.say(f"  skipped: {problem}")
+    if result.iterations < run.train_cfg.iters:
+        raise run.stopped(k, f"training, checkpoint at iteration {result.iterations} in {layout.checkpoint(k)}")
+    run.emit(ev.PHASE, k, phase="predict")
+    report = predict_folder([run.images], layout.model(k), device=run.device, should_stop=run.should_stop)
+    if report.cancelled:
+        raise run.stopped(k, "prediction")
+    write_coco(layout.predictions(k), build_coco_dataset(report.results))
+    layout.seconds(k).write_text(f"{time.perf_counter() - t0:.1f}")
+
+
+def _summary(k: int, what: str, layout: RunLayout, eval_images: Path | None, gt: Path | None,
              device: str) -> RoundSummary:
+    pred = layout.masks(k)
     results = load_image_results(pred)
-    seconds = float((rdir / "seconds.txt").read_text()) if (rdir / "seconds.txt").exists() else 0.0
+    seconds = float(layout.seconds(k).read_text()) if layout.seconds(k).exists() else 0.0
     s = RoundSummary(k, what, len(results), sum(len(r.instances) for r in results.values()), seconds)
     if gt is not None:
-        if k == 0 and eval_images is not None:
-            ev = rdir / "eval_predictions.json"
-            if not ev.exists():
-                write_coco(ev, build_coco_dataset(run_freemask_batch([eval_images], device=device).results))
-        elif eval_images is not None:
-            ev = rdir / "eval_predictions.json"
-            if not ev.exists():
-                write_coco(ev, build_coco_dataset(predict_folder([eval_images], rdir / FINAL, device=device).results))
-        else:
-            ev = pred
-        s.metrics = {key: round(v, 4) for key, v in evaluate_segm(gt, ev).items() if isinstance(v, float)}
+        ev_path = layout.eval_predictions(k) if eval_images is not None else pred
+        if eval_images is not None and not ev_path.exists():
+            report = (run_freemask_batch([eval_images], device=device) if k == 0
+                      else predict_folder([eval_images], layout.model(k), device=device))
+            write_coco(ev_path, build_coco_dataset(report.results))
+        s.metrics = {key: round(v, 4) for key, v in evaluate_segm(gt, ev_path).items() if isinstance(v, float)}
     return s
 
 

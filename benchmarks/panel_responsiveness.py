@@ -146,7 +146,7 @@ def main() -> int:
 
     from engine.runtime.device import available_cpu_count
     from engine.data.synthetic import make_sample
-    from freesolo_napari.run_scope import OPEN
+    from freesolo_napari.sections.run_scope import OPEN
 
     viewer, panel = open_viewer(napari)
     beat = Heartbeat()
@@ -227,7 +227,7 @@ def measure_folder(viewer, panel, beat, tmp, args, results) -> None:
     from PIL import Image
 
     from engine.data.synthetic import make_sample
-    from freesolo_napari.run_scope import FOLDER
+    from freesolo_napari.sections.run_scope import FOLDER
 
     folder = tmp / "folder"
     folder.mkdir()
@@ -279,21 +279,21 @@ def measure_training(panel, beat, tmp, args, results) -> None:
 
 def measure_tau(viewer, panel, beat, args, results) -> None:
     from engine.data.synthetic import make_sample
-    from freesolo_napari.run_scope import CURRENT
+    from freesolo_napari.sections.run_scope import CURRENT
 
     viewer.add_image(make_sample(7, (1024, 1024), kind="photo")[0], name="big", rgb=True)
     panel.run_scope.set_scope(CURRENT)
     panel.layer_combo.setCurrentText("big")
     panel.run()
-    wait_until(lambda: "big" in panel._features and panel.run_button.isEnabled(), 600)
+    wait_until(lambda: "big" in panel.state.features and panel.run_button.isEnabled(), 600)
     done: list[float] = []
-    original = panel._on_result
+    original = panel.show_update
 
     def timed(payload):
         original(payload)
         done.append(time.perf_counter())
 
-    panel._on_result = timed  # each update's worker connects to it when it starts
+    panel.show_update = timed  # each update's worker connects to it when it starts
     latencies = []
     values = [60, 70, 62, 72, 64, 74, 66, 76, 68, 78, 61]
     beat.start()

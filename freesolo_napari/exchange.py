@@ -1,6 +1,6 @@
 """COCO export and import for the panel: Labels layers <-> engine ImageResults.
 
-Only glue: encoding, validation and atomic writing are the engine's (``engine.coco``).
+Only glue: encoding, validation and atomic writing are the engine's (``engine.io.coco``).
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.coco import build_coco_dataset, load_image_results, write_coco
-from engine.masks import label_image_to_masks
+from engine.io.coco import build_coco_dataset, load_image_results, write_coco
+from engine.io.masks import label_image_to_masks
 from engine.structures import ImageResult, InstanceMask
 from freesolo_napari.layers import labels_name, show_instances
 

@@ -16,10 +16,10 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from engine.atomic import atomic_save
-from engine.features import FeatureCache, FeatureConfig, Features, FeatureExtractor, extract_cached
-from engine.images import file_sha1, list_images, load_image, relative_name
-from engine.pipeline import default_cache_dir
+from engine.io.atomic import atomic_save
+from engine.freemask.features import FeatureCache, FeatureConfig, Features, FeatureExtractor, extract_cached
+from engine.io.images import file_sha1, list_images, load_image, relative_name
+from engine.freemask.pipeline import default_cache_dir
 from engine.structures import ImageResult
 
 PATH_KEY = "freesolo_path"  # image layer metadata: the file the layer was loaded from (engine.load_image)
@@ -148,8 +148,8 @@ class FolderSession:
         """
         import pandas as pd
 
-        from engine.freemask import postprocess
-        from engine.images import ImageLoadError
+        from engine.freemask.postprocess import postprocess
+        from engine.io.images import ImageLoadError
         from freesolo_napari.exchange import labels_result
 
         for i, (path, name) in enumerate(zip(self.paths, self.names)):

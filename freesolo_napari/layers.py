@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from engine.masks import masks_to_label_image
+from engine.io.masks import masks_to_label_image
 from engine.structures import InstanceMask
 
 SCORE_COLORMAP = "viridis"  # low score dark purple, high score yellow
@@ -20,6 +20,16 @@ def labels_name(image_name: str) -> str:
 
 def points_name(image_name: str) -> str:
     return f"{image_name} · maskness"
+
+
+def image_from_layer(layer) -> np.ndarray:
+    """RGB uint8 (H, W, 3) from a napari image layer (2D, grayscale or RGB/RGBA)."""
+    from engine.io.images import to_uint8_rgb
+
+    data = np.asarray(layer.data)
+    if data.ndim == 3 and data.shape[-1] not in (3, 4) or data.ndim > 3:
+        raise ValueError(f"layer '{layer.name}' is not a 2D image (shape {data.shape}); pick a single plane")
+    return to_uint8_rgb(data)
 
 
 def image_name_of(layer_name: str) -> str:
@@ -110,7 +120,7 @@ class FreeMaskUpdate:
 
 def freemask_update(name: str, features, params, image: np.ndarray) -> FreeMaskUpdate:
     """Post-processing on cached ``features`` and the overlay of its masks (no napari calls: any thread)."""
-    from engine.freemask import postprocess
+    from engine.freemask.postprocess import postprocess
 
     result = postprocess(features, params, image)
     return FreeMaskUpdate(name, result, prepare_overlay(result.instances, image.shape[:2]), params)

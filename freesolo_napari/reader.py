@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.coco import CocoFormatError, load_image_results
+from engine.io.coco import CocoFormatError, load_image_results
 from freesolo_napari.folder import PATH_KEY
 from freesolo_napari.layers import instance_table, instances_to_labels, labels_name
 
@@ -27,7 +27,7 @@ def get_reader(path):
 
 def read_coco_layers(path) -> list[tuple]:
     """Layer data for a COCO file: (image, Labels) per image; raises CocoFormatError if not COCO."""
-    from engine.images import ImageLoadError, load_image
+    from engine.io.images import ImageLoadError, load_image
 
     if isinstance(path, (list, tuple)):
         path = path[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.synthetic import make_sample
+from engine.data.synthetic import make_sample
 
 
 def synthetic_photo() -> list[tuple[np.ndarray, dict, str]]:

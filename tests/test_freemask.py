@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from engine.freemask.features import FeatureConfig, Features
 from engine.freemask.postprocess import FreeMaskParams, postprocess
 from engine.freemask.queries import build_queries
-from engine.freemask.soft_masks import maskness, query_similarity, soft_masks
+from engine.ops.masks import maskness
+from engine.freemask.soft_masks import query_similarity, soft_masks
 from engine.ops.guided_filter import upsample_crop
 
 

@@ -45,7 +45,7 @@ def test_non_2d_layer_is_reported_and_panel_stays_usable(panel, qtbot):
 
 
 def test_controls_build_params_and_reject_bad_scales(panel, qtbot):
-    from freesolo_napari.controls import parse_scales
+    from freesolo_napari.sections.parameters import parse_scales
 
     _viewer, widget = panel
     c = widget.controls
@@ -88,7 +88,7 @@ def test_screenshot_of_panel_with_overlay(make_napari_viewer, qtbot):
 
 
 def test_export_with_edits_then_import_round_trip(panel, qtbot, tmp_path, make_napari_viewer):
-    from engine.coco import load_image_results
+    from engine.io.coco import load_image_results
 
     viewer, widget = panel
     widget.run_button.click()
@@ -146,15 +146,15 @@ def test_query_inspector_and_histogram(panel, qtbot):
     assert "maskness" in widget.inspect_query(100, 100)  # a second click still inspects the photo
     assert widget.backbone_calls == calls  # inspecting never runs the network
     widget.inspect_check.setChecked(True)
-    assert widget._on_click in viewer.mouse_drag_callbacks
+    assert widget.inspector.on_click in viewer.mouse_drag_callbacks
     widget.inspect_check.setChecked(False)
-    assert widget._on_click not in viewer.mouse_drag_callbacks
+    assert widget.inspector.on_click not in viewer.mouse_drag_callbacks
 
 
 def test_slider_values_follow_to_the_image_you_switch_to(panel, qtbot):
     """Sliders act on the panel's image; another image catches up when you pick it (no backbone),
     and picking a layer in napari's layer list picks its image in the panel."""
-    from engine.synthetic import make_sample
+    from engine.data.synthetic import make_sample
 
     viewer, widget = panel
     viewer.add_image(make_sample(5, (96, 96), kind="photo")[0], name="second", rgb=True)
@@ -168,12 +168,12 @@ def test_slider_values_follow_to_the_image_you_switch_to(panel, qtbot):
 
     widget.tau_slider.setValue(85)
     first = viewer.layers["synthetic photo · free masks"]
-    qtbot.waitUntil(lambda: widget._params_shown.get("synthetic photo") == widget.current_params(), timeout=30_000)
+    qtbot.waitUntil(lambda: widget.state.params_shown.get("synthetic photo") == widget.current_params(), timeout=30_000)
     assert np.array_equal(viewer.layers["second · free masks"].data, second), "only the panel's image updates"
 
     viewer.layers.selection.active = viewer.layers["second"]  # switching images catches up
     assert widget.layer_combo.currentText() == "second"
-    qtbot.waitUntil(lambda: widget._params_shown.get("second") == widget.current_params(), timeout=30_000)
+    qtbot.waitUntil(lambda: widget.state.params_shown.get("second") == widget.current_params(), timeout=30_000)
     assert (viewer.layers["second · free masks"].data > 0).sum() < (second > 0).sum()  # τ 0.85: tighter
     assert widget.backbone_calls == calls
     before = first.data.copy()
@@ -181,21 +181,21 @@ def test_slider_values_follow_to_the_image_you_switch_to(panel, qtbot):
     qtbot.wait(300)
     assert np.array_equal(first.data, before) and widget._update_worker is None
     viewer.layers.remove("second")  # closing an image frees its cached features
-    assert "second" not in widget._features and "second" not in widget._params_shown
-    assert "synthetic photo" in widget._features
+    assert "second" not in widget.state.features and "second" not in widget.state.params_shown
+    assert "synthetic photo" in widget.state.features
 
 
 def test_closing_the_viewer_while_free_mask_runs_is_safe(make_napari_viewer, qtbot):
     """Results of a worker still running when the viewer closes reach no deleted widget
     (under PyQt6 an exception in a slot would abort the whole process)."""
-    from engine.synthetic import make_sample
+    from engine.data.synthetic import make_sample
     from freesolo_napari.workers import running_workers
 
     viewer = make_napari_viewer()
     _dock, widget = viewer.window.add_plugin_dock_widget("freesolo-napari", "FreeSOLO")
     viewer.add_image(make_sample(3, (384, 384), kind="photo")[0], name="photo", rgb=True)
     widget.run()
-    worker = widget._worker
+    worker = widget.job
     assert worker in running_workers(widget)
     finished = []
     worker.finished.connect(lambda: finished.append(True))

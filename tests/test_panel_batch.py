@@ -36,7 +36,7 @@ def _idle(widget):
 @pytest.fixture
 def image_folder(tmp_path):
     """Three small photos, a corrupt 'image' and a text file."""
-    from engine.synthetic import make_sample
+    from engine.data.synthetic import make_sample
 
     folder = tmp_path / "images"
     folder.mkdir()
@@ -48,7 +48,7 @@ def image_folder(tmp_path):
 
 
 def test_run_on_all_open_images_progress_and_cancel(make_napari_viewer, qtbot):
-    from engine.synthetic import make_sample
+    from engine.data.synthetic import make_sample
 
     viewer, widget = _panel(make_napari_viewer)
     viewer.add_image(make_sample(1, (128, 128), kind="photo")[0], name="small", rgb=True)
@@ -67,7 +67,7 @@ def test_run_on_all_open_images_progress_and_cancel(make_napari_viewer, qtbot):
 
     before = len(_messages())
     widget.run_button.click()
-    widget._worker.yielded.connect(on_step)
+    widget.job.yielded.connect(on_step)
     assert any("stack" in m and "not a 2D image" in m for m in _messages()[before:])
     qtbot.waitUntil(lambda: _idle(widget), timeout=120_000)
     assert seen[0] == (1, 3), "determinate progress: one step per image"
@@ -76,7 +76,7 @@ def test_run_on_all_open_images_progress_and_cancel(make_napari_viewer, qtbot):
     assert 1 <= len(done) < 3, "Cancel stops between images"
     for layer in done:  # every shown result is complete and recorded
         name = layer.name.replace(" · free masks", "")
-        assert np.array_equal(widget._automatic[name], layer.data) and name in widget._features
+        assert np.array_equal(widget.state.automatic[name], layer.data) and name in widget.state.features
     assert not widget.progress.isVisible() and widget.cancel_button.isEnabled() is False
 
     widget.run_button.click()  # the panel is usable: a second run finishes every image
@@ -175,7 +175,7 @@ def test_folder_browse_run_cache_edits_and_new_session(make_napari_viewer, qtbot
 
 
 def test_folder_export_coco_and_label_images(make_napari_viewer, qtbot, image_folder, tmp_path):
-    from engine.coco import load_image_results, read_coco
+    from engine.io.coco import load_image_results, read_coco
 
     viewer, widget = _panel(make_napari_viewer)
     widget.run_scope.set_scope("folder")
@@ -229,7 +229,7 @@ def test_folder_export_coco_and_label_images(make_napari_viewer, qtbot, image_fo
 
 def test_cancel_mid_folder_then_run_again_resumes(make_napari_viewer, qtbot, tmp_path):
     """Cancel during 'Run whole folder' stops between images; running again computes only the rest."""
-    from engine.synthetic import make_sample
+    from engine.data.synthetic import make_sample
 
     folder = tmp_path / "larger"
     folder.mkdir()
@@ -250,7 +250,7 @@ def test_cancel_mid_folder_then_run_again_resumes(make_napari_viewer, qtbot, tmp
                 widget.cancel_button.click()
 
     widget.run_button.click()
-    widget._worker.yielded.connect(on_step)
+    widget.job.yielded.connect(on_step)
     qtbot.waitUntil(lambda: _idle(widget), timeout=120_000)
     assert "Cancelled after" in widget.status.text()
     computed = widget.backbone_calls

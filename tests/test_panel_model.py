@@ -34,7 +34,7 @@ def _items(combo):
 
 def test_model_choices_follow_the_engine(panel):
     from engine.backbones.registry import registered_backbones
-    from engine.device import available_devices
+    from engine.runtime.device import available_devices
 
     _viewer, widget = panel
     names = _items(widget.model.backbone)
@@ -60,23 +60,23 @@ def test_device_and_weights_choice_drop_cached_features(panel, qtbot, notices, t
 
     widget.run_button.click()
     qtbot.waitUntil(lambda: len(_labels(viewer)) == 1 and widget.run_button.isEnabled(), timeout=120_000)
-    first = widget._extractor
-    assert first is not None and widget._features and widget.backbone_calls == 1
+    first = widget.state.extractor
+    assert first is not None and widget.state.features and widget.backbone_calls == 1
 
     m.device.setCurrentText("cpu")  # 'auto' before: the extractor and features are dropped
-    assert widget._extractor is None and not widget._features
+    assert widget.state.extractor is None and not widget.state.features
     assert "recomputes" in widget.status.text()
 
     # a real checkpoint file (the embedded weights) loads, is selected and is what the next run uses
     weights = _REGISTRY["efficientnet-lite0"].path()
     m.load_weights(str(weights))
     qtbot.waitUntil(lambda: m.backbone.currentText() == str(weights), timeout=60_000)
-    assert widget._extractor is None and not widget._features
+    assert widget.state.extractor is None and not widget.state.features
     widget.run_button.click()
-    qtbot.waitUntil(lambda: widget._extractor is not None and widget.run_button.isEnabled(), timeout=120_000)
-    assert widget._extractor is not first
-    assert widget._extractor.config.backbone == str(weights)
-    assert widget._extractor.device == torch.device("cpu")
+    qtbot.waitUntil(lambda: widget.state.extractor is not None and widget.run_button.isEnabled(), timeout=120_000)
+    assert widget.state.extractor is not first
+    assert widget.state.extractor.config.backbone == str(weights)
+    assert widget.state.extractor.device == torch.device("cpu")
     assert widget.backbone_calls == 1 and len(notices) == 1
 
 
@@ -172,7 +172,7 @@ def test_every_input_has_a_tooltip(panel):
 
 
 def test_slider_burst_ends_on_the_latest_value_one_worker_at_a_time(panel, qtbot):
-    from engine.freemask import postprocess
+    from engine.freemask.postprocess import postprocess
     from freesolo_napari.layers import instances_to_labels
 
     viewer, widget = panel
@@ -192,7 +192,7 @@ def test_slider_burst_ends_on_the_latest_value_one_worker_at_a_time(panel, qtbot
     qtbot.waitUntil(lambda: widget._update_worker is None and not widget._update_again and bool(started),
                     timeout=60_000)
     assert all(w is None for w in started) and 1 <= len(started) <= 3  # throttled, never overlapping
-    image, feats = widget._features["synthetic photo"]
+    image, feats = widget.state.features["synthetic photo"]
     expected = postprocess(feats, widget.current_params(), image)
     assert widget.current_params().tau == pytest.approx(0.78)
     assert np.array_equal(_labels(viewer)[0].data, instances_to_labels(expected.instances, image.shape[:2]))

@@ -9,7 +9,7 @@ pytestmark = pytest.mark.gui
 @pytest.fixture
 def ran(make_napari_viewer, qtbot):
     """A viewer with two small photos, Free Mask run on both."""
-    from engine.synthetic import make_sample
+    from engine.data.synthetic import make_sample
 
     viewer = make_napari_viewer()
     viewer.add_image(make_sample(5, (160, 160), kind="photo")[0], name="a", rgb=True)
@@ -86,7 +86,7 @@ def test_edits_are_kept_or_replaced_as_the_user_says_and_undo(ran, qtbot):
     _wait_update(qtbot, widget, text)
     replaced = viewer.layers["a · free masks"].data.copy()
     assert asked == ["a", "a"] and not np.array_equal(replaced, edited)
-    assert np.array_equal(widget._automatic["a"], replaced)
+    assert np.array_equal(widget.state.automatic["a"], replaced)
 
     # Undo last update: the edited masks and their table come back
     assert widget.review.undo_button.isEnabled()
@@ -94,7 +94,7 @@ def test_edits_are_kept_or_replaced_as_the_user_says_and_undo(ran, qtbot):
     restored = viewer.layers["a · free masks"]
     assert np.array_equal(restored.data, edited)
     assert list(restored.features["score"]) == list(auto_features["score"])
-    assert np.array_equal(widget._automatic["a"], auto)  # still counted as edited against the old run
+    assert np.array_equal(widget.state.automatic["a"], auto)  # still counted as edited against the old run
     assert widget.review.is_edited("a")
 
     # an unedited layer updates without a question; undo of the first run removes its masks
@@ -114,7 +114,7 @@ def test_edits_are_kept_or_replaced_as_the_user_says_and_undo(ran, qtbot):
 
 
 def test_export_scope_and_format(ran, qtbot, tmp_path):
-    from engine.coco import read_coco
+    from engine.io.coco import read_coco
 
     viewer, widget = ran
     ex = widget.export_controls

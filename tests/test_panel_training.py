@@ -15,7 +15,7 @@ ITERS = 30
 
 @pytest.fixture
 def training_panel(make_napari_viewer, tmp_path):
-    from engine.synthetic import write_synthetic_dataset
+    from engine.data.synthetic import write_synthetic_dataset
 
     images, _gt = write_synthetic_dataset(tmp_path / "data", 4, seed=5, size=(96, 96), kind="cartoon")
     viewer = make_napari_viewer()

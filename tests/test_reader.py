@@ -12,10 +12,10 @@ pytestmark = pytest.mark.gui
 @pytest.fixture
 def coco_folder(tmp_path):
     """Two images with ground-truth masks, written as COCO next to the images."""
-    from engine.coco import build_coco_dataset, write_coco
-    from engine.masks import label_image_to_masks
+    from engine.io.coco import build_coco_dataset, write_coco
+    from engine.io.masks import label_image_to_masks
     from engine.structures import ImageResult, InstanceMask
-    from engine.synthetic import make_sample
+    from engine.data.synthetic import make_sample
 
     results = []
     for i, (name, size) in enumerate([("one.png", (96, 128)), ("sub/two.png", (112, 96))]):
@@ -64,13 +64,13 @@ def test_open_coco_file_gives_images_and_labels(make_napari_viewer, coco_folder,
     # the panel works on what the reader opened: export keeps the COCO file names
     _dock, widget = viewer.window.add_plugin_dock_widget("freesolo-napari", "FreeSOLO")
     widget.export_coco(str(folder / "again.json"))
-    from engine.coco import read_coco
+    from engine.io.coco import read_coco
 
     assert [im["file_name"] for im in read_coco(folder / "again.json").images] == ["one.png", "sub/two.png"]
 
 
 def test_missing_images_and_non_coco_json(make_napari_viewer, coco_folder, qtbot):
-    from engine.coco import CocoFormatError
+    from engine.io.coco import CocoFormatError
 
     folder, results = coco_folder
     (folder / "one.png").unlink()

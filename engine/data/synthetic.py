@@ -29,6 +29,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.draw import polygon as draw_polygon
 
+from engine.ops.masks import largest_part
 from engine.structures import ImageResult, InstanceMask
 
 __all__ = [
@@ -136,15 +137,6 @@ def _apply_palette(t: np.ndarray, palette: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------- shapes
 
 
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    lab, n = ndi.label(mask)
-    if n <= 1:
-        return mask
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    return lab == int(np.argmax(sizes))
-
-
 def _rotated_frame(
     rng: np.random.Generator, box: tuple[int, int, int, int], cy: float, cx: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
@@ -204,7 +196,7 @@ def _shape_mask(
         local = (field > rng.uniform(-0.55, -0.35)) & (rho <= r)
         local = ndi.binary_fill_holes(local)
         if local.any():
-            local = _largest_component(local)
+            local = largest_part(local, connectivity=1)
     else:  # pragma: no cover - guarded by the caller
         raise ValueError(f"unknown shape {kind!r}")
 

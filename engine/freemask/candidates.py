@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from engine.ops.masks import border_sides_batch
+
 
 @dataclass
 class Candidates:
@@ -78,8 +80,6 @@ def drop_background_candidates(
     if p.max_border_sides >= 4 and p.max_area_frac >= 1.0:
         return cands
     m = cands.binary.reshape(-1, *grid)
-    e = max(1, border_cells)
-    sides = (m[:, :e].flatten(1).any(1).int() + m[:, -e:].flatten(1).any(1).int()
-             + m[:, :, :e].flatten(1).any(1).int() + m[:, :, -e:].flatten(1).any(1).int())
+    sides = border_sides_batch(m, border_cells)
     keep = (sides <= p.max_border_sides) & (m.flatten(1).sum(1) <= p.max_area_frac * grid[0] * grid[1])
     return Candidates(cands.query[keep], cands.binary[keep], cands.maskness[keep])

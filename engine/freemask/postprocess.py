@@ -36,7 +36,8 @@ from engine.freemask.refine import (
     mask_pool,
     passes_filters,
 )
-from engine.freemask.soft_masks import maskness, ranked_soft_masks, soft_masks
+from engine.ops.masks import maskness
+from engine.freemask.soft_masks import ranked_soft_masks, soft_masks
 from engine.ops.guided_filter import GuideStats, upsample_crop
 from engine.ops.nms import matrix_nms
 from engine.structures import InstanceMask

@@ -36,15 +36,6 @@ def soft_masks(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     return (sim - lo) / (hi - lo).clamp_min(1e-6)
 
 
-def maskness(soft: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(binary masks, areas, maskness = mean soft value inside each mask)."""
-    binary = soft >= tau
-    weights = binary.to(soft.dtype)  # float sums are several times faster than bool sums
-    area = weights.sum(dim=1)
-    inside = torch.einsum("qn,qn->q", soft, weights)  # row dot products: no (Q, N) product tensor
-    return binary, area, inside / area.clamp_min(1)
-
-
 def query_similarity(features: Features, y: float, x: float) -> np.ndarray:
     """Soft mask (key-grid resolution) of the query at image pixel (y, x): the query inspector."""
     keys = features.keys

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy import ndimage
 
-EIGHT = np.ones((3, 3), bool)  # 8-connectivity
+def largest_part(mask: np.ndarray, connectivity: int = 2) -> np.ndarray:
+    """The biggest connected part of a boolean mask (the mask itself when it has at most one).
 
-
-def largest_part(mask: np.ndarray) -> np.ndarray:
-    """The biggest 8-connected part of a boolean mask (the mask itself when it has at most one)."""
-    labels, n = ndimage.label(mask, structure=EIGHT)
+    ``connectivity`` 2: 8-connected (diagonal neighbours join); 1: 4-connected. Ties go to the
+    lowest label (the part met first in scan order).
+    """
+    labels, n = ndimage.label(mask, structure=ndimage.generate_binary_structure(2, connectivity))
     if n <= 1:
         return mask
     return labels == (np.argmax(np.bincount(labels.ravel())[1:]) + 1)
@@ -31,3 +33,25 @@ def border_sides(mask: np.ndarray, margin: int = 1, offset: tuple[int, int] = (0
     m = max(1, int(margin))
     return (int(rows[0] + y0 < m) + int(rows[-1] + y0 >= h - m)
             + int(cols[0] + x0 < m) + int(cols[-1] + x0 >= w - m))
+
+
+def border_sides_batch(masks: torch.Tensor, margin: int = 1) -> torch.Tensor:
+    """``border_sides`` for a batch of whole-image masks (M, h, w), e.g. on a feature grid: (M,) ints."""
+    e = max(1, int(margin))
+    m = masks.bool()
+    return (m[:, :e].flatten(1).any(1).int() + m[:, -e:].flatten(1).any(1).int()
+            + m[:, :, :e].flatten(1).any(1).int() + m[:, :, -e:].flatten(1).any(1).int())
+
+
+def maskness(soft: torch.Tensor, tau: float, strict: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(binary masks, areas, maskness) of soft masks (M, ...) thresholded at ``tau``.
+
+    maskness_i = sum(soft_i * [soft_i >= tau]) / max(1, area_i) -- the mean soft value inside the
+    mask, 0 for an empty one (``strict``: ``soft_i > tau``, SOLO's mask threshold).
+    """
+    flat = soft.reshape(soft.shape[0], -1)
+    binary = flat > tau if strict else flat >= tau
+    weights = binary.to(flat.dtype)  # float sums are several times faster than bool sums
+    area = weights.sum(dim=1)
+    inside = torch.einsum("qn,qn->q", flat, weights)  # row dot products: no (M, N) product tensor
+    return binary.reshape(soft.shape), area, inside / area.clamp_min(1)

@@ -66,12 +66,15 @@ def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:  # weights_only refused a global: code or foreign objects
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    except pickle.UnpicklingError as exc:
+        detail = [ln.strip() for ln in str(exc).splitlines() if "global" in ln.lower()]
+        if not detail:  # not a refused object: a damaged or foreign file
+            raise CheckpointError(f"{path}: not a readable checkpoint (the file is damaged or not a "
+                                  f"PyTorch file)") from None
         raise CheckpointError(
             f"{path}: refused: the file holds Python objects beyond tensors and plain values, which could run "
-            f"code when loaded, so it was not loaded ({first}). Use a model trained by this version of "
-            "freesolo, or retrain it") from None
+            f"code when loaded, so it was not loaded ({detail[0][:200]}). Use a model trained by this version "
+            "of freesolo, or retrain it") from None
     except Exception as exc:
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:

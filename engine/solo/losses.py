@@ -238,10 +238,13 @@ def focal_loss_positive_only(
     alpha: float = 0.25,
     gamma: float = 2.0,
     reduction: Literal["none", "mean", "sum"] = "sum",
+    weights: Tensor | None = None,
 ) -> Tensor:
     """Focal loss at positive cells only ("pseudo" self-training mode): objects the pseudo-labels
-    missed are not pushed towards background."""
-    return sigmoid_focal_loss(logits, targets, alpha, gamma, weights=(targets > 0), reduction=reduction)
+    missed are not pushed towards background. ``weights`` (e.g. ignore down-weighting) still apply."""
+    positive = (targets > 0).to(logits.dtype)
+    return sigmoid_focal_loss(logits, targets, alpha, gamma, reduction=reduction,
+                              weights=positive if weights is None else weights * positive)
 
 
 def embedding_cosine_loss(pred: Tensor, target: Tensor) -> Tensor:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.ops.masks import maskness
 from engine.ops.nms import matrix_nms
 from engine.structures import InstanceMask
 from .config import InferenceConfig
@@ -86,17 +87,15 @@ def predict_instances(
     cate, kernels, levels, rows, cols = scores[keep], kernels[keep], levels[keep], rows[keep], cols[keep]
 
     soft = dynamic_masks(kernels, outputs.mask_features[image_index]).sigmoid()
-    binary = soft > cfg.mask_thr
-    area = binary.sum(dim=(1, 2)).float()
+    binary, area, mness = maskness(soft, cfg.mask_thr, strict=True)
     strides = torch.as_tensor(outputs.strides, device=area.device, dtype=area.dtype)
     big = area > strides[levels]  # masks smaller than their level's stride are noise
     if not bool(big.any()):
         return []
-    soft, binary, area, cate, levels, rows, cols = (
-        t[big] for t in (soft, binary, area, cate, levels, rows, cols)
+    soft, binary, area, mness, cate, levels, rows, cols = (
+        t[big] for t in (soft, binary, area, mness, cate, levels, rows, cols)
     )
-    maskness = (soft * binary).sum(dim=(1, 2)) / area
-    score = cate * maskness
+    score = cate * mness
 
     decayed = matrix_nms(binary, score, kernel=cfg.nms_kernel, sigma=cfg.nms_sigma)
     kept = torch.nonzero(decayed > cfg.update_thr).squeeze(1)
@@ -112,7 +111,7 @@ def predict_instances(
             InstanceMask(
                 mask=masks[n],
                 score=float(decayed[k]),
-                maskness=float(maskness[k]),
+                maskness=float(mness[k]),
                 source="solo",
                 extra={"level": int(levels[k]), "cell": [int(rows[k]), int(cols[k])]},
             )

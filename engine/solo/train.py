@@ -30,6 +30,7 @@ from engine.solo.checkpoint import CHECKPOINT, CheckpointError, load_model, weig
 from engine.solo.data import TrainSample, load_training_set
 from engine.solo.losses import (
     dice_loss,
+    focal_loss_positive_only,
     lab_color_similarity,
     pairwise_affinity_loss,
     sigmoid_focal_loss,
@@ -96,9 +97,8 @@ def compute_losses(
     for level, logits in enumerate(outputs.categories):
         target = targets.category[level].to(logits.device)
         weight = targets.weight[level].to(logits.device)
-        if cfg.positive_only_focal:
-            weight = weight * (target > 0)
-        cate.append(sigmoid_focal_loss(logits[:, 0], target, weights=weight, reduction="sum"))
+        focal = focal_loss_positive_only if cfg.positive_only_focal else sigmoid_focal_loss
+        cate.append(focal(logits[:, 0], target, weights=weight, reduction="sum"))
         idx = targets.flat_index(level)
         chosen = torch.nonzero(torch.rand(idx.numel(), generator=generator) < keep_fraction).flatten()
         if chosen.numel() == 0:

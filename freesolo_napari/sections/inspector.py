@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from qtpy.QtCore import QRectF, Qt
 from qtpy.QtGui import QColor, QPainter, QPen
-from qtpy.QtWidgets import QWidget
+from qtpy.QtWidgets import QCheckBox, QLabel, QVBoxLayout, QWidget
 
 QUERY_LAYER = "query soft mask"
 
@@ -45,7 +45,7 @@ def show_query(viewer, image_layer, features, y: float, x: float, tau: float) ->
 
 
 def _query_similarity(features, y, x):
-    from engine.freemask import query_similarity
+    from engine.freemask.soft_masks import query_similarity
 
     return query_similarity(features, y, x)
 
@@ -91,3 +91,49 @@ class MasknessHistogram(QWidget):
         p.drawText(2, h - 1, "0")
         p.drawText(w - 10, h - 1, "1")
         p.end()
+
+
+class QueryInspector(QWidget):
+    """The maskness histogram and 'inspect queries': a click shows that pixel's query."""
+
+    def __init__(self, ctx, tau):
+        super().__init__()
+        self.ctx = ctx
+        self.tau = tau  # () -> the τ slider's value
+        self.histogram = MasknessHistogram()
+        self.check = QCheckBox("inspect queries (click the image)",
+                               toolTip="Click a pixel to see its query's soft mask, τ contour and maskness")
+        self.check.toggled.connect(self.toggle)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(QLabel("maskness of all candidates"))
+        layout.addWidget(self.histogram)
+        layout.addWidget(self.check)
+
+    def inspect_query(self, y: float, x: float) -> str:
+        """Show the soft mask of the query at image pixel (y, x) of the current layer."""
+        ctx = self.ctx
+        name = ctx.current_image()
+        if name not in ctx.state.features:
+            text = "Run Free Mask on this image first, then click to inspect a query."
+        else:
+            _image, feats = ctx.state.features[name]
+            tau = self.tau()
+            mness, frac = show_query(ctx.viewer, ctx.viewer.layers[name], feats, y, x, tau)
+            text = (f"query at ({y:.0f}, {x:.0f}): maskness {mness:.2f} at τ {tau:.2f}, "
+                    f"mask covers {frac:.0%} of the image")
+        ctx.set_status(text)
+        return text
+
+    def toggle(self, on: bool) -> None:
+        callbacks = self.ctx.viewer.mouse_drag_callbacks
+        if on and self.on_click not in callbacks:
+            callbacks.append(self.on_click)
+        elif not on and self.on_click in callbacks:
+            callbacks.remove(self.on_click)
+
+    def on_click(self, viewer, event) -> None:
+        name = self.ctx.current_image()
+        if name in viewer.layers:
+            y, x = viewer.layers[name].world_to_data(event.position)[-2:]
+            self.inspect_query(float(y), float(x))

@@ -33,9 +33,9 @@ class ReviewControls(QWidget):
     asks with a dialog by default and can be swapped (tests, scripts).
     """
 
-    def __init__(self, panel):
+    def __init__(self, viewer, state, set_status: Callable[[str], None]):
         super().__init__()
-        self.panel = panel
+        self.viewer, self.state, self.set_status = viewer, state, set_status
         self.color_check = QCheckBox("colour by score", toolTip="Colour each mask by its score (viridis: dark = low, "
                                      "yellow = high) instead of random label colours")
         self.color_check.toggled.connect(self._recolor_all)
@@ -55,18 +55,18 @@ class ReviewControls(QWidget):
     def is_edited(self, name: str) -> bool:
         """Whether the masks of image ``name`` differ from its last automatic result
         (imported or hand-made masks with no automatic result count as edited)."""
-        viewer = self.panel.viewer
+        viewer = self.viewer
         if labels_name(name) not in viewer.layers:
             return False
         data = np.asarray(viewer.layers[labels_name(name)].data)
-        auto = self.panel._automatic.get(name)
+        auto = self.state.automatic.get(name)
         if auto is None:
             return bool(data.any())
         return auto.shape != data.shape or not np.array_equal(auto, data)
 
     def allow_update(self, name: str) -> bool:
         """Called before an automatic update replaces the masks of ``name``; False = keep them."""
-        viewer = self.panel.viewer
+        viewer = self.viewer
         lname = labels_name(name)
         if lname not in viewer.layers:
             self._push(_Snapshot(name, None))
@@ -80,11 +80,11 @@ class ReviewControls(QWidget):
             finally:
                 self._asking = False
             if keep:
-                self.panel.status.setText(f"Kept your edits on '{name}': the automatic update was not applied "
+                self.set_status(f"Kept your edits on '{name}': the automatic update was not applied "
                                           "(Run again to be asked again).")
                 return False
         layer = viewer.layers[lname]
-        auto = self.panel._automatic.get(name)
+        auto = self.state.automatic.get(name)
         self._push(_Snapshot(name, np.asarray(layer.data).copy(), layer.features.copy(),
                              None if auto is None else auto.copy()))
         return True
@@ -108,9 +108,9 @@ class ReviewControls(QWidget):
         if not self._history:
             return False
         snap = self._history[-1]
-        viewer, panel = self.panel.viewer, self.panel
+        viewer, automatic = self.viewer, self.state.automatic
         if self.is_edited(snap.name) and not self.confirm_replace(snap.name):
-            panel.status.setText(f"Kept your edits on '{snap.name}'; nothing undone.")
+            self.set_status(f"Kept your edits on '{snap.name}'; nothing undone.")
             return False
         self._history.pop()
         self.undo_button.setEnabled(bool(self._history))
@@ -118,22 +118,22 @@ class ReviewControls(QWidget):
             for layer_name in (labels_name(snap.name), points_name(snap.name)):
                 if layer_name in viewer.layers:
                     viewer.layers.remove(layer_name)
-            panel._automatic.pop(snap.name, None)
+            automatic.pop(snap.name, None)
         else:
             layer = set_labels(viewer, snap.name, snap.labels, snap.table)
             if snap.automatic is None:
-                panel._automatic.pop(snap.name, None)
+                automatic.pop(snap.name, None)
             else:
-                panel._automatic[snap.name] = snap.automatic
+                automatic[snap.name] = snap.automatic
             self.after_update(layer)
-        panel.status.setText(f"Undone: '{snap.name}' shows its masks from before the last automatic update.")
+        self.set_status(f"Undone: '{snap.name}' shows its masks from before the last automatic update.")
         return True
 
     # ---- colour ---------------------------------------------------------------------------
     def _recolor_all(self, on: bool) -> None:
         from napari.layers import Labels
 
-        for layer in self.panel.viewer.layers:
+        for layer in self.viewer.layers:
             if isinstance(layer, Labels) and layer.name.endswith(labels_name("")):
                 color_by_score(layer, on)
 

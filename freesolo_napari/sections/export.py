@@ -1,6 +1,6 @@
 """Export: COCO (RLE or polygons) and 16-bit label images, for one image, the open images or a folder.
 
-Writing is the engine's (``engine.coco``): atomic, and an existing file is never replaced
+Writing is the engine's (``engine.io.coco``): atomic, and an existing file is never replaced
 silently — the dialogs ask, and a replaced file is kept as ``NAME.bak``. A folder export reads
 each image's masks from the caches (the user's edits where there are some, else Free Mask on the
 cached features) in a worker, with progress and Cancel.
@@ -18,9 +18,12 @@ FORMATS = {"RLE": "rle", "polygons": "polygon"}
 
 
 class ExportControls(QWidget):
-    def __init__(self, panel):
+    """Export scope and COCO encoding, and the two export buttons; ``run_scope`` runs folder exports."""
+
+    def __init__(self, ctx, run_scope):
         super().__init__()
-        self.panel = panel
+        self.ctx = ctx
+        self.run_scope = run_scope  # its folder browser, and the batch plumbing of folder exports
         self.scope = QComboBox(toolTip="Which masks to export: the selected image, every open image with masks, "
                                "or every image of the open folder (your edits included)")
         self.scope.addItems([OPEN, CURRENT, FOLDER])
@@ -49,7 +52,7 @@ class ExportControls(QWidget):
     def export_coco(self, path: str | Path, *, scope: str | None = None, segmentation: str | None = None,
                     overwrite: bool = False):
         """Write a COCO file; a folder export runs in a worker (returned), the others at once."""
-        from engine.coco import build_coco_dataset, write_coco
+        from engine.io.coco import build_coco_dataset, write_coco
 
         seg = segmentation or FORMATS[self.format.currentText()]
 
@@ -61,7 +64,7 @@ class ExportControls(QWidget):
 
     def export_labels(self, folder: str | Path, *, scope: str | None = None, overwrite: bool = False):
         """Write one 16-bit label PNG per image into ``folder`` (existing files need ``overwrite``)."""
-        from engine.coco import write_label_images
+        from engine.io.coco import write_label_images
 
         def write(results):
             write_label_images(results, folder, fmt="png", overwrite=overwrite)
@@ -77,17 +80,17 @@ class ExportControls(QWidget):
             results = self._results(scope)
             target = write(results)
         except (ValueError, OSError) as exc:
-            self.panel._notify(f"Export failed: {exc}")
+            self.ctx.notify(f"Export failed: {exc}")
             return None
-        self.panel.status.setText(done_text.format(n=len(results), target=target))
+        self.ctx.set_status(done_text.format(n=len(results), target=target))
         return None
 
     def _results(self, scope: str):
         from freesolo_napari.exchange import open_results
 
-        panel = self.panel
-        names = [panel.layer_combo.currentText()] if scope == CURRENT else None
-        results = open_results(panel.viewer, panel._automatic, names=names)
+        ctx = self.ctx
+        names = [ctx.current_image()] if scope == CURRENT else None
+        results = open_results(ctx.viewer, ctx.state.automatic, names=names)
         if not results:
             what = "the selected image" if scope == CURRENT else "any open image"
             raise ValueError(f"nothing to export: {what} has no masks (run Free Mask or import masks first)")
@@ -96,21 +99,19 @@ class ExportControls(QWidget):
     def _export_folder(self, write, done_text):
         from freesolo_napari.workers import create_worker
 
-        from freesolo_napari.folder_view import feature_config
-
-        panel = self.panel
-        view = panel.run_scope.folder_view
+        ctx = self.ctx
+        view = self.run_scope.folder_view
         if view.session is None:
-            panel._notify("Export failed: no folder is open (run on: folder → Open folder…)")
+            ctx.notify("Export failed: no folder is open (run on: folder → Open folder…)")
             return None
         view.save_current_edits()
         try:
-            params = panel.current_params()
+            params = ctx.current_params()
         except ValueError as exc:
-            panel._notify(str(exc))
+            ctx.notify(str(exc))
             return None
-        worker = create_worker(self, _folder_export, view.session, params, feature_config(panel), view.live_results(), write,
-                               _ignore_errors=True)
+        worker = create_worker(self, _folder_export, view.session, params, ctx.feature_config(), view.live_results(),
+                               write, _ignore_errors=True)
         worker.yielded.connect(self._on_folder_item)
         summary = {}
 
@@ -123,14 +124,14 @@ class ExportControls(QWidget):
             return text
 
         worker.returned.connect(summary.update)
-        return panel.run_scope.start_batch(worker, len(view.session), "Exporting the folder…", on_done=done,
-                                           on_error=lambda exc: panel._notify(f"Export failed: {exc}"))
+        return self.run_scope.start_batch(worker, len(view.session), "Exporting the folder…", on_done=done,
+                                          on_error=lambda exc: ctx.notify(f"Export failed: {exc}"))
 
     def _on_folder_item(self, item) -> None:
         done, total, name, problem = item
-        self.panel.run_scope.step(done, total)
+        self.run_scope.step(done, total)
         if problem:
-            self.panel._notify(f"Not exported: {problem}")
+            self.ctx.notify(f"Not exported: {problem}")
 
     # ---- dialogs --------------------------------------------------------------------------
     def ask_coco(self) -> None:
@@ -151,14 +152,14 @@ class ExportControls(QWidget):
         """Export label images; if some exist already, ask (``confirm_overwrite``) before replacing them."""
         existing = [p for p in self._label_targets(folder) if p.exists()]
         if existing and not self.confirm_overwrite(existing):
-            self.panel.status.setText("Label export cancelled: nothing was replaced.")
+            self.ctx.set_status("Label export cancelled: nothing was replaced.")
             return None
         return self.export_labels(folder, overwrite=bool(existing))
 
     def _label_targets(self, folder) -> list[Path]:
         scope = self.scope.currentText()
         if scope == FOLDER:
-            session = self.panel.run_scope.folder_view.session
+            session = self.run_scope.folder_view.session
             names = session.names if session is not None else []
         else:
             try:

@@ -22,7 +22,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from engine.freemask import FreeMaskParams
+from engine.freemask.postprocess import FreeMaskParams
 
 COMMON_SCALES = (1.0, 0.5, 0.25, 0.125)
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 from qtpy.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QLineEdit, QPushButton, QWidget
 
-from freesolo_napari.section import Section
+from freesolo_napari.layers import image_from_layer
+from freesolo_napari.sections.collapsible import Section
 
 
 def leave_a_core_to_the_viewer() -> int:
@@ -23,7 +24,7 @@ def leave_a_core_to_the_viewer() -> int:
     every core busy in torch's thread pool, the two fight and both slow down (measured in
     benchmarks/panel_responsiveness.py). Returns the thread count in effect.
     """
-    from engine.device import configure_cpu_threads
+    from engine.runtime.device import configure_cpu_threads
 
     return configure_cpu_threads(spare=1)
 
@@ -38,12 +39,12 @@ def backbone_choices() -> list[str]:
 class ModelControls(Section):
     """Backbone (+ load weights…), device, SOLO model (+ Predict with model)."""
 
-    def __init__(self, panel):
-        from engine.device import available_devices
+    def __init__(self, ctx):
+        from engine.runtime.device import available_devices
 
         body = QWidget()
         super().__init__("Model", body, "Show or hide the backbone, device and trained-model settings")
-        self.panel = panel
+        self.ctx = ctx
         self.threads = leave_a_core_to_the_viewer()
         self.backbone = QComboBox(toolTip="Feature backbone for Free Mask (efficientnet-lite0 is embedded; others need "
                                   "their weights package, or load a checkpoint file)")
@@ -90,20 +91,15 @@ class ModelControls(Section):
         return self.device.currentText() or "auto"
 
     def feature_config(self):
-        from engine.features import FeatureConfig
+        from engine.freemask.features import FeatureConfig
 
         return FeatureConfig(backbone=self._spec[0])
 
-    def build_extractor(self):
-        """A FeatureExtractor for the chosen backbone and device (call from a worker thread)."""
-        from engine.features import FeatureConfig, FeatureExtractor
-
-        import pandas  # noqa: F401 napari's Labels features import it on first use: here, off the GUI thread
-
-        spec = self._spec
-        if self._prebuilt is not None and self._prebuilt[0] == spec:
-            return self._prebuilt[1]
-        return FeatureExtractor(FeatureConfig(backbone=spec[0]), device=spec[1])
+    def extractor_factory(self):
+        """() -> a FeatureExtractor for the backbone and device chosen now: made here (GUI thread),
+        called by a worker (building loads weights)."""
+        spec, prebuilt = self._spec, self._prebuilt
+        return lambda: build_extractor(spec, prebuilt)
 
     def _changed(self, *_args) -> None:
         spec = self.spec()
@@ -111,10 +107,8 @@ class ModelControls(Section):
             return
         self._spec = spec
         self._solo = None  # the SOLO model is reloaded on the new device
-        panel = self.panel
-        panel._extractor = None  # the next run builds the chosen backbone on the chosen device
-        panel._features.clear()
-        panel.status.setText(f"backbone {spec[0]} on {spec[1]}: the next run recomputes features")
+        self.ctx.state.reset_model()  # the next run builds the chosen backbone on the chosen device
+        self.ctx.set_status(f"backbone {spec[0]} on {spec[1]}: the next run recomputes features")
 
     def _ask_weights(self) -> None:
         from qtpy.QtWidgets import QFileDialog
@@ -127,15 +121,15 @@ class ModelControls(Section):
         """Check a checkpoint by building the extractor from it (worker); select it if it works."""
         from freesolo_napari.workers import create_worker
 
-        from engine.features import FeatureConfig, FeatureExtractor
+        from engine.freemask.features import FeatureConfig, FeatureExtractor
 
         spec = (str(path), self.device_name())
         self.weights_button.setEnabled(False)
-        self.panel.status.setText(f"Loading backbone weights {Path(path).name}…")
+        self.ctx.set_status(f"Loading backbone weights {Path(path).name}…")
         worker = create_worker(self, lambda: FeatureExtractor(FeatureConfig(backbone=spec[0]), device=spec[1]),
                                _ignore_errors=True)
         worker.returned.connect(lambda ex: self._weights_ok(spec, ex))
-        worker.errored.connect(lambda exc: self.panel._notify(f"Cannot use backbone weights {path}: {exc}"))
+        worker.errored.connect(lambda exc: self.ctx.notify(f"Cannot use backbone weights {path}: {exc}"))
         worker.finished.connect(lambda: self.weights_button.setEnabled(True))
         return self._start(worker)
 
@@ -144,7 +138,7 @@ class ModelControls(Section):
         if self.backbone.findText(spec[0]) < 0:
             self.backbone.addItem(spec[0])
         self.backbone.setCurrentText(spec[0])
-        self.panel.status.setText(f"Backbone {Path(spec[0]).name} loaded ({extractor.backbone.__class__.__name__})")
+        self.ctx.set_status(f"Backbone {Path(spec[0]).name} loaded ({extractor.backbone.__class__.__name__})")
 
     # ---- SOLO model -----------------------------------------------------------------------
     def _ask_model(self) -> None:
@@ -154,55 +148,41 @@ class ModelControls(Section):
         if path:
             self.model_path.setText(path)
 
+    def set_model_path(self, path: str | Path) -> None:
+        """The SOLO model 'Predict with model' uses (e.g. a finished self-training run's last round)."""
+        self.model_path.setText(str(path))
+
     def predict_current(self):
         """Run the SOLO model on the selected image layer in a worker; returns the worker (or None)."""
         from freesolo_napari.workers import create_worker
 
-        from freesolo_napari.panel import image_from_layer
-
-        panel = self.panel
-        name = panel.layer_combo.currentText()
+        ctx = self.ctx
+        name = ctx.current_image()
         path = self.model_path.text().strip()
         if not path:
-            panel._notify("Choose a trained SOLO model (model.pt) first.")
+            ctx.notify("Choose a trained SOLO model (model.pt) first.")
             return None
         if not name:
-            panel._notify("No image layer to predict on: open an image first.")
+            ctx.notify("No image layer to predict on: open an image first.")
             return None
         try:
-            image = image_from_layer(panel.viewer.layers[name])
+            image = image_from_layer(ctx.viewer.layers[name])
         except ValueError as exc:
-            panel._notify(str(exc))
+            ctx.notify(str(exc))
             return None
         self.predict_button.setEnabled(False)
-        panel.status.setText(f"Predicting '{name}' with {Path(path).name}…")
-        worker = create_worker(self, self._predict, name, image, path, self.device_name(), _ignore_errors=True)
+        ctx.set_status(f"Predicting '{name}' with {Path(path).name}…")
+        worker = create_worker(self, predict, name, image, path, self.device_name(), self._solo, _ignore_errors=True)
         worker.returned.connect(self._show_prediction)
-        worker.errored.connect(lambda exc: panel._notify(f"Prediction with {path} failed: {exc}"))
+        worker.errored.connect(lambda exc: ctx.notify(f"Prediction with {path} failed: {exc}"))
         worker.finished.connect(lambda: self.predict_button.setEnabled(True))
         return self._start(worker)
 
-    def _predict(self, name: str, image: np.ndarray, path: str, device: str):
-        from engine.solo.predict import inference_settings, predict_image
-        from engine.solo.train import load_model
-
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: no such file")
-        key = (str(p.resolve()), p.stat().st_mtime, device)
-        if self._solo is None or self._solo[0] != key:
-            model, state = load_model(p, device)
-            self._solo = (key, model, *inference_settings(model, state))
-        _key, model, size, inference = self._solo
-        instances = predict_image(model, image, size, inference)
-        for inst in instances:
-            inst.source = "model"
-        return name, instances, p.name
-
     def _show_prediction(self, payload) -> None:
-        name, instances, model_name = payload
-        if show_on_layer(self.panel, name, instances):
-            self.panel.status.setText(f"{len(instances)} masks on '{name}' from {model_name}")
+        name, instances, model_name, solo = payload
+        self._solo = solo  # the loaded model is kept for the next prediction (stored here, on the GUI thread)
+        if self.ctx.show_instances(name, instances):
+            self.ctx.set_status(f"{len(instances)} masks on '{name}' from {model_name}")
 
     def _start(self, worker):
         self._workers.append(worker)
@@ -211,18 +191,35 @@ class ModelControls(Section):
         return worker
 
 
-def show_on_layer(panel, name: str, instances) -> bool:
-    """Show ``instances`` in the image's reused Labels layer (asking first if the user edited it)."""
-    from freesolo_napari.layers import show_instances
+def build_extractor(spec: tuple[str, str], prebuilt=None):
+    """A FeatureExtractor for ``spec`` (backbone, device); ``prebuilt`` (spec, extractor) is reused if it matches.
+    Call from a worker thread."""
+    from engine.freemask.features import FeatureConfig, FeatureExtractor
 
-    if name not in panel.viewer.layers:
-        return False
-    review = getattr(panel, "review", None)
-    if review is not None and not review.allow_update(name):
-        return False
-    layer = show_instances(panel.viewer, panel.viewer.layers[name], instances)
-    panel._automatic[name] = np.asarray(layer.data).copy()
-    panel._params_shown.pop(name, None)  # not a Free Mask overlay: the sliders leave it alone
-    if review is not None:
-        review.after_update(layer)
-    return True
+    import pandas  # noqa: F401 napari's Labels features import it on first use: here, off the GUI thread
+
+    if prebuilt is not None and prebuilt[0] == spec:
+        return prebuilt[1]
+    return FeatureExtractor(FeatureConfig(backbone=spec[0]), device=spec[1])
+
+
+def predict(name: str, image: np.ndarray, path: str, device: str, solo=None):
+    """Worker body: the SOLO model's instances on ``image``, and the (key, model, size, inference) it used.
+
+    ``solo`` is the model loaded by an earlier prediction: reused while the file and device are the same.
+    """
+    from engine.solo.predict import inference_settings, predict_image
+    from engine.solo.checkpoint import load_model
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such file")
+    key = (str(p.resolve()), p.stat().st_mtime, device)
+    if solo is None or solo[0] != key:
+        model, state = load_model(p, device)
+        solo = (key, model, *inference_settings(model, state))
+    _key, model, size, inference = solo
+    instances = predict_image(model, image, size, inference)
+    for inst in instances:
+        inst.source = "model"
+    return name, instances, p.name, solo

@@ -11,23 +11,32 @@ from typing import Callable
 
 from qtpy.QtWidgets import QComboBox, QFormLayout, QVBoxLayout, QWidget
 
+from freesolo_napari.compute import compute_many
+from freesolo_napari.folder import layer_path
+from freesolo_napari.layers import image_from_layer
+from freesolo_napari.sections.folder_view import FolderView
+from freesolo_napari.sections.inspector import QUERY_LAYER
+
 CURRENT, OPEN, FOLDER = "current image", "all open images", "folder"
 RUN_TEXT = {CURRENT: "Run Free Mask", OPEN: "Run on all open images", FOLDER: "Run whole folder"}
+RUN_TIP = {
+    CURRENT: "Backbone pass + Free Mask on the selected image",
+    OPEN: "Free Mask on every open 2D image layer, one after the other (Cancel stops between images)",
+    FOLDER: "Compute every image of the folder into the on-disk cache (bad files are reported and skipped)",
+}
 
 
 class RunScope(QWidget):
     """The 'run on' selector; the folder browser below it shows when 'folder' is chosen."""
 
-    def __init__(self, panel):
-        from freesolo_napari.folder_view import FolderView
-
+    def __init__(self, ctx):
         super().__init__()
-        self.panel = panel
+        self.ctx = ctx
         self.combo = QComboBox(toolTip="What Run computes: the selected image layer, every open 2D image layer "
                                "(one after the other), or every image of a folder (features cached on disk)")
         self.combo.addItems([CURRENT, OPEN, FOLDER])
         self.combo.currentTextChanged.connect(self._scope_changed)
-        self.folder_view = FolderView(panel)
+        self.folder_view = FolderView(ctx, self)
         self.folder_view.setVisible(False)
         self.busy = False
         self._done = 0
@@ -53,61 +62,42 @@ class RunScope(QWidget):
     def _scope_changed(self, scope: str) -> None:
         # the browser stays while a folder is open, e.g. to re-run one of its images on its own
         self.folder_view.setVisible(scope == FOLDER or self.folder_view.session is not None)
-        self.panel.run_button.setText(RUN_TEXT.get(scope, RUN_TEXT[CURRENT]))
-        self.panel.run_button.setToolTip({
-            CURRENT: "Backbone pass + Free Mask on the selected image",
-            OPEN: "Free Mask on every open 2D image layer, one after the other (Cancel stops between images)",
-            FOLDER: "Compute every image of the folder into the on-disk cache (bad files are reported and skipped)",
-        }[scope])
+        self.ctx.set_run_button(RUN_TEXT.get(scope, RUN_TEXT[CURRENT]), RUN_TIP.get(scope, RUN_TIP[CURRENT]))
 
     def run(self) -> None:
-        """What the Run button does for the chosen scope."""
+        """What the Run button does for 'all open images' and 'folder' (the panel runs the current image)."""
         if self.scope == OPEN:
             self.run_open_images()
         elif self.scope == FOLDER:
             self.folder_view.run_folder()
-        else:
-            self.panel.run_current()
 
     # ---- all open images ------------------------------------------------------------------
     def run_open_images(self):
         """Free Mask on every open 2D image layer in one worker; returns the worker (None if nothing to do)."""
-        from napari.layers import Image
         from freesolo_napari.workers import create_worker
 
-        from freesolo_napari.folder import layer_path
-        from freesolo_napari.inspect import QUERY_LAYER
-        from freesolo_napari.panel import image_from_layer
-
-        panel = self.panel
+        ctx = self.ctx
         try:
-            params = panel.current_params()
+            params = ctx.current_params()
         except ValueError as exc:
-            panel._notify(str(exc))
+            ctx.notify(str(exc))
             return None
-        jobs = []
-        for layer in list(panel.viewer.layers):
-            if not isinstance(layer, Image) or layer.name == QUERY_LAYER:
-                continue
-            try:
-                jobs.append((layer.name, image_from_layer(layer), layer_path(layer)))
-            except ValueError as exc:  # not a 2D image: said once, the others still run
-                panel._notify(f"Skipped: {exc}")
+        jobs = _open_image_jobs(ctx)
         if not jobs:
-            panel._notify("No 2D image layer to segment: open an image first.")
+            ctx.notify("No 2D image layer to segment: open an image first.")
             return None
-        worker = create_worker(self, _open_images, panel, jobs, params, _ignore_errors=True)
+        worker = create_worker(self, compute_many, ctx.extractor_source(), jobs, params, _ignore_errors=True)
         worker.yielded.connect(self._on_open_image)
         return self.start_batch(worker, len(jobs), f"Free Mask on {len(jobs)} open image(s)…")
 
     def _on_open_image(self, item) -> None:
-        done, total, name, payload, error = item
+        done, total, name, computed, error = item
         self.step(done, total)
         if error is not None:
-            self.panel._notify(f"Free Mask failed on '{name}': {error}")
+            self.ctx.notify(f"Free Mask failed on '{name}': {error}")
         else:
-            self.panel._on_result(payload)
-            self.panel.status.setText(f"{done} / {total} images · '{name}' done")
+            self.ctx.accept(computed)
+            self.ctx.set_status(f"{done} / {total} images · '{name}' done")
 
     # ---- shared batch plumbing ------------------------------------------------------------
     def start_batch(self, worker, total: int, message: str, on_done: Callable[[bool], str | None] | None = None,
@@ -116,47 +106,46 @@ class RunScope(QWidget):
 
         ``on_done(cancelled)`` may return the final status text.
         """
-        panel = self.panel
+        ctx = self.ctx
         self.busy = True
         self._done, self._total, self._on_done, self._errored = 0, total, on_done, False
-        panel._set_busy(True, message)
-        panel.progress.setRange(0, max(total, 1))
-        panel.progress.setValue(0)
+        ctx.set_busy(True, message, job=worker)
+        ctx.set_progress(0, max(total, 1))
         worker.errored.connect(lambda exc: setattr(self, "_errored", True))
-        worker.errored.connect(on_error or panel._on_error)
+        worker.errored.connect(on_error or ctx.report_error)
         worker.finished.connect(lambda: self._finished(worker))
-        panel._worker = worker
         worker.start()
         return worker
 
     def step(self, done: int, total: int) -> None:
         self._done, self._total = done, total
-        self.panel.progress.setRange(0, max(total, 1))
-        self.panel.progress.setValue(done)
+        self.ctx.set_progress(done, max(total, 1))
 
     def _finished(self, worker) -> None:
-        panel = self.panel
+        ctx = self.ctx
         cancelled = bool(worker.abort_requested)
         self.busy = False
-        panel.progress.setRange(0, 0)  # back to the busy indicator for single runs
+        ctx.set_progress(0, 0)  # back to the busy indicator for single runs
         text = (f"Cancelled after {self._done} of {self._total} image(s)." if cancelled
                 else f"Done: {self._done} of {self._total} image(s).")
-        panel._set_busy(False)
-        if panel._worker is worker:
-            panel._worker = None
+        ctx.set_busy(False, job=worker)
         on_done, self._on_done = self._on_done, None
         if on_done is not None:
             text = on_done(cancelled) or text
         if not self._errored:  # an error's notification stays on the status line
-            panel.status.setText(text)
+            ctx.set_status(text)
 
 
-def _open_images(panel, jobs, params):
-    """Worker body: one image after the other; yields (done, total, name, payload, error)."""
-    for i, (name, image, path) in enumerate(jobs, start=1):
-        try:
-            payload = panel._extract_and_post(name, image, params, path)
-        except (OSError, RuntimeError, ValueError) as exc:
-            yield i, len(jobs), name, None, str(exc)
+def _open_image_jobs(ctx) -> list[tuple]:
+    """(name, RGB image, file path or None) of every open 2D image layer; the others are said once."""
+    from napari.layers import Image
+
+    jobs = []
+    for layer in list(ctx.viewer.layers):
+        if not isinstance(layer, Image) or layer.name == QUERY_LAYER:
             continue
-        yield i, len(jobs), name, payload, None
+        try:
+            jobs.append((layer.name, image_from_layer(layer), layer_path(layer)))
+        except ValueError as exc:  # not a 2D image: said once, the others still run
+            ctx.notify(f"Skipped: {exc}")
+    return jobs

@@ -23,21 +23,13 @@ MAX_SKIP_NOTES = 20  # non-image files reported one by one, then summarised
 EDIT_SAVE_DELAY_MS = 800  # edits are written this long after the last stroke (one write per burst)
 
 
-def feature_config(panel):
-    """The feature settings the panel computes with (the cache key): the model section's choice
-    when the panel has one, else those of the extractor in use, else the defaults."""
-    from engine.features import FeatureConfig
-
-    model = getattr(panel, "model", None)
-    if model is not None and hasattr(model, "feature_config"):
-        return model.feature_config()
-    return panel._extractor.config if panel._extractor is not None else FeatureConfig()
-
-
 class FolderView(QWidget):
-    def __init__(self, panel):
+    """Open folder…, Previous / Next and the image's position; ``batch`` (the run scope) runs the whole folder."""
+
+    def __init__(self, ctx, batch):
         super().__init__()
-        self.panel = panel
+        self.ctx = ctx
+        self.batch = batch  # start_batch / step: progress and Cancel of 'Run whole folder'
         self.session: FolderSession | None = None
         self.shown: str | None = None  # name of the image layer showing the current folder image
         self._loaders: list = []  # running load workers (kept referenced)
@@ -51,7 +43,7 @@ class FolderView(QWidget):
                                wordWrap=True)
         self._save_timer = QTimer(self, singleShot=True, interval=EDIT_SAVE_DELAY_MS)
         self._save_timer.timeout.connect(self.save_current_edits)
-        panel.viewer.layers.events.inserted.connect(self._on_layer_inserted)
+        ctx.viewer.layers.events.inserted.connect(self._on_layer_inserted)
         app = QApplication.instance()
         if app is not None:
             app.aboutToQuit.connect(self._flush_edits)
@@ -100,17 +92,17 @@ class FolderView(QWidget):
 
     def open_folder(self, folder: str | Path) -> bool:
         """List the folder's images and show the first; False (with a notification) if there are none."""
-        from engine.images import NoImagesError
+        from engine.io.images import NoImagesError
 
         try:
             session = FolderSession(folder)
         except (NoImagesError, OSError) as exc:
-            self.panel._notify(f"Cannot open folder: {exc}")
+            self.ctx.notify(f"Cannot open folder: {exc}")
             return False
         self._leave_current()
         self.session = session
         self.setVisible(True)
-        self.panel.status.setText(f"{len(session)} image(s) in '{session.folder}'"
+        self.ctx.set_status(f"{len(session)} image(s) in '{session.folder}'"
                                   + (f"; {len(session.skipped)} other entries skipped" if session.skipped else ""))
         self.show_image(0)
         return True
@@ -124,10 +116,10 @@ class FolderView(QWidget):
         self._leave_current()
         index = self.session.go(index)
         self._update_nav()
-        worker = create_worker(self, _load, self.session, index, feature_config(self.panel), self._params(),
+        worker = create_worker(self, _load, self.session, index, self.ctx.feature_config(), self._params(),
                                _ignore_errors=True)
         worker.returned.connect(self._on_loaded)
-        worker.errored.connect(self.panel._on_error)
+        worker.errored.connect(self.ctx.report_error)
         worker.finished.connect(lambda: self._loaders.remove(worker) if worker in self._loaders else None)
         self._loaders.append(worker)
         worker.start()
@@ -135,9 +127,9 @@ class FolderView(QWidget):
 
     def _params(self):
         try:
-            return self.panel.current_params()
+            return self.ctx.current_params()
         except ValueError:
-            from engine.freemask import FreeMaskParams
+            from engine.freemask.postprocess import FreeMaskParams
 
             return FreeMaskParams()
 
@@ -149,45 +141,44 @@ class FolderView(QWidget):
 
     def _on_loaded(self, loaded) -> None:
         index, image, feats, update, edits, error = loaded
-        session, panel, viewer = self.session, self.panel, self.panel.viewer
+        session, ctx, viewer = self.session, self.ctx, self.ctx.viewer
         if session is None or index != session.index or self.shown is not None:
             return  # the user moved on while this image loaded
         name = session.names[index]
         if error is not None:
             self.position.setText(f"{session.position_text()} — unreadable")
-            panel._notify(f"Cannot show '{name}': {error}")
+            ctx.notify(f"Cannot show '{name}': {error}")
             return
         layer = viewer.add_image(image, name=name, rgb=True,
                                  metadata={PATH_KEY: str(session.paths[index]), "file_name": name})
         self.shown = layer.name
         viewer.layers.selection.active = layer
         viewer.reset_view()
-        panel.layer_combo.setCurrentText(layer.name)
+        ctx.select_image(layer.name)
         if feats is not None:
-            panel._features[layer.name] = (image, feats)
+            ctx.state.store_features(layer.name, image, feats)
         if edits is not None:
             labels = set_labels(viewer, layer.name, edits.labels, edits.table)
             if edits.automatic is not None:
-                panel._automatic[layer.name] = edits.automatic
-            panel.review.after_update(labels)
-            panel.status.setText(f"'{name}': your edited masks (from the cache)")
+                ctx.state.automatic[layer.name] = edits.automatic
+            ctx.review.after_update(labels)
+            ctx.set_status(f"'{name}': your edited masks (from the cache)")
         elif update is not None:
-            panel._on_result(replace(update, name=layer.name))
+            ctx.show_update(replace(update, name=layer.name))
         else:
-            panel.status.setText(f"'{name}' has no masks yet: Run whole folder, or pick 'current image' and Run.")
+            ctx.set_status(f"'{name}' has no masks yet: Run whole folder, or pick 'current image' and Run.")
 
     def _leave_current(self) -> None:
         """Store the shown image's edits (or forget stale ones) and take its layers away."""
         if self.shown is None or self.session is None:
             return
-        name, viewer, panel = self.shown, self.panel.viewer, self.panel
+        name, viewer = self.shown, self.ctx.viewer
         self.save_current_edits()
         for layer_name in (labels_name(name), points_name(name), name):
             if layer_name in viewer.layers:
                 viewer.layers.remove(layer_name)
-        panel._features.pop(name, None)
-        panel._automatic.pop(name, None)
-        panel.review.forget(name)
+        self.ctx.state.forget(name)
+        self.ctx.review.forget(name)
         self.shown = None
 
     def save_current_edits(self) -> None:
@@ -195,19 +186,19 @@ class FolderView(QWidget):
         self._save_timer.stop()
         if self.shown is None or self.session is None:
             return
-        name, viewer = self.shown, self.panel.viewer
+        name, viewer = self.shown, self.ctx.viewer
         layer = viewer.layers[name] if name in viewer.layers else None
         path = Path(layer.metadata[PATH_KEY]) if layer is not None and PATH_KEY in layer.metadata else None
         if path is None:
             return
         try:
-            if labels_name(name) in viewer.layers and self.panel.review.is_edited(name):
+            if labels_name(name) in viewer.layers and self.ctx.review.is_edited(name):
                 lab = viewer.layers[labels_name(name)]
-                self.session.save_edits(path, np.asarray(lab.data), lab.features, self.panel._automatic.get(name))
+                self.session.save_edits(path, np.asarray(lab.data), lab.features, self.ctx.state.automatic.get(name))
             elif labels_name(name) in viewer.layers:
                 self.session.clear_edits(path)
         except OSError as exc:
-            self.panel._notify(f"Could not store the edits of '{name}': {exc}")
+            self.ctx.notify(f"Could not store the edits of '{name}': {exc}")
 
     def live_results(self) -> dict:
         """The shown image's masks as painted now (edits included), keyed by file name."""
@@ -215,7 +206,7 @@ class FolderView(QWidget):
 
         if self.shown is None:
             return {}
-        return {r.file_name: r for r in open_results(self.panel.viewer, self.panel._automatic, names=[self.shown])}
+        return {r.file_name: r for r in open_results(self.ctx.viewer, self.ctx.state.automatic, names=[self.shown])}
 
     # ---- the whole folder -----------------------------------------------------------------
     def run_folder(self):
@@ -223,39 +214,39 @@ class FolderView(QWidget):
         from freesolo_napari.workers import create_worker
 
         if self.session is None:
-            self.panel._notify("Open a folder first (Open folder…).")
+            self.ctx.notify("Open a folder first (Open folder…).")
             return None
         self.save_current_edits()
-        worker = create_worker(self, _run_folder, self.panel, self.session, _ignore_errors=True)
+        worker = create_worker(self, _run_folder, self.ctx.extractor_source(), self.session, _ignore_errors=True)
         worker.yielded.connect(self._on_folder_step)
-        return self.panel.run_scope.start_batch(worker, len(self.session),
-                                                f"Computing {len(self.session)} image(s) of the folder…",
-                                                on_done=self._folder_done)
+        return self.batch.start_batch(worker, len(self.session),
+                                      f"Computing {len(self.session)} image(s) of the folder…", on_done=self._folder_done)
 
     def _on_folder_step(self, item) -> None:
         kind = item[0]
         if kind == "failed":
-            self.panel._notify(f"Skipped: {item[1]}")
+            self.ctx.notify(f"Skipped: {item[1]}")
         elif kind == "progress":
-            self.panel.run_scope.step(item[1], item[2])
+            self.batch.step(item[1], item[2])
         else:
-            _kind, done, total, name, hit = item
-            self.panel.run_scope.step(done, total)
-            self.panel.status.setText(f"{done} / {total} · {name}" + (" (cached)" if hit else ""))
+            _kind, done, total, name, hit, extractor, generation = item
+            self.ctx.state.adopt_extractor(extractor, generation)  # backbone_calls counts what the folder ran
+            self.batch.step(done, total)
+            self.ctx.set_status(f"{done} / {total} · {name}" + (" (cached)" if hit else ""))
 
     def _folder_done(self, cancelled: bool) -> None:
         """The image on screen gets its masks now if it had none (from the cache, in a worker:
         the image layer stays where it is, so the viewer does not rebuild its scene)."""
         from freesolo_napari.workers import create_worker
 
-        s, name, viewer = self.session, self.shown, self.panel.viewer
+        s, name, viewer = self.session, self.shown, self.ctx.viewer
         if s is None or name is None or name not in viewer.layers or labels_name(name) in viewer.layers:
             return
         image, params = np.asarray(viewer.layers[name].data), self._params()
-        worker = create_worker(self, _masks_from_cache, s, s.path, name, image, feature_config(self.panel), params,
+        worker = create_worker(self, _masks_from_cache, s, s.path, name, image, self.ctx.feature_config(), params,
                                _ignore_errors=True)
         worker.returned.connect(lambda out: self._on_cached_masks(image, out))
-        worker.errored.connect(self.panel._on_error)
+        worker.errored.connect(self.ctx.report_error)
         worker.finished.connect(lambda: self._loaders.remove(worker) if worker in self._loaders else None)
         self._loaders.append(worker)
         worker.start()
@@ -264,10 +255,10 @@ class FolderView(QWidget):
         if out is None:
             return  # not in the cache (a failed image)
         feats, update = out
-        if self.shown != update.name or update.name not in self.panel.viewer.layers:
+        if self.shown != update.name or update.name not in self.ctx.viewer.layers:
             return  # the user moved on
-        self.panel._features[update.name] = (image, feats)
-        self.panel._on_result(update)
+        self.ctx.state.store_features(update.name, image, feats)
+        self.ctx.show_update(update)
 
 
 def _masks_from_cache(session: FolderSession, path: Path, name: str, image: np.ndarray, config, params):
@@ -280,7 +271,7 @@ def _masks_from_cache(session: FolderSession, path: Path, name: str, image: np.n
 
 def _load(session: FolderSession, index: int, config, params):
     """Worker body: image, cached features, stored edits and (if no edits) the Free Mask update."""
-    from engine.images import ImageLoadError, load_image
+    from engine.io.images import ImageLoadError, load_image
 
     path = session.paths[index]
     try:
@@ -296,9 +287,9 @@ def _load(session: FolderSession, index: int, config, params):
     return index, image, feats, update, edits, None
 
 
-def _run_folder(panel, session: FolderSession):
+def _run_folder(source, session: FolderSession):
     """Worker body: features of every image into the cache; bad files reported one by one."""
-    from engine.pipeline import BatchReport, iter_batch
+    from engine.runtime.batch import BatchReport, iter_batch
 
     report = BatchReport()
     at = {"i": 0, "n": len(session)}
@@ -317,11 +308,11 @@ def _run_folder(panel, session: FolderSession):
             yield "failed", why
         reported = len(report.failures)
         try:
-            _feats, hit = session.features(path, image, panel._get_extractor())
+            _feats, hit = session.features(path, image, source.get())
         except (OSError, RuntimeError, ValueError) as exc:  # e.g. out of memory on a huge image
             yield "failed", f"'{name}': {type(exc).__name__}: {exc}"
             continue
-        yield "done", at["i"] + 1, at["n"], name, hit
+        yield "done", at["i"] + 1, at["n"], name, hit, source.extractor, source.generation
     for _bad, why in report.failures[reported:]:
         yield "failed", why
     if not report.cancelled:

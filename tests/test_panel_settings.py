@@ -1,0 +1,98 @@
+"""The settings schema: every entry names an input widget that exists, the file is versioned and round-trips."""
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.gui
+
+
+def _panel(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget("freesolo-napari", "FreeSOLO")
+    return viewer, widget
+
+
+def _inputs(widget):
+    from qtpy.QtWidgets import (QAbstractButton, QAbstractSlider, QAbstractSpinBox, QComboBox, QLineEdit,
+                                QScrollBar, QWidget)
+
+    found = []
+    for w in widget.findChildren(QWidget):
+        if isinstance(w, QScrollBar) or isinstance(w.parent(), (QAbstractSpinBox, QComboBox)):
+            continue
+        if isinstance(w, QAbstractButton) and not w.isCheckable():
+            continue
+        if isinstance(w, (QAbstractButton, QAbstractSlider, QAbstractSpinBox, QComboBox, QLineEdit)):
+            found.append(w)
+    return found
+
+
+def test_every_schema_entry_names_an_existing_input_with_its_default(make_napari_viewer):
+    """Renaming or removing a widget without updating ``settings.SCHEMA`` fails here."""
+    from freesolo_napari.settings import SCHEMA, read_value, resolve
+
+    _viewer, widget = _panel(make_napari_viewer)
+    keys = [s.key for s in SCHEMA]
+    assert len(keys) == len(set(keys)) == 31
+    missing = []
+    for setting in SCHEMA:
+        try:
+            w = resolve(widget, setting.path)
+        except (AttributeError, IndexError):
+            missing.append(f"{setting.key} -> {setting.path}")
+            continue
+        value = read_value(w)
+        assert type(value) is type(setting.default) and value == setting.default, (setting, value)
+    assert not missing, f"settings whose widget no longer exists: {missing}"
+
+
+def test_every_input_is_saved_or_marked_not_persisted(make_napari_viewer):
+    from freesolo_napari.settings import SCHEMA, resolve
+
+    _viewer, widget = _panel(make_napari_viewer)
+    saved = {id(resolve(widget, s.path)) for s in SCHEMA}
+    unsaved = [w for w in _inputs(widget) if id(w) not in saved and w.property("persist") is not False]
+    assert not unsaved, [f"{type(w).__name__} {w.toolTip()!r}" for w in unsaved]
+
+
+def test_saved_file_is_versioned_and_round_trips(make_napari_viewer, tmp_path, monkeypatch):
+    from freesolo_napari.settings import VERSION
+
+    path = tmp_path / "round-trip.json"
+    monkeypatch.setenv("FREESOLO_NAPARI_SETTINGS", str(path))
+    _viewer, w = _panel(make_napari_viewer)
+    w.controls.tau.slider.setValue(71)
+    w.controls.scale_checks[3].setChecked(True)
+    w.review.color_check.setChecked(True)
+    w.training.keep_thr.setValue(0.55)
+    w.export_controls.format.setCurrentText("polygons")
+    assert w.settings.save() == path
+    data = json.loads(path.read_text())
+    assert data["version"] == VERSION and data["values"] == w.settings.values()
+    assert data["values"]["review.color_check"] is True and data["values"]["controls.tau.slider"] == 71
+
+    _viewer2, w2 = _panel(make_napari_viewer)
+    assert w2.settings.values() == w.settings.values() and w2.settings.problem is None
+
+
+def test_version_1_file_is_migrated_and_bad_values_are_skipped(make_napari_viewer, tmp_path, monkeypatch):
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps({"format": 1, "values": {
+        "controls.tau.slider": 80, "training.rounds": 4, "model.device": "cpu", "inspect_check": False,
+        "controls.min_area": "many",  # not a number: skipped, the others still apply
+        "removed.setting": 3}}))
+    monkeypatch.setenv("FREESOLO_NAPARI_SETTINGS", str(path))
+    _viewer, w = _panel(make_napari_viewer)
+    assert w.settings.problem is None
+    assert w.controls.tau.slider.value() == 80 and w.training.rounds.value() == 4
+    assert w.model.device_name() == "cpu" and w.controls.min_area.value() == 16
+
+
+def test_unknown_version_is_one_notice_then_defaults(make_napari_viewer, tmp_path, monkeypatch):
+    path = tmp_path / "future.json"
+    path.write_text(json.dumps({"version": 99, "values": {"controls.tau.slider": 80}}))
+    monkeypatch.setenv("FREESOLO_NAPARI_SETTINGS", str(path))
+    _viewer, w = _panel(make_napari_viewer)
+    assert "version 99" in w.settings.problem and str(path) in w.settings.problem
+    assert "using defaults" in w.status.text() and w.controls.tau.slider.value() == 65

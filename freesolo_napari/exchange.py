@@ -39,8 +39,7 @@ def labels_result(file_name: str, data: np.ndarray, table, automatic: np.ndarray
     h, w = data.shape[:2]
     rows = {int(i): k for k, i in enumerate(table["index"])} if "index" in getattr(table, "columns", []) else {}
     instances = []
-    ids = np.unique(data[data > 0])
-    for label_id, mask in zip(ids, label_image_to_masks(data)):
+    for label_id, mask in label_image_to_masks(data, with_ids=True):
         row = rows.get(int(label_id))
         score = float(table["score"].iloc[row]) if row is not None else 1.0
         mness = float(table["maskness"].iloc[row]) if row is not None else None

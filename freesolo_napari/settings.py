@@ -28,6 +28,7 @@ from qtpy.QtWidgets import QAbstractButton, QComboBox, QDoubleSpinBox, QLineEdit
 
 from engine.backbones.registry import DEFAULT_BACKBONE
 from engine.freemask.postprocess import FreeMaskParams
+from engine.selftrain.config import SelfTrainConfig
 from engine.solo.config import TrainConfig
 
 SETTINGS_ENV = "FREESOLO_NAPARI_SETTINGS"
@@ -42,7 +43,7 @@ class Setting:
     default: bool | int | float | str  # what a new panel shows; its type is the setting's type
 
 
-_P, _T = FreeMaskParams(), TrainConfig()
+_P, _T, _S = FreeMaskParams(), TrainConfig(), SelfTrainConfig()
 SCHEMA: tuple[Setting, ...] = (
     Setting("controls.tau.slider", "controls.tau.slider", round(_P.tau * 100)),
     Setting("controls.min_score.slider", "controls.min_score.slider", round(_P.min_score * 100)),
@@ -67,10 +68,10 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("model.model_path", "model.model_path", ""),
     Setting("training.toggle", "training.toggle", False),
     Setting("training.images_edit", "training.images_edit", ""),
-    Setting("training.rounds", "training.rounds", 2),
+    Setting("training.rounds", "training.rounds", _S.rounds),
     Setting("training.iters", "training.iters", _T.iters),
     Setting("training.size", "training.size", 320),
-    Setting("training.keep_thr", "training.keep_thr", 0.3),
+    Setting("training.keep_thr", "training.keep_thr", _S.keep_thr),
     Setting("training.preset", "training.preset", "cpu-small"),
     Setting("training.out_edit", "training.out_edit", ""),
 )

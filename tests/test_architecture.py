@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS: list[tuple[str, ...]] = [
-    ("engine", "engine.structures"),  # the package root (version) and plain data structures
+    ("engine", "engine.structures", "engine.geometry"),  # the package root, plain data structures, grid geometry
     ("engine.ops", "engine.io"),  # tensor and mask operations; images, COCO, RLE, atomic writes
     ("engine.runtime",),  # devices, progress, the batch loop, processes and shards
     ("engine.backbones",),

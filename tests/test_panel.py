@@ -45,7 +45,7 @@ def test_non_2d_layer_is_reported_and_panel_stays_usable(panel, qtbot):
 
 
 def test_controls_build_params_and_reject_bad_scales(panel, qtbot):
-    from freesolo_napari.sections.parameters import parse_scales
+    from engine.freemask.postprocess import parse_scales
 
     _viewer, widget = panel
     c = widget.controls

@@ -150,7 +150,8 @@ def test_selftrain_stops_with_a_checkpoint_and_resume_finishes(data, tmp_path, c
     import signal
 
     from engine.cli.solo import stop_on_sigint
-    from engine.selftrain.rounds import SelfTrainConfig, SelfTrainStopped, selftrain
+    from engine.selftrain.config import SelfTrainConfig
+    from engine.selftrain.rounds import SelfTrainStopped, selftrain
 
     with stop_on_sigint() as should_stop:  # the first Ctrl-C only asks to stop
         assert not should_stop()

@@ -16,14 +16,14 @@ class UserError(Exception):
     """A problem the user can fix; printed as one line without a traceback."""
 
 
-def floats(text: str) -> tuple[float, ...]:
+def scales_arg(text: str) -> tuple[float, ...]:
+    """``--scales``: Free Mask's own parsing, its error as argparse's."""
+    from engine.freemask.postprocess import parse_scales
+
     try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    return values
+        return parse_scales(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def scale_arg(text: str) -> float | None:
@@ -67,7 +67,7 @@ def add_freemask_options(p: argparse.ArgumentParser) -> None:
     d = FreeMaskParams()
     g = p.add_argument_group("Free Mask post-processing (cheap; never re-runs the backbone)")
     g.add_argument("--tau", type=float, default=d.tau, help="soft-mask threshold τ (default: %(default)s; paper: 0.5)")
-    g.add_argument("--scales", type=floats, default=d.scales, help="query pyramid scales (default: 1.0,0.5,0.25)")
+    g.add_argument("--scales", type=scales_arg, default=d.scales, help="query pyramid scales (default: 1.0,0.5,0.25)")
     g.add_argument("--top-k", type=int, default=d.top_k,
                    help="masks kept per image (default: 20, or 100 when the automatic input scale found small objects)")
     g.add_argument("--pre-nms-top", type=int, default=d.pre_nms_top, help="candidates entering Matrix NMS (default: %(default)s)")

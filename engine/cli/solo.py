@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 
 from engine.cli.common import add_nproc_option, check_outputs_free, sharded
+from engine.solo.checkpoint import CHECKPOINT, LOG
 
 
 def add_solo_commands(sub) -> None:
-    from engine.selftrain.rounds import SelfTrainConfig
+    from engine.selftrain.config import SelfTrainConfig
     from engine.solo.config import TrainConfig
 
     d = TrainConfig()
@@ -174,8 +175,8 @@ def cmd_train(args) -> int:
 
         launch(train, args.nproc, args.images, args.masks, args.out, cfg=_train_config(args),
                model_cfg=_model_config(args), device=device, resume=args.resume)
-        _model, state = load_model(args.out / "checkpoint.pt")
-        plot_losses(args.out / "log.jsonl", args.out / "loss.png")
+        _model, state = load_model(args.out / CHECKPOINT)
+        plot_losses(args.out / LOG, args.out / "loss.png")
         print(f"{state['step']} iterations on {args.nproc} processes (images per rank "
               f"{state.get('images_per_rank')}) -> {args.out / 'model.pt'}")
         return 0
@@ -192,7 +193,7 @@ def cmd_train(args) -> int:
         return 130
     for problem in result.problems:
         print(f"skipped: {problem}", file=sys.stderr)
-    plot_losses(args.out / "log.jsonl", args.out / "loss.png")
+    plot_losses(args.out / LOG, args.out / "loss.png")
     print(f"{result.iterations} iterations in {result.seconds:.0f}s -> {result.model_path} (loss plot {args.out / 'loss.png'})")
     return 0
 
@@ -234,7 +235,8 @@ def cmd_predict(args) -> int:
 def cmd_selftrain(args) -> int:
     from engine.runtime.device import configure_cpu_threads, resolve_device
     from engine.selftrain.events import DONE, JsonLines
-    from engine.selftrain.rounds import SelfTrainConfig, SelfTrainStopped, format_summary, selftrain
+    from engine.selftrain.config import SelfTrainConfig
+    from engine.selftrain.rounds import SelfTrainStopped, format_summary, selftrain
 
     configure_cpu_threads()
     if args.resume and not args.out.is_dir():

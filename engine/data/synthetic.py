@@ -29,6 +29,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.draw import polygon as draw_polygon
 
+from engine.io.masks import label_image_to_masks
 from engine.ops.masks import largest_part
 from engine.structures import ImageResult, InstanceMask
 
@@ -676,15 +677,8 @@ def make_sample(
 
 def label_map_to_masks(label_map: np.ndarray, source: str = "gt") -> list[InstanceMask]:
     """One ``InstanceMask`` (score 1.0) per non-zero label, in label order."""
-    masks: list[InstanceMask] = []
-    slices = ndi.find_objects(label_map.astype(np.int64))
-    for lab, sl in enumerate(slices, start=1):
-        if sl is None:
-            continue
-        mask = np.zeros(label_map.shape, dtype=bool)
-        mask[sl] = label_map[sl] == lab
-        masks.append(InstanceMask(mask=mask, score=1.0, maskness=1.0, source=source, extra={"label": lab}))
-    return masks
+    return [InstanceMask(mask=mask, score=1.0, maskness=1.0, source=source, extra={"label": lab})
+            for lab, mask in label_image_to_masks(label_map, with_ids=True)]
 
 
 def sample_seed(seed: int, index: int) -> int:

@@ -22,6 +22,8 @@ from skimage.feature import peak_local_max
 from skimage.filters import threshold_otsu
 from skimage.segmentation import felzenszwalb, watershed
 
+from engine.io.images import to_unit_rgb
+from engine.io.masks import label_image_to_masks
 from engine.structures import InstanceMask
 
 __all__ = [
@@ -32,30 +34,6 @@ __all__ = [
 ]
 
 _MIN_SCORE = 1e-3
-
-
-def _as_float_rgb(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) float in [0, 1] from grey, RGB or RGBA of any numeric dtype."""
-    img = np.asarray(image)
-    if img.ndim == 2:
-        img = img[..., None]
-    if img.ndim != 3:
-        raise ValueError(f"expected (H, W) or (H, W, C) image, got shape {img.shape}")
-    if img.shape[2] == 4:
-        img = img[..., :3]
-    if img.shape[2] == 1:
-        img = np.repeat(img, 3, axis=2)
-    if img.shape[2] != 3:
-        raise ValueError(f"expected 1, 3 or 4 channels, got {img.shape[2]}")
-    if img.dtype == np.uint8:
-        return img.astype(np.float64) / 255.0
-    if img.dtype == np.uint16:
-        return img.astype(np.float64) / 65535.0
-    f = img.astype(np.float64)
-    lo, hi = float(np.nanmin(f)), float(np.nanmax(f))
-    if lo >= 0.0 and hi <= 1.0:
-        return f
-    return (f - lo) / (hi - lo) if hi > lo else np.zeros_like(f)
 
 
 def _gray(rgb: np.ndarray) -> np.ndarray:
@@ -107,11 +85,7 @@ def _instances_from_labels(
     a0 = 1e-3 * h * w
     width = max(3, int(round(min(h, w) / 100)))
     out: list[InstanceMask] = []
-    for lab, sl in enumerate(ndi.find_objects(labels), start=1):
-        if sl is None:
-            continue
-        mask = np.zeros(labels.shape, dtype=bool)
-        mask[sl] = labels[sl] == lab
+    for mask in label_image_to_masks(labels):
         area = int(mask.sum())
         if area < min_area:
             continue
@@ -132,7 +106,7 @@ def _gray_scale(gray: np.ndarray) -> float:
 
 def otsu_components(image: np.ndarray, min_area: int = 20, sigma: float = 1.0) -> list[InstanceMask]:
     """Otsu threshold on grey, then connected components (holes filled)."""
-    gray = _gray(_as_float_rgb(image))
+    gray = _gray(to_unit_rgb(image))
     fg = _otsu_foreground(gray, sigma)
     labels, _ = ndi.label(fg)
     return _instances_from_labels(labels, gray[..., None], "otsu_components", min_area, _gray_scale(gray))
@@ -151,7 +125,7 @@ def otsu_watershed(
     watershed from its peaks separates them. ``min_distance`` defaults to ~1/40 of
     the image side (8 px at 320 px), roughly the smallest object radius we expect.
     """
-    gray = _gray(_as_float_rgb(image))
+    gray = _gray(to_unit_rgb(image))
     fg = _otsu_foreground(gray, sigma)
     h, w = fg.shape
     if min_distance is None:
@@ -197,7 +171,7 @@ def felzenszwalb_segments(
     ``min_size`` defaults to 0.2% of the image area (~200 px at 320x320) so texture
     does not shatter into specks.
     """
-    rgb = _as_float_rgb(image)
+    rgb = to_unit_rgb(image)
     h, w = rgb.shape[:2]
     if min_size is None:
         min_size = max(20, int(2e-3 * h * w))

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.freemask.cache import FeatureMemo
+from engine.geometry import resize_image
 from engine.io.atomic import atomic_save
 from engine.freemask.input_scale import estimate_object_size, is_single_channel_like
 
@@ -146,15 +147,6 @@ def pca_project(keys: torch.Tensor, dim: int | None) -> torch.Tensor:
         except RuntimeError:  # ill-conditioned: keep every channel rather than fail the image
             pass
     return F.normalize(x, dim=1).T.reshape(-1, h, w).contiguous()
-
-
-def resize_image(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 (H, W, 3) -> uint8-range float tensor (1, 3, h, w), antialiased when shrinking."""
-    t = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None].float()
-    if tuple(t.shape[-2:]) != tuple(size):
-        shrink = size[0] < t.shape[-2] or size[1] < t.shape[-1]
-        t = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=shrink)
-    return t.clamp(0, 255)
 
 
 class FeatureExtractor:

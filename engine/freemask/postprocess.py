@@ -37,6 +37,7 @@ from engine.freemask.refine import (
     passes_filters,
 )
 from engine.ops.masks import maskness
+from engine.geometry import cell_centre
 from engine.freemask.soft_masks import ranked_soft_masks, soft_masks
 from engine.ops.guided_filter import GuideStats, upsample_crop
 from engine.ops.nms import matrix_nms
@@ -45,6 +46,22 @@ from engine.structures import InstanceMask
 # Backbone padding makes the outermost key cells look unlike their neighbours, so "touching
 # the image side" means reaching within this many network-input pixels of it.
 BORDER_INPUT_PX = 16
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    """'1, 0.5;0.25' -> (1.0, 0.5, 0.25): pyramid scales, unique, largest first; ValueError names a bad entry."""
+    values = []
+    for part in text.replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            values.append(float(part))
+        except ValueError:
+            raise ValueError(f"pyramid scale {part!r} is not a number") from None
+    if not values:
+        raise ValueError("choose at least one pyramid scale")
+    return tuple(sorted(set(values), reverse=True))
 
 
 @dataclass(frozen=True)
@@ -205,8 +222,7 @@ class Refiner:
             box=box,
             extra={
                 "scale": float(self.ranked.queries.scale[qi]),
-                "query_yx": [round((qy + 0.5) * H / self.grid[0] - 0.5, 1),
-                             round((qx + 0.5) * W / self.grid[1] - 0.5, 1)],
+                "query_yx": [round(cell_centre(qy, self.grid[0], H), 1), round(cell_centre(qx, self.grid[1], W), 1)],
                 "embedding": self.embeddings[row],
             },
         )

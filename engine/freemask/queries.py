@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from engine.geometry import cell_centre
+
 DISTINCT_QUERY_COS = 0.95  # queries closer than this to a better one are not split again
 
 
@@ -32,8 +34,8 @@ def build_queries(keys: torch.Tensor, scales: tuple[float, ...], query_stride: i
         gw = max(1, round(w * ratio * s))
         pooled = F.adaptive_avg_pool2d(keys[None], (gh, gw))[0]
         vecs.append(F.normalize(pooled.reshape(d, -1).T, dim=1))
-        ys = (torch.arange(gh, dtype=torch.float32) + 0.5) * h / gh - 0.5
-        xs = (torch.arange(gw, dtype=torch.float32) + 0.5) * w / gw - 0.5
+        ys = cell_centre(torch.arange(gh, dtype=torch.float32), gh, h)  # in key-grid coordinates
+        xs = cell_centre(torch.arange(gw, dtype=torch.float32), gw, w)
         grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)
         yx.append(grid)
         sc.append(torch.full((gh * gw,), float(s)))

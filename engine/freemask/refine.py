@@ -9,7 +9,6 @@ connected object. The area, border and official filters then judge the crop in i
 
 from __future__ import annotations
 
-import math
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Protocol
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from engine.freemask.features import Features
+from engine.geometry import cell_span
 from engine.ops.guided_filter import GuideStats, upsample_crop
 from engine.ops.masks import border_sides, largest_part
 from engine.runtime.device import available_cpu_count
@@ -43,14 +43,10 @@ def auto_refine_radius(features: Features) -> int:
 
 
 def _crop_box(binary: torch.Tensor, grid: tuple[int, int], image_size: tuple[int, int], margin_px: int):
+    """The image window (y0, y1, x0, x1) of a key-grid mask, widened by ``margin_px`` and a cell."""
     ys, xs = torch.nonzero(binary.reshape(grid), as_tuple=True)
-    h, w = grid
-    H, W = image_size
-    sy, sx = H / h, W / w
-    y0 = max(0, int(math.floor(int(ys.min()) * sy)) - margin_px - int(sy))
-    y1 = min(H, int(math.ceil((int(ys.max()) + 1) * sy)) + margin_px + int(sy))
-    x0 = max(0, int(math.floor(int(xs.min()) * sx)) - margin_px - int(sx))
-    x1 = min(W, int(math.ceil((int(xs.max()) + 1) * sx)) + margin_px + int(sx))
+    y0, y1 = cell_span(int(ys.min()), int(ys.max()), grid[0], image_size[0], margin_px)
+    x0, x1 = cell_span(int(xs.min()), int(xs.max()), grid[1], image_size[1], margin_px)
     return y0, y1, x0, x1
 
 

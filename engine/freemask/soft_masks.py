@@ -10,6 +10,7 @@ there depend on the features and the pyramid only, so they are memoised and a sl
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -17,6 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from engine.freemask.features import Features
+from engine.geometry import cell_centre, pixel_cell
+from engine.ops.masks import inner_edge, maskness
 from engine.freemask.queries import Queries, build_queries, distinct_queries
 
 
@@ -40,10 +43,32 @@ def query_similarity(features: Features, y: float, x: float) -> np.ndarray:
     """Soft mask (key-grid resolution) of the query at image pixel (y, x): the query inspector."""
     keys = features.keys
     h, w = features.grid_size
-    ky = int(np.clip((y + 0.5) * h / features.image_size[0], 0, h - 1))
-    kx = int(np.clip((x + 0.5) * w / features.image_size[1], 0, w - 1))
+    ky = pixel_cell(y, h, features.image_size[0])
+    kx = pixel_cell(x, w, features.image_size[1])
     q = keys[:, ky, kx][None]
     return soft_masks(q, keys)[0].reshape(h, w).numpy()
+
+
+@dataclass
+class QueryView:
+    """What the query inspector shows for one clicked pixel, on the key grid."""
+
+    soft: np.ndarray  # (h, w) float32 soft mask of the query
+    edge: np.ndarray  # (h, w) bool: the inner edge of soft >= tau
+    maskness: float  # mean soft value inside soft >= tau (0 if empty)
+    area_fraction: float  # share of the grid inside soft >= tau
+    scale: tuple[float, float]  # image pixels per grid cell
+    translate: tuple[float, float]  # pixel coordinate of the first cell's centre
+
+
+def query_view(features: Features, y: float, x: float, tau: float) -> QueryView:
+    """The soft mask, τ contour and maskness of the query at image pixel (y, x)."""
+    soft = query_similarity(features, y, x).astype(np.float32)
+    binary, area, mness = maskness(torch.from_numpy(soft)[None], tau)
+    inside = binary[0].numpy()
+    (h, w), (H, W) = soft.shape, features.image_size
+    return QueryView(soft, inner_edge(inside), float(mness[0]), float(area[0]) / inside.size,
+                     (H / h, W / w), (cell_centre(0, h, H), cell_centre(0, w, W)))
 
 
 def score_keys(features: Features, score_stride: int) -> torch.Tensor:

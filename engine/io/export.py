@@ -13,7 +13,7 @@ from skimage.segmentation import find_boundaries
 
 from engine.io.atomic import atomic_save
 from engine.io.coco import build_coco_dataset, write_coco, write_label_images
-from engine.io.images import load_image
+from engine.io.images import load_image, to_unit_rgb
 
 FREEMASK_INFO = {"description": "freesolo free masks"}
 
@@ -69,23 +69,7 @@ def render_overlay(
     With ``scores`` the fill opacity follows the score, so confident instances stand
     out in demo overlays.
     """
-    img = np.asarray(image)
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    if img.ndim == 3 and img.shape[2] == 4:
-        img = img[..., :3]
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = np.repeat(img, 3, axis=2)
-    if img.dtype == np.uint16:
-        img = img.astype(np.float64) / 257.0
-    elif img.dtype != np.uint8:
-        f = np.nan_to_num(img.astype(np.float64))
-        lo, hi = float(f.min()), float(f.max())
-        if lo >= 0.0 and hi <= 1.0:  # float image in [0, 1]
-            img = f * 255.0
-        else:  # anything else: stretch to the full range
-            img = np.zeros(f.shape) if hi <= lo else (f - lo) / (hi - lo) * 255.0
-    out = img.astype(np.float64)
+    out = to_unit_rgb(image) * 255.0
     if scores is not None and len(scores) != len(masks):
         raise ValueError("scores and masks differ in length")
     for i, m in enumerate(masks):

@@ -138,6 +138,33 @@ def to_uint8_rgb(array: np.ndarray, *, color: bool = True) -> np.ndarray:
 # --------------------------------------------------------------------------- loading
 
 
+def to_unit_rgb(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) float64 in [0, 1] from grey, RGB or RGBA of any numeric dtype, for drawing and the
+    classical baselines: uint8 / 255, uint16 / 65535, floats in [0, 1] as they are, anything else
+    stretched min..max (NaN as 0). Unlike ``to_uint8_rgb`` (the loader's robust percentile
+    stretch), values are never clipped."""
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = img[..., None]
+    if img.ndim != 3:
+        raise ValueError(f"expected (H, W) or (H, W, C) image, got shape {img.shape}")
+    if img.shape[2] == 4:
+        img = img[..., :3]
+    if img.shape[2] == 1:
+        img = np.repeat(img, 3, axis=2)
+    if img.shape[2] != 3:
+        raise ValueError(f"expected 1, 3 or 4 channels, got {img.shape[2]}")
+    if img.dtype == np.uint8:
+        return img.astype(np.float64) / 255.0
+    if img.dtype == np.uint16:
+        return img.astype(np.float64) / 65535.0
+    f = np.nan_to_num(img.astype(np.float64))
+    lo, hi = float(f.min()), float(f.max())
+    if lo >= 0.0 and hi <= 1.0:
+        return f
+    return (f - lo) / (hi - lo) if hi > lo else np.zeros_like(f)
+
+
 def _check_size(path: Path, height: int, width: int, max_pixels: int, min_side: int) -> None:
     if height * width > max_pixels:
         raise ImageLoadError(

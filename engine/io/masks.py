@@ -285,10 +285,25 @@ def masks_to_label_image(
     return labels
 
 
-def label_image_to_masks(labels: np.ndarray) -> list[np.ndarray]:
-    """One bool mask per nonzero label, in increasing label order."""
+def label_image_to_masks(labels: np.ndarray, *, with_ids: bool = False) -> list:
+    """One full-size bool mask per label > 0, in increasing label order (``with_ids``: (label, mask) pairs).
+
+    Each label is compared only inside its bounding box (``find_objects``), so the cost follows
+    the objects, not labels × image size.
+    """
     lab = np.asarray(labels)
     if lab.ndim != 2:
         raise ValueError(f"label image must be 2-D, got shape {lab.shape}")
-    values = np.unique(lab)
-    return [lab == v for v in values if v != 0]
+    if lab.dtype.kind not in "iub":
+        if not np.array_equal(lab, np.round(lab)):
+            raise ValueError("label image must hold whole numbers")
+        lab = lab.astype(np.int64)
+    out = []
+    for value, window in enumerate(ndi.find_objects(np.clip(lab, 0, None)), start=1):
+        if window is None:
+            continue
+        mask = np.zeros(lab.shape, dtype=bool)
+        mask[window] = lab[window] == value
+        out.append((value, mask) if with_ids else mask)
+    return out
+

@@ -55,3 +55,13 @@ def maskness(soft: torch.Tensor, tau: float, strict: bool = False) -> tuple[torc
     area = weights.sum(dim=1)
     inside = torch.einsum("qn,qn->q", flat, weights)  # row dot products: no (M, N) product tensor
     return binary.reshape(soft.shape), area, inside / area.clamp_min(1)
+
+
+def inner_edge(mask: np.ndarray) -> np.ndarray:
+    """Pixels of ``mask`` with a 4-neighbour outside it (the image border does not count as outside)."""
+    inner = mask.copy()
+    inner[1:] &= mask[:-1]
+    inner[:-1] &= mask[1:]
+    inner[:, 1:] &= mask[:, :-1]
+    inner[:, :-1] &= mask[:, 1:]
+    return mask & ~inner

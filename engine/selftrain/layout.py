@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.solo.checkpoint import CHECKPOINT, FINAL, LOG
+
 ROUND_PREFIX = "round_"
 
 
@@ -46,13 +48,13 @@ class RunLayout:
         return self.round_dir(k) / "train_masks.json"
 
     def model(self, k: int) -> Path:
-        return self.round_dir(k) / "model.pt"
+        return self.round_dir(k) / FINAL
 
     def checkpoint(self, k: int) -> Path:
-        return self.round_dir(k) / "checkpoint.pt"
+        return self.round_dir(k) / CHECKPOINT
 
     def log(self, k: int) -> Path:
-        return self.round_dir(k) / "log.jsonl"
+        return self.round_dir(k) / LOG
 
     def seconds(self, k: int) -> Path:
         return self.round_dir(k) / "seconds.txt"

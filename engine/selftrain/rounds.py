@@ -29,6 +29,7 @@ from engine.selftrain.pseudo import SelectionConfig, select_pseudo_labels
 from engine.solo.config import TrainConfig
 from engine.solo.train import train
 from engine.selftrain import events as ev
+from engine.selftrain.config import SelfTrainConfig
 from engine.selftrain.layout import RunLayout
 from engine.structures import ImageResult
 
@@ -63,18 +64,6 @@ def keep_predictions(path: Path, keep_thr: float, max_keep: int,
     results = list(load_image_results(path).values())
     return select_pseudo_labels(results, SelectionConfig(top=max_keep, min_score=keep_thr,
                                                          ignore_min_score=ignore_min_score))
-
-
-@dataclass(frozen=True)
-class SelfTrainConfig:
-    """The self-training knobs (the CLI's and the panel's defaults come from here)."""
-
-    rounds: int = 2  # SOLO rounds after Free Mask's round 0
-    keep_thr: float = 0.3  # rounds >= 2: a prediction scoring at least this can be a pseudo-label
-    max_keep: int = 20  # rounds >= 2: pseudo-labels per image
-    coarse_top: int = 8  # round 1: the best N plausible coarse masks per image (0: all)
-    positive_only: bool = False  # rounds >= 2: focal loss only at positive cells (the official 'pseudo' mode)
-    ignore_min_score: float = float("inf")  # rounds >= 2: unselected predictions above this become ignore regions
 
 
 @dataclass

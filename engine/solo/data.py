@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.io.coco import load_image_results
+from engine.geometry import letterbox
 from engine.io.images import ImageLoadError, list_images, load_image, relative_name
 from engine.structures import is_ignored
 
@@ -27,18 +28,6 @@ class TrainSample:
     weights: torch.Tensor  # (M,) float: pseudo-label confidence (1 for coarse masks)
     content: tuple[int, int]  # (h, w) of the real image inside the S×S square
     ignore: torch.Tensor | None = None  # (K, S, S) bool: unselected candidates (negatives down-weighted there)
-
-
-def letterbox(image: np.ndarray, size: int) -> tuple[torch.Tensor, float, tuple[int, int]]:
-    """Resize so the long side is ``size``, pad to size×size: (uint8 (3,S,S), scale, (h, w))."""
-    h, w = image.shape[:2]
-    scale = size / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    t = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None].float()
-    t = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False, antialias=scale < 1)
-    out = torch.zeros(3, size, size, dtype=torch.uint8)
-    out[:, :nh, :nw] = t[0].round().clamp(0, 255).to(torch.uint8)
-    return out, scale, (nh, nw)
 
 
 def letterbox_masks(masks: list[np.ndarray], content: tuple[int, int], size: int) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 
 from engine.runtime.batch import BatchReport, iter_batch
 from engine.solo.amp import Precision, resolve_precision, to_float
-from engine.solo.data import letterbox
+from engine.geometry import letterbox
 from engine.solo.postprocess import predict_instances
 from engine.solo.checkpoint import load_model
 from engine.structures import ImageResult

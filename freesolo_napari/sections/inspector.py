@@ -19,44 +19,24 @@ def show_query(viewer, image_layer, features, y: float, x: float, tau: float) ->
 
     Returns (maskness, mask area fraction) of that query at τ: what the user is judging.
     """
-    soft = np.asarray(_query_similarity(features, y, x), dtype=np.float32)
-    h, w = features.image_size
-    scale = (h / soft.shape[0], w / soft.shape[1])
-    translate = (scale[0] / 2 - 0.5, scale[1] / 2 - 0.5)  # cell centres on pixel centres
-    inside = soft >= tau
-    maskness = float(soft[inside].mean()) if inside.any() else 0.0
+    from engine.freemask.soft_masks import query_view
+
+    view = query_view(features, y, x, tau)
+    placed = {"scale": view.scale, "translate": view.translate}  # cell centres on pixel centres
     if QUERY_LAYER in viewer.layers:
         layer = viewer.layers[QUERY_LAYER]
-        layer.data = soft
-        layer.scale = scale
-        layer.translate = translate
+        layer.data = view.soft
+        layer.scale, layer.translate = view.scale, view.translate
     else:
-        layer = viewer.add_image(soft, name=QUERY_LAYER, colormap="magma", opacity=0.6, contrast_limits=(0, 1),
-                                 scale=scale, translate=translate, blending="additive")
+        viewer.add_image(view.soft, name=QUERY_LAYER, colormap="magma", opacity=0.6, contrast_limits=(0, 1),
+                         blending="additive", **placed)
     contour = f"{QUERY_LAYER} · τ contour"
-    edge = inside & ~_erode(inside)
     if contour in viewer.layers:
-        viewer.layers[contour].data = edge.astype(np.uint8)
-        viewer.layers[contour].scale = scale
-        viewer.layers[contour].translate = translate
+        viewer.layers[contour].data = view.edge.astype(np.uint8)
+        viewer.layers[contour].scale, viewer.layers[contour].translate = view.scale, view.translate
     else:
-        viewer.add_labels(edge.astype(np.uint8), name=contour, scale=scale, translate=translate, opacity=1.0)
-    return maskness, float(inside.mean())
-
-
-def _query_similarity(features, y, x):
-    from engine.freemask.soft_masks import query_similarity
-
-    return query_similarity(features, y, x)
-
-
-def _erode(mask: np.ndarray) -> np.ndarray:
-    out = mask.copy()
-    out[1:] &= mask[:-1]
-    out[:-1] &= mask[1:]
-    out[:, 1:] &= mask[:, :-1]
-    out[:, :-1] &= mask[:, 1:]
-    return out
+        viewer.add_labels(view.edge.astype(np.uint8), name=contour, opacity=1.0, **placed)
+    return view.maskness, view.area_fraction
 
 
 class MasknessHistogram(QWidget):

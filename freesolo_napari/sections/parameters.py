@@ -22,25 +22,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from engine.freemask.postprocess import FreeMaskParams
+from engine.freemask.postprocess import FreeMaskParams, parse_scales
 
 COMMON_SCALES = (1.0, 0.5, 0.25, 0.125)
-
-
-def parse_scales(text: str) -> tuple[float, ...]:
-    """'1, 0.5,0.25' -> (1.0, 0.5, 0.25); raises ValueError with the offending entry."""
-    values = []
-    for part in text.replace(";", ",").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            values.append(float(part))
-        except ValueError:
-            raise ValueError(f"pyramid scale {part!r} is not a number") from None
-    if not values:
-        raise ValueError("choose at least one pyramid scale")
-    return tuple(sorted(set(values), reverse=True))
 
 
 class _Slider(QWidget):

@@ -37,6 +37,7 @@ from qtpy.QtWidgets import (
 
 from engine.selftrain.events import DONE, MESSAGE, PHASE, PROGRESS, ROUND_DONE, STOPPED, parse_line
 from engine.selftrain.layout import RunLayout
+from engine.selftrain.config import SelfTrainConfig
 from engine.solo.config import TrainConfig
 from freesolo_napari.sections.collapsible import Section
 from freesolo_napari.sections.loss_curve import LossCurve
@@ -80,13 +81,13 @@ class TrainingSection(Section):
         self.images_edit = QLineEdit(placeholderText="folder of training images",
                                      toolTip="Folder of images to self-train on (non-images are skipped)")
         self.images_button = QPushButton("…", toolTip="Choose the folder of training images")
-        self.rounds = QSpinBox(minimum=1, maximum=20, value=2, toolTip="SOLO rounds: round 1 trains on Free Mask's "
+        self.rounds = QSpinBox(minimum=1, maximum=20, value=SelfTrainConfig().rounds, toolTip="SOLO rounds: round 1 trains on Free Mask's "
                                "masks, round K on round K-1's confident predictions")
         self.iters = QSpinBox(minimum=1, maximum=1_000_000, value=TrainConfig().iters, singleStep=50,
                               toolTip="Training iterations per round")
         self.size = QSpinBox(minimum=64, maximum=2048, value=320, singleStep=32,
                              toolTip="Training image size (long side, pixels); smaller trains faster")
-        self.keep_thr = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05, value=0.3, decimals=2,
+        self.keep_thr = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05, value=SelfTrainConfig().keep_thr, decimals=2,
                                        toolTip="Predictions scoring at least this become the next round's masks")
         self.preset = QComboBox(toolTip="SOLO size: cpu-small (grids 24/16/12, 64-d; for CPUs) or paper "
                                 "(grids 40/36/24/16/12, 256-d)")

@@ -1,7 +1,7 @@
 """A folder of images for the panel: the file list, the image shown, the on-disk caches.
 
 No Qt here. The expensive half of Free Mask (backbone features) is cached on disk by the
-engine (``engine.features.FeatureCache``, keyed by file content, shared with the ``freesolo``
+engine (``engine.freemask.features.FeatureCache``, keyed by file content, shared with the ``freesolo``
 command line), so reopening an image, or the folder in a new session, costs only the
 post-processing. Masks the user edited are kept next to that cache (``edits/``, one file per
 image content), so they survive moving between images and sessions and go into folder exports.

@@ -113,9 +113,9 @@ class FreeMaskUpdate:
     """
 
     name: str  # the image layer's name
-    result: object  # engine.freemask.FreeMaskResult
+    result: object  # engine.freemask.postprocess.FreeMaskResult
     overlay: Overlay
-    params: object  # the engine.freemask.FreeMaskParams it was made with
+    params: object  # the engine.freemask.postprocess.FreeMaskParams it was made with
 
 
 def freemask_update(name: str, features, params, image: np.ndarray) -> FreeMaskUpdate:

@@ -72,10 +72,9 @@ def freemask_shard(args, fconf, params, *, shard, device, progress):
 
 
 def cmd_freemask(args: argparse.Namespace) -> int:
-    from engine.runtime.device import configure_cpu_threads
     from engine.freemask.pipeline import run_freemask_batch
+    from engine.runtime.device import configure_cpu_threads
     from engine.runtime.progress import ProgressBar
-
 
     configure_cpu_threads()
     try:
@@ -85,18 +84,7 @@ def cmd_freemask(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     check_outputs_free([args.out], args.overwrite)
     if sharded(args):
-        from engine.runtime.sharding import print_summary, run_sharded
-
-
-        summary = run_sharded(freemask_shard, (args, fconf, params), out=args.out, nproc=args.nproc,
-                              device=args.device, fmt=args.format, info=FREEMASK_INFO, overwrite=args.overwrite,
-                              title="freemask")
-        code = print_summary(summary, what="{s.cache_hits} from cache, backbone {s.backbone_seconds:.1f}s, "
-                             "post-processing {s.postprocess_seconds:.1f}s")
-        for folder, what in ((args.labels, "label images"), (args.overlays, "overlays")):
-            if summary is not None and folder is not None:
-                print(f"{what} -> {folder}")
-        return code
+        return _freemask_sharded(args, fconf, params)
     report = run_freemask_batch(
         args.images, feature_config=fconf, params=params, device=args.device,
         cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=ProgressBar("freemask"),
@@ -110,14 +98,31 @@ def cmd_freemask(args: argparse.Namespace) -> int:
     print(f"{len(report.results)} images, {n_masks} masks -> {written[0]}"
           f" ({report.cache_hits} from cache, backbone {report.backbone_seconds:.1f}s, "
           f"post-processing {report.postprocess_seconds:.1f}s)")
-    if args.labels is not None:
-        print(f"label images -> {args.labels}")
-    if args.overlays is not None:
-        print(f"overlays -> {args.overlays}")
+    _print_extra_outputs(args)
     if report.failures:
         print(f"{len(report.failures)} file(s) failed (listed above)", file=sys.stderr)
         return EXIT_PARTIAL
     return EXIT_OK
+
+
+def _freemask_sharded(args: argparse.Namespace, fconf, params) -> int:
+    """``--nproc N`` (or torchrun): shares of the images in parallel processes, merged into ``--out``."""
+    from engine.runtime.sharding import print_summary, run_sharded
+
+    summary = run_sharded(freemask_shard, (args, fconf, params), out=args.out, nproc=args.nproc,
+                          device=args.device, fmt=args.format, info=FREEMASK_INFO, overwrite=args.overwrite,
+                          title="freemask")
+    code = print_summary(summary, what="{s.cache_hits} from cache, backbone {s.backbone_seconds:.1f}s, "
+                         "post-processing {s.postprocess_seconds:.1f}s")
+    if summary is not None:
+        _print_extra_outputs(args)
+    return code
+
+
+def _print_extra_outputs(args: argparse.Namespace) -> None:
+    for folder, what in ((args.labels, "label images"), (args.overlays, "overlays")):
+        if folder is not None:
+            print(f"{what} -> {folder}")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -55,18 +55,10 @@ def run_freemask_batch(
     t_start = time.perf_counter()
     for name, path, image in itertools.chain([first] if first is not None else [], images):
         try:
-            digest = file_sha1(path) if cache is not None else None
-            t0 = time.perf_counter()
-            feats, hit = extract_cached(extractor, image, digest, cache)
-            t1 = time.perf_counter()
-            result = postprocess(feats, params, image)
-            t2 = time.perf_counter()
+            result = _one_image(extractor, cache, params, path, image, report)
         except (OSError, RuntimeError, ValueError) as exc:  # e.g. out of memory on a huge image
             report.failures.append((str(path), f"{path}: {type(exc).__name__}: {exc}"))
             continue
-        report.cache_hits += int(hit)
-        report.backbone_seconds += 0.0 if hit else t1 - t0
-        report.postprocess_seconds += t2 - t1
         h, w = image.shape[:2]
         img_result = ImageResult(file_name=name, height=h, width=w, instances=result.instances)
         report.results.append(img_result)
@@ -75,3 +67,17 @@ def run_freemask_batch(
             on_result(img_result, image)
     report.total_seconds = time.perf_counter() - t_start
     return report
+
+
+def _one_image(extractor: FeatureExtractor, cache: FeatureCache | None, params: FreeMaskParams, path: Path,
+               image: np.ndarray, report: BatchReport):
+    """Features (from the cache when it has them) and post-processing of one image, timed into ``report``."""
+    digest = file_sha1(path) if cache is not None else None
+    t0 = time.perf_counter()
+    feats, hit = extract_cached(extractor, image, digest, cache)
+    t1 = time.perf_counter()
+    result = postprocess(feats, params, image)
+    report.cache_hits += int(hit)
+    report.backbone_seconds += 0.0 if hit else t1 - t0
+    report.postprocess_seconds += time.perf_counter() - t1
+    return result

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.io.coco import CocoFormatError, load_image_results
+from engine.io.coco import CocoFormatError, inside, load_image_results
 from freesolo_napari.folder import PATH_KEY
 from freesolo_napari.layers import instance_table, instances_to_labels, labels_name
 
@@ -40,9 +40,9 @@ def read_coco_layers(path) -> list[tuple]:
     layers: list[tuple] = []
     missing: list[str] = []
     for name, res in results.items():
-        file = path.parent / name
+        file = inside(path.parent, name)  # None: the name points outside the COCO file's folder
         image = None
-        if file.is_file():
+        if file is not None and file.is_file():
             try:
                 image = load_image(file)
             except ImageLoadError as exc:

@@ -86,3 +86,24 @@ def test_missing_images_and_non_coco_json(make_napari_viewer, coco_folder, qtbot
     (folder / "list.json").write_text("[1, 2, 3]")
     with pytest.raises(CocoFormatError, match="list.json.*not a COCO dataset"):
         viewer.open(str(folder / "list.json"), plugin="freesolo-napari")
+
+
+def test_file_names_outside_the_coco_folder_are_never_read(tmp_path):
+    """A COCO file naming '../secret.png' or an absolute path shows its masks alone, never that image."""
+    import numpy as np
+    from PIL import Image
+
+    from engine.io.coco import build_coco_dataset, write_coco
+    from engine.structures import ImageResult, InstanceMask
+    from freesolo_napari.reader import read_coco_layers
+
+    secret = tmp_path / "secret.png"
+    Image.fromarray(np.full((16, 16, 3), 200, np.uint8)).save(secret)
+    folder = tmp_path / "inbox"
+    mask = np.zeros((16, 16), bool)
+    mask[2:6, 2:6] = True
+    results = [ImageResult("../secret.png", 16, 16, [InstanceMask(mask, 0.9)]),
+               ImageResult(str(secret), 16, 16, [InstanceMask(mask, 0.8)])]
+    write_coco(folder / "masks.json", build_coco_dataset(results))
+    layers = read_coco_layers(str(folder / "masks.json"))
+    assert [kind for _data, _meta, kind in layers] == ["labels", "labels"]  # masks alone, no image read

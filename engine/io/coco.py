@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -57,6 +58,7 @@ _CORE_KEYS = frozenset(
 )
 # Slack for polygon coordinates just outside the image (rounding in other tools).
 _POLYGON_SLACK = 1.0
+MAX_IMAGE_PIXELS = 400_000_000  # the image loader's default limit: a mask is never larger than an image
 
 
 class CocoFormatError(ValueError):
@@ -214,6 +216,9 @@ def _check_segmentation(seg: Any, h: int | None, w: int | None) -> str | None:
     """Why ``seg`` is unusable for an image of h x w (None when fine)."""
     if isinstance(seg, Mapping):
         size = seg.get("size")
+        if (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_number(v) for v in size)
+                and size[0] * size[1] > MAX_IMAGE_PIXELS):
+            return f"RLE size {size[0]}x{size[1]} is over the limit of {MAX_IMAGE_PIXELS:,} pixels"
         if (h is not None and isinstance(size, (list, tuple)) and len(size) == 2
                 and (size[0], size[1]) != (h, w)):
             return (f"segmentation outside the image size (RLE is {size[0]}x{size[1]}, "
@@ -249,34 +254,64 @@ def _check_segmentation(seg: Any, h: int | None, w: int | None) -> str | None:
     return f"segmentation has unsupported type {type(seg).__name__}"
 
 
-def _parse_images(raw: Any, path: Path | None) -> list[dict[str, Any]]:
+def inside(root: Path, file_name: str) -> Path | None:
+    """``root / file_name`` when that stays inside ``root``; None for absolute names, ``..`` parts,
+    drive letters or empty names (a COCO file must not make us read or write elsewhere)."""
+    rel = PurePosixPath(str(file_name).replace("\\", "/"))
+    if rel.is_absolute() or ".." in rel.parts or not rel.name or re.fullmatch(r"[A-Za-z]:", rel.parts[0]):
+        return None
+    return Path(root).joinpath(*rel.parts)
+
+
+def _image_problem(img: Any) -> str | None:
+    """Why an ``images`` entry is unusable (None when fine)."""
+    if not isinstance(img, Mapping):
+        return "is not an object"
+    missing = [k for k in ("id", "file_name", "width", "height") if k not in img]
+    if missing:
+        return f"has no {', '.join(missing)}"
+    if not isinstance(img["id"], (int, str)) or isinstance(img["id"], bool):
+        return f"has an invalid id {img['id']!r}"
+    if not isinstance(img["file_name"], str) or not img["file_name"]:
+        return f"has an invalid file_name {img['file_name']!r}"
+    for key in ("width", "height"):
+        v = img[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            return f"has an invalid {key} {v!r}"
+    if img["width"] * img["height"] > MAX_IMAGE_PIXELS:
+        return (f"declares {img['width']}x{img['height']} pixels, over the limit of {MAX_IMAGE_PIXELS:,} "
+                "(the same as for loading images)")
+    return None
+
+
+def _parse_images(raw: Any, path: Path | None, problems: list[str]) -> list[dict[str, Any]]:
+    """The usable ``images`` entries; bad ones and repeated ids or names are skipped into ``problems``.
+
+    Only a file with images of which none is usable is refused as a whole.
+    """
     if not isinstance(raw, list):
         raise CocoFormatError(path, "'images' must be a list")
     images: list[dict[str, Any]] = []
     ids: set[Any] = set()
     names: set[str] = set()
+    skipped: list[str] = []
     for i, img in enumerate(raw):
-        if not isinstance(img, Mapping):
-            raise CocoFormatError(path, f"image at index {i} is not an object")
-        label = f"image {img['id']}" if "id" in img else f"image at index {i}"
-        missing = [k for k in ("id", "file_name", "width", "height") if k not in img]
-        if missing:
-            raise CocoFormatError(path, f"{label} has no {', '.join(missing)}")
-        if not isinstance(img["id"], (int, str)) or isinstance(img["id"], bool):
-            raise CocoFormatError(path, f"{label} has an invalid id {img['id']!r}")
-        if not isinstance(img["file_name"], str) or not img["file_name"]:
-            raise CocoFormatError(path, f"{label} has an invalid file_name {img['file_name']!r}")
-        for key in ("width", "height"):
-            v = img[key]
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise CocoFormatError(path, f"{label} has an invalid {key} {v!r}")
-        if img["id"] in ids:
-            raise CocoFormatError(path, f"{label}: duplicate image id")
-        if img["file_name"] in names:
-            raise CocoFormatError(path, f"{label}: duplicate file_name {img['file_name']!r}")
+        label = (f"image {img['id']!r} (index {i})" if isinstance(img, Mapping) and isinstance(img.get("id"), (int, str))
+                 else f"image at index {i}")
+        reason = _image_problem(img)
+        if reason is None and img["id"] in ids:
+            reason = "repeats an earlier image id"
+        if reason is None and img["file_name"] in names:
+            reason = f"repeats the file_name {img['file_name']!r}"
+        if reason is not None:
+            skipped.append(f"{label} {reason}; skipped with its annotations")
+            continue
         ids.add(img["id"])
         names.add(img["file_name"])
         images.append(dict(img))
+    if raw and not images:
+        raise CocoFormatError(path, f"no usable image: {skipped[0]}")
+    problems.extend(skipped)
     return images
 
 
@@ -292,7 +327,7 @@ def parse_coco(obj: Any, *, path: str | os.PathLike[str] | None = None) -> CocoD
     if isinstance(obj, Mapping):
         if "images" not in obj:
             raise CocoFormatError(p, "top level is an object without 'images' (not a COCO dataset)")
-        images = _parse_images(obj["images"], p)
+        images = _parse_images(obj["images"], p, problems)
         sizes = {img["id"]: (img["height"], img["width"]) for img in images}
         raw_anns = obj.get("annotations", [])
         if not isinstance(raw_anns, list):
@@ -311,15 +346,24 @@ def parse_coco(obj: Any, *, path: str | os.PathLike[str] | None = None) -> CocoD
 
     file_names = {img["id"]: img["file_name"] for img in images}
     annotations: list[dict[str, Any]] = []
+    ann_ids: set[Any] = set()
     for i, ann in enumerate(raw_anns):
         name = _ann_name(ann, i)
         if not isinstance(ann, Mapping):
             problems.append(f"{name} is not an object")
             continue
+        if isinstance(ann.get("id"), (int, str)) and not isinstance(ann.get("id"), bool):
+            if ann["id"] in ann_ids:
+                problems.append(f"{name} (index {i}) repeats an earlier annotation id; skipped")
+                continue
+            ann_ids.add(ann["id"])
         if "image_id" not in ann:
             problems.append(f"{name} has no image_id")
             continue
         image_id = ann["image_id"]
+        if not isinstance(image_id, (int, str)) or isinstance(image_id, bool):
+            problems.append(f"{name} (index {i}) has an invalid image_id {image_id!r}")
+            continue
         where = (f" (image '{file_names[image_id]}')"
                  if isinstance(image_id, (int, str)) and image_id in file_names else "")
         if "segmentation" not in ann:
@@ -437,10 +481,10 @@ def load_image_results(
 
 
 def _label_path(out_dir: Path, file_name: str, ext: str) -> Path:
-    rel = PurePosixPath(file_name.replace("\\", "/"))
-    if rel.is_absolute() or ".." in rel.parts or not rel.name:
+    target = inside(out_dir, file_name)
+    if target is None:
         raise ValueError(f"file_name {file_name!r} would write outside the output folder")
-    return out_dir.joinpath(*rel.with_suffix(ext).parts)
+    return target.with_suffix(ext)
 
 
 def write_label_images(

@@ -44,6 +44,13 @@ def add_nproc_option(p: argparse.ArgumentParser) -> None:
                    "cuda) and merge their outputs into --out; under torchrun the ranks split them instead")
 
 
+def add_channel_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--channel", type=int, default=None, metavar="K",
+                   help="multi-channel images: use channel K alone (0-based), as grey; default: all channels as "
+                   "colour (2: red/green, more: the first 3). Stacks (3-D, time-lapse TIFFs) are always processed "
+                   "plane by plane, each named FILE[z=3] in the output")
+
+
 def add_feature_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("features (the backbone pass, cached on disk)")
     g.add_argument("--backbone", default="efficientnet-lite0",

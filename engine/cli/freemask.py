@@ -11,6 +11,7 @@ from engine.cli.common import (
     EXIT_OK,
     EXIT_PARTIAL,
     UserError,
+    add_channel_option,
     add_feature_options,
     add_freemask_options,
     add_nproc_option,
@@ -34,6 +35,7 @@ def add_freemask_commands(sub) -> None:
     fm.add_argument("--overlays", type=Path, default=None, help="also write an overlay PNG per image into this folder")
     fm.add_argument("--overwrite", action="store_true", help="replace existing outputs (the old file is kept as .bak)")
     add_nproc_option(fm)
+    add_channel_option(fm)
     add_feature_options(fm)
     add_freemask_options(fm)
     fm.set_defaults(func=cmd_freemask)
@@ -63,7 +65,8 @@ def freemask_shard(args, fconf, params, *, shard, device, progress):
 
 
     report = run_freemask_batch(args.images, feature_config=fconf, params=params, device=device,
-                                cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=progress, shard=shard)
+                                cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=progress, shard=shard,
+                                channel=args.channel)
     if args.labels is not None:
         write_label_images(report.results, args.labels, fmt="png", overwrite=args.overwrite)
     if args.overlays is not None:
@@ -87,7 +90,7 @@ def cmd_freemask(args: argparse.Namespace) -> int:
         return _freemask_sharded(args, fconf, params)
     report = run_freemask_batch(
         args.images, feature_config=fconf, params=params, device=args.device,
-        cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=ProgressBar("freemask"),
+        cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=ProgressBar("freemask"), channel=args.channel,
     )
     for path, why in report.skipped:
         print(f"skipped {path}: {why}", file=sys.stderr)

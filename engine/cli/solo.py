@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from engine.cli.common import add_nproc_option, check_outputs_free, sharded
+from engine.cli.common import add_channel_option, add_nproc_option, check_outputs_free, sharded
 from engine.solo.checkpoint import CHECKPOINT, LOG
 
 
@@ -42,6 +42,7 @@ def add_solo_commands(sub) -> None:
     _amp_options(pr)
     pr.add_argument("--overwrite", action="store_true")
     add_nproc_option(pr)
+    add_channel_option(pr)
     pr.set_defaults(func=cmd_predict)
 
     st = sub.add_parser("selftrain", help="Free Mask, then SOLO, then self-training rounds on a folder",
@@ -203,7 +204,8 @@ def predict_shard(args, *, shard, device, progress):
     from engine.solo.predict import predict_folder
 
     return predict_folder(args.images, args.model, score_thr=args.score_thr, max_per_image=args.max_per_image,
-                          device=device, progress=progress, amp=args.amp is not False, shard=shard)
+                          device=device, progress=progress, amp=args.amp is not False, shard=shard,
+                          channel=args.channel)
 
 
 def cmd_predict(args) -> int:
@@ -224,7 +226,8 @@ def cmd_predict(args) -> int:
                               fmt=args.format, overwrite=args.overwrite, title="predict")
         return print_summary(summary)
     report = predict_folder(args.images, args.model, score_thr=args.score_thr, max_per_image=args.max_per_image,
-                            device=resolve_device(args.device), progress=ProgressBar("predict"), amp=args.amp is not False)
+                            device=resolve_device(args.device), progress=ProgressBar("predict"), amp=args.amp is not False,
+                            channel=args.channel)
     for _path, why in report.failures:
         print(f"error: {why}", file=sys.stderr)
     written = write_coco(args.out, build_coco_dataset(report.results, segmentation=args.format), overwrite=args.overwrite)

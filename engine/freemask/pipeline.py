@@ -17,6 +17,7 @@ from engine.backbones.weights import cache_root
 from engine.freemask.features import FeatureCache, FeatureConfig, FeatureExtractor, extract_cached
 from engine.freemask.postprocess import FreeMaskParams, postprocess
 from engine.io.images import file_sha1
+from engine.io.stacks import content_key
 from engine.runtime.batch import BatchReport, ProgressFn, iter_batch
 from engine.structures import ImageResult
 
@@ -39,6 +40,7 @@ def run_freemask_batch(
     should_stop: Callable[[], bool] | None = None,
     on_result: Callable[[ImageResult, np.ndarray], None] | None = None,
     shard: tuple[int, int] | None = None,
+    channel: int | None = None,
 ) -> BatchReport:
     """Run Free Mask on every image of ``inputs`` (folders and/or files).
 
@@ -48,14 +50,14 @@ def run_freemask_batch(
     """
     params = (params or FreeMaskParams()).validated()
     report = BatchReport()
-    images = iter_batch(inputs, report, progress, should_stop, shard)
+    images = iter_batch(inputs, report, progress, should_stop, shard, channel)
     first = next(images, None)  # lists the inputs: a missing path or empty folder fails before the model loads
     extractor = extractor or FeatureExtractor(feature_config or FeatureConfig(), device=device)
     cache = FeatureCache(cache_dir or default_cache_dir()) if use_cache else None
     t_start = time.perf_counter()
     for name, path, image in itertools.chain([first] if first is not None else [], images):
         try:
-            result = _one_image(extractor, cache, params, path, image, report)
+            result = _one_image(extractor, cache, params, path, name, image, report)
         except (OSError, RuntimeError, ValueError) as exc:  # e.g. out of memory on a huge image
             report.failures.append((str(path), f"{path}: {type(exc).__name__}: {exc}"))
             continue
@@ -70,9 +72,9 @@ def run_freemask_batch(
 
 
 def _one_image(extractor: FeatureExtractor, cache: FeatureCache | None, params: FreeMaskParams, path: Path,
-               image: np.ndarray, report: BatchReport):
-    """Features (from the cache when it has them) and post-processing of one image, timed into ``report``."""
-    digest = file_sha1(path) if cache is not None else None
+               name: str, image: np.ndarray, report: BatchReport):
+    """Features (from the cache when it has them) and post-processing of one image plane, timed into ``report``."""
+    digest = content_key(_sha1(path), name, report.channel) if cache is not None else None
     t0 = time.perf_counter()
     feats, hit = extract_cached(extractor, image, digest, cache)
     t1 = time.perf_counter()
@@ -81,3 +83,15 @@ def _one_image(extractor: FeatureExtractor, cache: FeatureCache | None, params: 
     report.backbone_seconds += 0.0 if hit else t1 - t0
     report.postprocess_seconds += time.perf_counter() - t1
     return result
+
+
+_last_sha: dict[str, str] = {}
+
+
+def _sha1(path: Path) -> str:
+    """``file_sha1``, computed once for the planes of one stack in a row."""
+    key = f"{path}:{path.stat().st_mtime_ns}:{path.stat().st_size}"
+    if key not in _last_sha:
+        _last_sha.clear()
+        _last_sha[key] = file_sha1(path)
+    return _last_sha[key]

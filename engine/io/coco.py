@@ -32,6 +32,7 @@ from engine.io.masks import (
     polygons_to_mask,
     rle_to_mask,
 )
+from engine.io.stacks import split_plane_name
 from engine.structures import ImageResult, InstanceMask
 
 __all__ = [
@@ -481,10 +482,13 @@ def load_image_results(
 
 
 def _label_path(out_dir: Path, file_name: str, ext: str) -> Path:
-    target = inside(out_dir, file_name)
+    """``stack.tif[z=3]`` -> ``OUT/stack[z=3].png``: one label image per plane, never outside ``out_dir``."""
+    base, plane = split_plane_name(file_name)
+    target = inside(out_dir, base)
     if target is None:
         raise ValueError(f"file_name {file_name!r} would write outside the output folder")
-    return target.with_suffix(ext)
+    target = target.with_suffix(ext)
+    return target.with_name(target.stem + plane.suffix() + ext)
 
 
 def write_label_images(

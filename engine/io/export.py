@@ -13,7 +13,8 @@ from skimage.segmentation import find_boundaries
 
 from engine.io.atomic import atomic_save
 from engine.io.coco import build_coco_dataset, write_coco, write_label_images
-from engine.io.images import load_image, to_unit_rgb
+from engine.io.images import to_unit_rgb
+from engine.io.stacks import load_plane, split_plane_name
 
 FREEMASK_INFO = {"description": "freesolo free masks"}
 
@@ -53,10 +54,11 @@ def write_overlays(report, folder: Path, overwrite: bool) -> list[Path]:
 
     written = []
     for res in report.results:
-        image = load_image(report.images[res.file_name])
+        image = load_plane(report.images[res.file_name], split_plane_name(res.file_name)[1], report.channel)
         shown = readable_subset(res.instances)
         over = render_overlay(image, [m.mask for m in shown], [m.score for m in shown])
-        target = folder / (str(Path(res.file_name).with_suffix("")) + "_overlay.png")
+        base, plane = split_plane_name(res.file_name)
+        target = folder / (str(Path(base).with_suffix("")) + plane.suffix() + "_overlay.png")
         written.append(atomic_save(target, lambda tmp, a=over: Image.fromarray(a).save(tmp, format="PNG"), overwrite=overwrite))
     return written
 

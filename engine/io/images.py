@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -198,8 +199,61 @@ def _apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
     return arr
 
 
-def _load_tiff(path: Path, max_pixels: int, min_side: int) -> np.ndarray:
-    """First plane of the first series; S (samples) is colour, C is separate channels."""
+@dataclass
+class TiffData:
+    """A TIFF's first series as read: the array, its axes (tifffile letters) and display tags."""
+
+    array: np.ndarray
+    axes: str
+    photometric: int
+    orientation: int
+
+    @property
+    def channel_axis(self) -> str | None:
+        """'S' (colour samples) or 'C' (separate channels, e.g. fluorescence), if any."""
+        return "S" if "S" in self.axes else ("C" if "C" in self.axes else None)
+
+    def plane_axes(self) -> dict[str, int]:
+        """Every axis that is neither Y, X nor the channel axis (Z, T, pages...) with its length."""
+        return {ax: n for ax, n in zip(self.axes, self.array.shape) if ax not in ("Y", "X", self.channel_axis)}
+
+    def channels(self) -> int:
+        ax = self.channel_axis
+        return int(self.array.shape[self.axes.index(ax)]) if ax else 1
+
+    def plane(self, index: dict[str, int] | None = None, channel: int | None = None) -> np.ndarray:
+        """uint8 RGB of one plane (missing axes: 0); ``channel`` picks one channel as grey."""
+        index = index or {}
+        ax = self.channel_axis
+        unknown = [a for a in index if a not in self.plane_axes()]
+        if unknown:
+            axes = ", ".join(a.lower() for a in self.plane_axes()) or "none: it is a single plane"
+            raise ValueError(f"has no plane {unknown[0].lower()}={index[unknown[0]]} (its plane axes: {axes})")
+        if channel is not None and not 0 <= channel < self.channels():
+            raise ValueError(f"channel {channel} does not exist (the image has {self.channels()})")
+        take: list[int | slice] = []
+        kept = ""
+        for a, n in zip(self.axes, self.array.shape):
+            if a in ("Y", "X") or (a == ax and channel is None):
+                take.append(slice(None))
+                kept += a
+            elif a == ax:
+                take.append(channel)
+            else:
+                k = int(index.get(a, 0))
+                if not 0 <= k < n:
+                    raise ValueError(f"plane {a}={k} does not exist (axis {a} has {n})")
+                take.append(k)
+        arr = self.array[tuple(take)]
+        order = [kept.index("Y"), kept.index("X")] + ([kept.index(ax)] if ax and ax in kept else [])
+        arr = _apply_orientation(np.transpose(arr, order), self.orientation)
+        if self.photometric == 0 and arr.ndim == 2:  # MINISWHITE: 0 is white, so invert
+            arr = np.iinfo(arr.dtype).max - arr if arr.dtype.kind == "u" else arr.max() - arr
+        return to_uint8_rgb(np.ascontiguousarray(arr), color=ax == "S" and channel is None)
+
+
+def read_tiff(path: Path, max_pixels: int = 400_000_000, min_side: int = 8) -> TiffData:
+    """The first series of a TIFF (only its first page when the series is over 1 GiB)."""
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         axes, shape = series.axes, tuple(series.shape)
@@ -214,23 +268,12 @@ def _load_tiff(path: Path, max_pixels: int, min_side: int) -> np.ndarray:
         photometric = int(getattr(page, "photometric", 1) or 1)
         orientation_tag = page.tags.get(274)
         orientation = int(orientation_tag.value) if orientation_tag is not None else 1
+    return TiffData(arr, axes, photometric, orientation)
 
-    chan_axis = "S" if "S" in axes else ("C" if "C" in axes else None)
-    index: list[int | slice] = []
-    kept = ""
-    for ax in axes:
-        if ax in ("Y", "X") or ax == chan_axis:
-            index.append(slice(None))
-            kept += ax
-        else:
-            index.append(0)  # first plane of z/t/extra axes
-    arr = arr[tuple(index)]
-    order = [kept.index("Y"), kept.index("X")] + ([kept.index(chan_axis)] if chan_axis else [])
-    arr = np.transpose(arr, order)
-    arr = _apply_orientation(arr, orientation)
-    if photometric == 0 and arr.ndim == 2:  # MINISWHITE: 0 is white, so invert
-        arr = np.iinfo(arr.dtype).max - arr if arr.dtype.kind == "u" else arr.max() - arr
-    return to_uint8_rgb(np.ascontiguousarray(arr), color=chan_axis == "S")
+
+def _load_tiff(path: Path, max_pixels: int, min_side: int) -> np.ndarray:
+    """First plane of the first series; S (samples) is colour, C is separate channels."""
+    return read_tiff(path, max_pixels, min_side).plane()
 
 
 def _pil_to_array(im: Image.Image) -> tuple[np.ndarray, bool]:

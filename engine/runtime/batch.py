@@ -13,7 +13,8 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from engine.io.images import ImageLoadError, list_images, load_image, relative_name
+from engine.io.images import ImageLoadError, list_images, relative_name
+from engine.io.stacks import planes_of, plane_name
 from engine.structures import ImageResult
 
 ProgressFn = Callable[[int, int, str], None]  # (done, total, current file name)
@@ -29,8 +30,9 @@ class BatchReport:
     postprocess_seconds: float = 0.0
     total_seconds: float = 0.0
     cancelled: bool = False
-    images: dict[str, Path] = field(default_factory=dict)  # file_name -> path on disk
-    order: dict[str, int] = field(default_factory=dict)  # file_name -> position in the whole input listing
+    images: dict[str, Path] = field(default_factory=dict)  # file_name (with its plane) -> path on disk
+    channel: int | None = None  # the channel taken from multi-channel images (None: all, as colour)
+    order: dict[str, tuple[int, int]] = field(default_factory=dict)  # file_name -> (position in the listing, plane)
 
 
 def input_root(inputs: Sequence[str | Path]) -> Path | None:
@@ -60,31 +62,38 @@ def iter_batch(
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
     shard: tuple[int, int] | None = None,
+    channel: int | None = None,
 ) -> Iterator[tuple[str, Path, np.ndarray]]:
-    """(file name, path, image) for every loadable image of ``inputs``: the loop every batch shares.
+    """(file name, path, image) for every loadable image plane of ``inputs``: the loop every batch shares.
 
-    Non-images go to ``report.skipped``, unreadable files to ``report.failures``; a stop request
-    sets ``report.cancelled``. Progress is reported before each image and once at the end.
-    ``shard = (rank, world)`` takes only that rank's share of the listing (see ``shard_of``).
+    A stack gives one item per plane, named ``FILE[z=3]`` (see ``engine/io/stacks.py``); ``channel``
+    takes one channel of multi-channel images. Non-images go to ``report.skipped``, unreadable
+    files to ``report.failures``; a stop request sets ``report.cancelled``. Progress is reported
+    before each file and once at the end. ``shard = (rank, world)`` takes only that rank's share
+    of the listing (see ``shard_of``).
     """
     all_paths, skipped = list_images(inputs)
     root = input_root(inputs)
     report.skipped += [(str(p), why) for p, why in skipped]
+    report.channel = channel
     positions = shard_of(len(all_paths), shard)
     paths = [all_paths[k] for k in positions]
     for i, (position, path) in enumerate(zip(positions, paths)):
         if should_stop is not None and should_stop():
             report.cancelled = True
             return
-        name = relative_name(path, root if root is not None else path.parent)
-        report.order[name] = position
+        base = relative_name(path, root if root is not None else path.parent)
         if progress is not None:
-            progress(i, len(paths), name)
+            progress(i, len(paths), base)
         try:
-            image = load_image(path)
+            for k, (plane, image) in enumerate(planes_of(path, channel)):
+                if k and should_stop is not None and should_stop():
+                    report.cancelled = True
+                    return
+                name = plane_name(base, plane)
+                report.order[name] = (position, k)
+                yield name, path, image
         except ImageLoadError as exc:
             report.failures.append((str(path), str(exc)))
-            continue
-        yield name, path, image
     if progress is not None:
         progress(len(paths), len(paths), "")

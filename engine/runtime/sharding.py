@@ -104,6 +104,11 @@ def _read_part(path: Path, rank: int, world: int) -> dict[str, Any]:
     return data
 
 
+def _position(entry: Any) -> tuple[int, int]:
+    """(position in the listing, plane) of a part's image; older parts wrote the position alone."""
+    return (int(entry[0]), int(entry[1])) if isinstance(entry, (list, tuple)) else (int(entry), 0)
+
+
 def merge_parts(out: str | os.PathLike[str], world: int, *, overwrite: bool = False) -> ShardSummary:
     """Merge every rank's part into ``out`` (atomically; refuses to replace it unless ``overwrite``).
 
@@ -114,14 +119,14 @@ def merge_parts(out: str | os.PathLike[str], world: int, *, overwrite: bool = Fa
     paths = [part_path(out, r, world) for r in range(world)]
     parts = [_read_part(p, r, world) for r, p in enumerate(paths)]
     summary = ShardSummary(out, world)
-    entries: list[tuple[int, dict[str, Any], list[dict[str, Any]]]] = []
+    entries: list[tuple[tuple[int, int], dict[str, Any], list[dict[str, Any]]]] = []
     seen_skipped: set[tuple[str, str]] = set()
     for data in parts:
         meta = data[PART_KEY]
         by_image: dict[Any, list[dict[str, Any]]] = defaultdict(list)
         for ann in data["annotations"]:
             by_image[ann["image_id"]].append(ann)
-        entries += [(int(i), img, by_image[img["id"]]) for i, img in zip(meta["index"], data["images"])]
+        entries += [(_position(i), img, by_image[img["id"]]) for i, img in zip(meta["index"], data["images"])]
         summary.failures += [(str(p), str(why)) for p, why in meta["failures"]]
         for p, why in meta["skipped"]:  # every rank lists the same inputs: report each once
             if (p, why) not in seen_skipped:

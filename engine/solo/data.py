@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from engine.io.coco import load_image_results
 from engine.geometry import letterbox
-from engine.io.images import ImageLoadError, list_images, load_image, relative_name
+from engine.io.images import ImageLoadError, list_images, relative_name
+from engine.io.stacks import load_plane, split_plane_name
 from engine.structures import is_ignored
 
 
@@ -50,12 +51,13 @@ def load_training_set(
     by_name = {relative_name(p, image_dir): p for p in paths}
     samples = []
     for name, res in results.items():
-        path = by_name.get(name)
+        base, plane = split_plane_name(name)  # a stack's plane: FILE[z=3]
+        path = by_name.get(base)
         if path is None:
             problems.append(f"{name}: listed in {Path(masks_json).name} but not found in {image_dir}")
             continue
         try:
-            image = load_image(path)
+            image = load_plane(path, plane)
         except ImageLoadError as exc:
             problems.append(str(exc))
             continue

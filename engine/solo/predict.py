@@ -56,8 +56,9 @@ def predict_folder(
     should_stop: Callable[[], bool] | None = None,
     amp: bool = True,
     shard: tuple[int, int] | None = None,
+    channel: int | None = None,
 ) -> BatchReport:
-    """Predict instances for every image of ``inputs``; bad files are reported, not fatal.
+    """Predict instances for every image (every plane of a stack) of ``inputs``; bad files are reported, not fatal.
 
     ``amp``: float16 autocast on CUDA (ignored elsewhere). ``shard = (rank, world)``: only that
     share of the images (``engine.runtime.sharding`` runs the shares in parallel and merges them).
@@ -66,7 +67,7 @@ def predict_folder(
     size, inference = inference_settings(model, state, score_thr, max_per_image)
     precision, _note = resolve_precision(model.backbone.device, amp)
     report = BatchReport()
-    for name, path, image in iter_batch(inputs, report, progress, should_stop, shard):
+    for name, path, image in iter_batch(inputs, report, progress, should_stop, shard, channel):
         instances = predict_image(model, image, size, inference, precision)
         report.results.append(ImageResult(name, image.shape[0], image.shape[1], instances))
         report.images[name] = path

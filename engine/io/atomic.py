@@ -13,8 +13,10 @@ import contextlib
 import functools
 import json
 import os
+import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path, PurePath
 from typing import Any
@@ -148,6 +150,73 @@ def _make_backup(path: Path) -> None:
         raise
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's) or cannot tell: keep its files
+    return True
+
+
+def _lock_path(path: Path) -> Path:
+    return path.parent / f".{path.name}.lock"
+
+
+def _lock_owner(lock: Path) -> int | None:
+    try:
+        return int(lock.read_text().strip() or "0")
+    except (OSError, ValueError):
+        return None
+
+
+def _sweep_stale(path: Path) -> None:
+    """Remove the temp files and lock that a killed writer of ``path`` left (its pid is gone)."""
+    for leftover in path.parent.glob(f".{path.stem}.tmp-*"):
+        m = re.match(rf"\.{re.escape(path.stem)}\.tmp-(\d+)-", leftover.name)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            leftover.unlink(missing_ok=True)
+    lock = _lock_path(path)
+    owner = _lock_owner(lock) if lock.exists() else None
+    if owner is not None and owner != os.getpid() and not _pid_alive(owner):
+        lock.unlink(missing_ok=True)
+
+
+_THREAD_LOCKS: dict[Path, threading.Lock] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def _writer_lock(path: Path):
+    """One writer of ``path`` at a time: threads of this process wait their turn; across processes
+    the first takes ``.NAME.lock`` (holding its pid) and a second one gets a clear OutputError."""
+    with _THREAD_LOCKS_GUARD:
+        in_process = _THREAD_LOCKS.setdefault(path.resolve(), threading.Lock())
+    with in_process, _file_lock(path):
+        yield
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    lock = _lock_path(path)
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        raise OutputError(path, f"another process (pid {_lock_owner(lock)}) is writing it right now; "
+                          "nothing was written") from None
+    except OSError as exc:
+        raise OutputError(path, f"cannot create a lock file ({exc.strerror or exc})") from exc
+    try:
+        os.write(fd, str(os.getpid()).encode())
+    finally:
+        os.close(fd)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
 def atomic_save(
     path: str | os.PathLike[str],
     writer: Callable[[Path], None],
@@ -159,19 +228,31 @@ def atomic_save(
 
     The temp file lives in the same folder (so ``os.replace`` is an atomic rename) and
     keeps the target's suffix (so PIL/tifffile choose the right format). With
-    ``overwrite`` and ``backup`` the previous file survives as ``<name>.bak``.
+    ``overwrite`` and ``backup`` the previous file survives as ``<name>.bak``. Temp files name
+    their writer's pid, so the temp a killed writer left is removed by the next write of the
+    same target; two processes writing one target at once: one wins, the other gets an
+    :class:`OutputError` (or :class:`OutputExistsError` without ``overwrite``).
     """
     path = Path(path)
     if path.is_dir():
         raise OutputError(path, "a folder with that name exists")
-    existed = path.exists()
-    if existed and not overwrite:
+    if path.exists() and not overwrite:
         raise OutputExistsError(path)
     _prepare_dir(path)
+    _sweep_stale(path)
+    with _writer_lock(path):
+        existed = path.exists()
+        if existed and not overwrite:  # another writer finished first
+            raise OutputExistsError(path)
+        _write_and_replace(path, writer, existed, backup)
+    _fsync_dir(path.parent)
+    return path
 
+
+def _write_and_replace(path: Path, writer: Callable[[Path], None], existed: bool, backup: bool) -> None:
     try:
         fd, tmp_name = tempfile.mkstemp(
-            dir=path.parent, prefix=f".{path.stem}.tmp-", suffix=path.suffix
+            dir=path.parent, prefix=f".{path.stem}.tmp-{os.getpid()}-", suffix=path.suffix
         )
     except OSError as exc:
         raise OutputError(path, f"cannot create a temporary file ({exc.strerror or exc})") from exc
@@ -195,8 +276,6 @@ def atomic_save(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
-    return path
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, **kw: Any) -> Path:

@@ -203,7 +203,10 @@ class LogHook(Hook):
     loss curve) see each at once; only the main rank writes."""
 
     def __init__(self, trainer: Trainer):
-        self._file = (trainer.out / LOG).open("a", buffering=1) if trainer.info.is_main else open(os.devnull, "w")
+        path = trainer.out / LOG
+        if trainer.info.is_main:
+            _drop_partial_line(path)
+        self._file = path.open("a", buffering=1) if trainer.info.is_main else open(os.devnull, "w")
         self.last: dict[str, float] = {}
 
     def after_step(self, trainer: Trainer, result: StepResult) -> None:
@@ -212,6 +215,18 @@ class LogHook(Hook):
 
     def after_train(self, trainer: Trainer) -> None:
         self._file.close()
+
+
+def _drop_partial_line(path: Path) -> None:
+    """Cut a half-written last line (the process was killed mid-write), so a resumed run appends
+    whole lines only."""
+    if not path.is_file():
+        return
+    with path.open("rb+") as fh:
+        data = fh.read()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            fh.truncate(end)
 
 
 class ProgressHook(Hook):

@@ -107,3 +107,25 @@ def test_single_channel_detection_gates_auto_upscaling():
     # a colour photo keeps its native scale whatever its texture looks like
     s, auto, size = choose_input_scale(photo, FeatureConfig())
     assert auto and s == pytest.approx(1.0) and size is not None
+
+
+def test_cache_entries_of_another_version_or_weights_file_are_rebuilt(extractor, photo_sample, tmp_path, monkeypatch):
+    """An entry written by another feature format is recomputed (never used), and a backbone weights
+    file replaced at the same path gets a new cache key."""
+    import engine.freemask.features as features_mod
+
+    cache = FeatureCache(tmp_path / "c")
+    feats, _ = extract_cached(extractor, photo_sample[0], "img", cache)
+    monkeypatch.setattr(features_mod, "FEATURE_FORMAT_VERSION", 99)
+    stale_bytes = feats.to_bytes()  # written by "version 99"
+    monkeypatch.undo()
+    cache.path_for("img", extractor.config).write_bytes(stale_bytes)
+    assert cache.get("img", extractor.config) is None
+    _, hit = extract_cached(extractor, photo_sample[0], "img", cache)
+    assert hit is False and cache.get("img", extractor.config) is not None  # rebuilt and stored again
+
+    weights = tmp_path / "mine.pth"
+    weights.write_bytes(b"one")
+    key = FeatureConfig(backbone=str(weights)).cache_key()
+    weights.write_bytes(b"other weights")
+    assert FeatureConfig(backbone=str(weights)).cache_key() != key

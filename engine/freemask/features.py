@@ -46,8 +46,14 @@ class FeatureConfig:
     dim: int | None = 64  # PCA dimensions kept (None = all channels)
 
     def cache_key(self) -> str:
-        payload = json.dumps({**asdict(self), "v": FEATURE_FORMAT_VERSION}, sort_keys=True)
-        return hashlib.sha1(payload.encode()).hexdigest()[:16]
+        """Hash of every field, the format version and, for a backbone given as a weights file, that
+        file's size and modification time (replacing the weights at the same path starts afresh)."""
+        payload = {**asdict(self), "v": FEATURE_FORMAT_VERSION}
+        weights = Path(self.backbone).expanduser()
+        if weights.suffix in (".pth", ".pt", ".ckpt", ".pkl") and weights.is_file():
+            stat = weights.stat()
+            payload["weights"] = [stat.st_size, stat.st_mtime_ns]
+        return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass

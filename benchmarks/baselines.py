@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from engine.io.atomic import atomic_write_json
-from engine.eval.baselines import BASELINES
+from engine.generators.classical import BASELINES
 from engine.io.coco import build_results, read_coco
 from engine.eval.coco_eval import evaluate_segm
 from engine.structures import ImageResult, InstanceMask

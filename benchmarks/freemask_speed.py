@@ -20,7 +20,7 @@ import torch
 
 from engine.freemask.features import FeatureConfig, FeatureExtractor
 from engine.freemask.postprocess import FreeMaskParams, postprocess
-from engine.freemask.pipeline import run_freemask_batch
+from engine.generators.pipeline import run_freemask_batch
 from engine.data.synthetic import make_sample, write_synthetic_dataset
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from engine.eval.coco_eval import evaluate_segm, format_metrics
 from engine.freemask.features import FeatureConfig
 from engine.freemask.postprocess import FreeMaskParams
-from engine.freemask.pipeline import run_freemask_batch
+from engine.generators.pipeline import run_freemask_batch
 from engine.runtime.progress import ProgressBar
 from engine.data.synthetic import write_synthetic_dataset
 from engine.io.export import write_outputs

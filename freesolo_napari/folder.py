@@ -19,7 +19,7 @@ import numpy as np
 from engine.io.atomic import atomic_save
 from engine.freemask.features import FeatureCache, FeatureConfig, Features, FeatureExtractor, extract_cached
 from engine.io.images import file_sha1, list_images, load_image, relative_name
-from engine.freemask.pipeline import default_cache_dir
+from engine.generators.pipeline import default_cache_dir
 from engine.structures import ImageResult
 
 PATH_KEY = "freesolo_path"  # image layer metadata: the file the layer was loaded from (engine.load_image)

@@ -18,6 +18,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("engine.runtime",),  # devices, progress, the batch loop, processes and shards
     ("engine.backbones",),
     ("engine.freemask", "engine.data"),  # the teacher; synthetic data
+    ("engine.generators",),  # MaskCut and classical proposals beside Free Mask, and their merge
     ("engine.solo", "engine.eval"),  # the student; evaluation and baselines
     ("engine.selftrain",),
     ("engine.demo",),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.eval.baselines import BASELINES, otsu_components, otsu_watershed
+from engine.generators.classical import BASELINES, otsu_components, otsu_watershed
 from engine.structures import InstanceMask
 
 

@@ -6,7 +6,7 @@ from PIL import Image
 
 from engine.freemask.postprocess import FreeMaskParams
 from engine.io.images import NoImagesError
-from engine.freemask.pipeline import run_freemask_batch
+from engine.generators.pipeline import run_freemask_batch
 from engine.data.synthetic import make_sample
 
 

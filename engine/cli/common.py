@@ -26,6 +26,15 @@ def scales_arg(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def generators_arg(text: str) -> tuple[str, ...]:
+    from engine.generators.merge import parse_generators
+
+    try:
+        return parse_generators(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def scale_arg(text: str) -> float | None:
     if text == "auto":
         return None
@@ -73,6 +82,9 @@ def add_freemask_options(p: argparse.ArgumentParser) -> None:
 
     d = FreeMaskParams()
     g = p.add_argument_group("Free Mask post-processing (cheap; never re-runs the backbone)")
+    g.add_argument("--generators", type=generators_arg, default=("freemask",), metavar="LIST",
+                   help="mask generators merged into one ranking, among freemask, maskcut, classical "
+                   "(default: freemask)")
     g.add_argument("--tau", type=float, default=d.tau, help="soft-mask threshold τ (default: %(default)s; paper: 0.5)")
     g.add_argument("--scales", type=scales_arg, default=d.scales, help="query pyramid scales (default: 1.0,0.5,0.25)")
     g.add_argument("--top-k", type=int, default=d.top_k,
@@ -107,6 +119,12 @@ def feature_config_from_args(args: argparse.Namespace):
         max_side=args.max_side,
         dim=args.feature_dim or None,
     )
+
+
+def generator_config_from_args(args: argparse.Namespace):
+    from engine.generators.merge import GeneratorConfig
+
+    return GeneratorConfig(generators=tuple(args.generators))
 
 
 def params_from_args(args: argparse.Namespace):

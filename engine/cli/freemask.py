@@ -17,6 +17,7 @@ from engine.cli.common import (
     add_nproc_option,
     check_outputs_free,
     feature_config_from_args,
+    generator_config_from_args,
     params_from_args,
     sharded,
 )
@@ -61,12 +62,12 @@ def add_freemask_commands(sub) -> None:
 def freemask_shard(args, fconf, params, *, shard, device, progress):
     """One rank's share of ``freesolo freemask``: its masks, label images and overlays."""
     from engine.io.coco import write_label_images
-    from engine.freemask.pipeline import run_freemask_batch
+    from engine.generators.pipeline import run_freemask_batch
 
 
     report = run_freemask_batch(args.images, feature_config=fconf, params=params, device=device,
                                 cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=progress, shard=shard,
-                                channel=args.channel)
+                                channel=args.channel, generators=generator_config_from_args(args))
     if args.labels is not None:
         write_label_images(report.results, args.labels, fmt="png", overwrite=args.overwrite)
     if args.overlays is not None:
@@ -75,7 +76,7 @@ def freemask_shard(args, fconf, params, *, shard, device, progress):
 
 
 def cmd_freemask(args: argparse.Namespace) -> int:
-    from engine.freemask.pipeline import run_freemask_batch
+    from engine.generators.pipeline import run_freemask_batch
     from engine.runtime.device import configure_cpu_threads
     from engine.runtime.progress import ProgressBar
 
@@ -91,6 +92,7 @@ def cmd_freemask(args: argparse.Namespace) -> int:
     report = run_freemask_batch(
         args.images, feature_config=fconf, params=params, device=args.device,
         cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=ProgressBar("freemask"), channel=args.channel,
+        generators=generator_config_from_args(args),
     )
     for path, why in report.skipped:
         print(f"skipped {path}: {why}", file=sys.stderr)

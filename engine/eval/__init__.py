@@ -1,1 +1,1 @@
-"""Evaluation: COCO mask AP/AR and the classical baselines."""
+"""Eval: COCO mask AP/AR (the classical baselines are generators: ``engine/generators/classical.py``)."""

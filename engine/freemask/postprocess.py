@@ -172,8 +172,9 @@ class Refiner:
     """Full-resolution masks of a shortlist of ranked candidates (the best ``2 × top_k``, so spare
     ones replace candidates the filters drop)."""
 
-    def __init__(self, features: Features, ranked: Ranked, p: FreeMaskParams, image: np.ndarray | None, top_k: int):
-        self.features, self.ranked, self.p = features, ranked, p
+    def __init__(self, features: Features, ranked: Ranked, p: FreeMaskParams, image: np.ndarray | None, top_k: int,
+                 source: str = "freemask"):
+        self.features, self.ranked, self.p, self.source = features, ranked, p, source
         self.grid = features.grid_size
         self.radius = p.refine_radius or auto_refine_radius(features)
         self.guide: GuideStats | None = None
@@ -218,7 +219,7 @@ class Refiner:
             mask=mask,
             score=float(self.ranked.decayed[ci]),
             maskness=float(self.ranked.cands.maskness[ci]),
-            source="freemask",
+            source=self.source,
             box=box,
             extra={
                 "scale": float(self.ranked.queries.scale[qi]),

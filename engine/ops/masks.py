@@ -65,3 +65,24 @@ def inner_edge(mask: np.ndarray) -> np.ndarray:
     inner[:, 1:] &= mask[:, :-1]
     inner[:, :-1] &= mask[:, 1:]
     return mask & ~inner
+
+
+def crop_iou_matrix(crops: list[np.ndarray], boxes: list[tuple[int, int, int, int]]) -> torch.Tensor:
+    """Exact pairwise IoU (M, M) of masks held as bool crops placed at boxes (y0, y1, x0, x1):
+    only overlapping boxes are compared, and no full-size array is made."""
+    m = len(crops)
+    areas = [int(c.sum()) for c in crops]
+    iou = torch.zeros(m, m, dtype=torch.float32)
+    for i in range(m):
+        ay0, ay1, ax0, ax1 = boxes[i]
+        for j in range(i + 1, m):
+            by0, by1, bx0, bx1 = boxes[j]
+            y0, y1, x0, x1 = max(ay0, by0), min(ay1, by1), max(ax0, bx0), min(ax1, bx1)
+            if y0 >= y1 or x0 >= x1:
+                continue
+            a = crops[i][y0 - ay0: y1 - ay0, x0 - ax0: x1 - ax0]
+            b = crops[j][y0 - by0: y1 - by0, x0 - bx0: x1 - bx0]
+            inter = int(np.logical_and(a, b).sum())
+            union = areas[i] + areas[j] - inter
+            iou[i, j] = iou[j, i] = inter / union if union else 0.0
+    return iou

@@ -42,8 +42,23 @@ def matrix_nms(
         return scores.clone()
     if masks.shape[0] != n:
         raise ValueError(f"{masks.shape[0]} masks but {n} scores")
+    return matrix_nms_from_iou(mask_iou_matrix(masks), scores, kernel=kernel, sigma=sigma)
+
+
+def matrix_nms_from_iou(
+    iou: torch.Tensor,
+    scores: torch.Tensor,
+    *,
+    kernel: Kernel = "gaussian",
+    sigma: float = 2.0,
+) -> torch.Tensor:
+    """``matrix_nms`` given the pairwise IoU matrix (N, N) of the masks, in the input order
+    (for masks held as crops, whose IoU is computed without full-size arrays)."""
+    n = scores.shape[0]
+    if n == 0:
+        return scores.clone()
     order = torch.argsort(scores, descending=True)
-    iou = mask_iou_matrix(masks[order]).triu(diagonal=1)  # iou[i, j], i scored above j
+    iou = iou[order][:, order].triu(diagonal=1)  # iou[i, j], i scored above j
     comp = iou.max(dim=0).values  # how much each mask was overlapped by a better one
     comp_ij = comp[:, None].expand(n, n)  # row i: suppression of the suppressor i
     if kernel == "gaussian":

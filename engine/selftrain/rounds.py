@@ -22,7 +22,7 @@ from typing import Callable
 from engine.io.atomic import atomic_write_json
 from engine.io.coco import build_coco_dataset, load_image_results, write_coco
 from engine.eval.coco_eval import evaluate_segm
-from engine.freemask.pipeline import run_freemask_batch
+from engine.generators.pipeline import run_freemask_batch
 from engine.solo.config import SoloConfig
 from engine.solo.predict import predict_folder
 from engine.selftrain.pseudo import SelectionConfig, select_pseudo_labels

@@ -1,4 +1,5 @@
-"""Free Mask over a batch of images: the steps shared by the CLI, the demo, self-training and the plugin.
+"""Coarse masks over a batch of images (Free Mask, and any other generators merged with it): the
+steps shared by the CLI, the demo, self-training and the plugin.
 
 Features are cached on disk by image content, so a rerun (or a resumed, interrupted run) skips
 the backbone for every image already seen.
@@ -15,7 +16,8 @@ import numpy as np
 
 from engine.backbones.weights import cache_root
 from engine.freemask.features import FeatureCache, FeatureConfig, FeatureExtractor, extract_cached
-from engine.freemask.postprocess import FreeMaskParams, postprocess
+from engine.freemask.postprocess import FreeMaskParams
+from engine.generators.merge import GeneratorConfig, generate
 from engine.io.images import file_sha1
 from engine.io.stacks import content_key
 from engine.runtime.batch import BatchReport, ProgressFn, iter_batch
@@ -41,6 +43,7 @@ def run_freemask_batch(
     on_result: Callable[[ImageResult, np.ndarray], None] | None = None,
     shard: tuple[int, int] | None = None,
     channel: int | None = None,
+    generators: GeneratorConfig | None = None,
 ) -> BatchReport:
     """Run Free Mask on every image of ``inputs`` (folders and/or files).
 
@@ -57,7 +60,7 @@ def run_freemask_batch(
     t_start = time.perf_counter()
     for name, path, image in itertools.chain([first] if first is not None else [], images):
         try:
-            result = _one_image(extractor, cache, params, path, name, image, report)
+            result = _one_image(extractor, cache, params, generators, path, name, image, report)
         except (OSError, RuntimeError, ValueError) as exc:  # e.g. out of memory on a huge image
             report.failures.append((str(path), f"{path}: {type(exc).__name__}: {exc}"))
             continue
@@ -71,14 +74,14 @@ def run_freemask_batch(
     return report
 
 
-def _one_image(extractor: FeatureExtractor, cache: FeatureCache | None, params: FreeMaskParams, path: Path,
-               name: str, image: np.ndarray, report: BatchReport):
+def _one_image(extractor: FeatureExtractor, cache: FeatureCache | None, params: FreeMaskParams,
+               generators: GeneratorConfig | None, path: Path, name: str, image: np.ndarray, report: BatchReport):
     """Features (from the cache when it has them) and post-processing of one image plane, timed into ``report``."""
     digest = content_key(_sha1(path), name, report.channel) if cache is not None else None
     t0 = time.perf_counter()
     feats, hit = extract_cached(extractor, image, digest, cache)
     t1 = time.perf_counter()
-    result = postprocess(feats, params, image)
+    result = generate(feats, params, image, generators)
     report.cache_hits += int(hit)
     report.backbone_seconds += 0.0 if hit else t1 - t0
     report.postprocess_seconds += time.perf_counter() - t1

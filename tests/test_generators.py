@@ -1,0 +1,129 @@
+"""Generators beside Free Mask (MaskCut, classical proposals) and the merge into one ranking."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from engine.cli import main
+from engine.data.synthetic import write_synthetic_dataset
+from engine.freemask.postprocess import FreeMaskParams, postprocess
+from engine.generators import merge as merge_mod
+from engine.generators.maskcut import MaskCutParams, maskcut_ranked
+from engine.generators.merge import GeneratorConfig, feature_contrast, generate, parse_generators
+from engine.ops.masks import crop_iou_matrix
+from engine.ops.nms import mask_iou_matrix, matrix_nms, matrix_nms_from_iou
+
+
+def _blocks_image(size: int = 160) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Three flat-coloured squares on a grey textured background, with their masks."""
+    rng = np.random.default_rng(0)
+    img = (120 + rng.normal(0, 6, (size, size, 3))).clip(0, 255).astype(np.uint8)
+    masks = []
+    for (y, x, c) in [(20, 20, (220, 40, 40)), (90, 30, (40, 200, 60)), (40, 100, (40, 60, 220))]:
+        m = np.zeros((size, size), bool)
+        m[y: y + 44, x: x + 44] = True
+        img[m] = c
+        masks.append(m)
+    return img, masks
+
+
+@pytest.fixture(scope="module")
+def blocks(extractor):
+    image, masks = _blocks_image()
+    return image, masks, extractor.extract(image)
+
+
+def test_nms_from_an_iou_matrix_equals_nms_from_masks():
+    g = torch.Generator().manual_seed(1)
+    masks = torch.rand(12, 30, 30, generator=g) > 0.6
+    scores = torch.rand(12, generator=g)
+    for kernel in ("gaussian", "linear"):
+        a = matrix_nms(masks.float(), scores, kernel=kernel)
+        b = matrix_nms_from_iou(mask_iou_matrix(masks), scores, kernel=kernel)
+        torch.testing.assert_close(a, b)
+
+
+def test_crop_iou_equals_full_size_iou():
+    rng = np.random.default_rng(3)
+    full, crops, boxes = [], [], []
+    for _ in range(6):
+        y0, x0 = rng.integers(0, 30, 2)
+        y1, x1 = y0 + rng.integers(1, 20), x0 + rng.integers(1, 20)
+        m = np.zeros((50, 50), bool)
+        m[y0:y1, x0:x1] = rng.random((y1 - y0, x1 - x0)) > 0.3
+        full.append(m)
+        crops.append(m[y0:y1, x0:x1])
+        boxes.append((int(y0), int(y1), int(x0), int(x1)))
+    expected = mask_iou_matrix(torch.from_numpy(np.stack(full))).fill_diagonal_(0)
+    torch.testing.assert_close(crop_iou_matrix(crops, boxes), expected)
+
+
+def test_maskcut_cuts_out_objects(blocks):
+    image, masks, feats = blocks
+    ranked = maskcut_ranked(feats, FreeMaskParams(), MaskCutParams(n_masks=3))
+    assert 1 <= len(ranked.order) <= 3
+    found = generate(feats, FreeMaskParams(), image, GeneratorConfig(generators=("maskcut",))).instances
+    assert found and all(m.source == "maskcut" for m in found)
+    best = max(float((f.mask & t).sum() / (f.mask | t).sum()) for f in found for t in masks)
+    assert best > 0.5  # at least one square is cut out whole
+
+
+def test_freemask_alone_is_exactly_postprocess(blocks):
+    image, _masks, feats = blocks
+    a = postprocess(feats, FreeMaskParams(), image).instances
+    b = generate(feats, FreeMaskParams(), image, GeneratorConfig()).instances
+    assert [m.score for m in a] == [m.score for m in b]
+    assert all((x.mask == y.mask).all() for x, y in zip(a, b))
+
+
+def test_merge_ranks_every_source_once_and_reuses_work_across_tau(blocks, monkeypatch):
+    image, _masks, feats = blocks
+    calls = {"maskcut": 0}
+    real = merge_mod.maskcut_ranked
+
+    def counting(*args, **kwargs):
+        calls["maskcut"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(merge_mod, "maskcut_ranked", counting)
+    feats.memo.clear()
+    config = GeneratorConfig(generators=("freemask", "maskcut", "classical"))
+    for tau in (0.6, 0.7):
+        result = generate(feats, FreeMaskParams(tau=tau, top_k=15), image, config)
+        scores = [m.score for m in result.instances]
+        assert len(scores) <= 15 and scores == sorted(scores, reverse=True)
+        assert {m.source for m in result.instances} <= {"freemask", "maskcut", "classical"}
+    assert calls["maskcut"] == 1  # the cut depends on the features only: a τ move reuses it
+    assert {kind for kind, _key in feats.memo} >= {"maskcut", "classical", "ranked"}
+
+
+def test_feature_contrast_prefers_whole_objects_to_fragments(blocks):
+    _image, masks, feats = blocks
+    whole = masks[0]
+    fragment = np.zeros_like(whole)
+    fragment[110:150, 110:150] = True  # a patch of the textured background
+    scores = feature_contrast(feats, [whole, fragment])
+    assert float(scores[0]) > float(scores[1])
+
+
+def test_generator_names_are_checked():
+    assert parse_generators("freemask, maskcut,freemask") == ("freemask", "maskcut")
+    with pytest.raises(ValueError, match="unknown|some of"):
+        parse_generators("freemask,sam")
+
+
+def test_cli_generators_option(tmp_path, capsys):
+    images, _gt = write_synthetic_dataset(tmp_path / "d", 2, seed=2, size=(128, 128), kind="microscopy")
+    out = tmp_path / "m.json"
+    code = main(["freemask", str(images), "--out", str(out), "--generators", "freemask,classical", "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    sources = {a["source"] for a in json.loads(out.read_text())["annotations"]}
+    assert sources and sources <= {"freemask", "classical"}
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["freemask", str(images), "--out", str(tmp_path / "x.json"), "--generators", "magic"])
+    assert "magic" in capsys.readouterr().err

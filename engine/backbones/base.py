@@ -16,7 +16,7 @@ from torch import nn
 __all__ = ["LEVELS", "Backbone", "BackboneError", "load_exact_state"]
 
 #: All level names a backbone may offer, shallow to deep.
-LEVELS: tuple[str, ...] = ("s4", "s8", "s16", "s32", "head")
+LEVELS: tuple[str, ...] = ("s4", "s8", "s16", "s32", "head", "tokens", "keys")
 
 
 class BackboneError(RuntimeError):
@@ -58,6 +58,7 @@ class Backbone(nn.Module):
     level_strides: dict[str, int]
     input_mean: tuple[float, float, float]
     input_std: tuple[float, float, float]
+    default_levels: tuple[str, ...] = ("s8", "s16", "s32")  # what Free Mask fuses unless told otherwise
 
     @property
     def device(self) -> torch.device:

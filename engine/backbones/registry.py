@@ -19,7 +19,8 @@ from engine.runtime.device import resolve_device
 from .base import Backbone, BackboneError
 from .efficientnet_lite import EfficientNetLite, is_efficientnet_state
 from .resnet import ResNet, is_resnet_state
-from .weights import read_checkpoint, select_backbone_namespace
+from .vit import ViT, is_vit_state
+from .weights import fetch_weights, read_checkpoint, select_backbone_namespace
 
 __all__ = [
     "DEFAULT_BACKBONE",
@@ -83,9 +84,11 @@ def load_backbone_file(path: str | os.PathLike[str], name: str | None = None) ->
         return EfficientNetLite.from_state_dict(state, name=name or source, source=source)
     if is_resnet_state(state):
         return ResNet.from_state_dict(state, name=name or source, source=source)
+    if is_vit_state(state):
+        return ViT.from_state_dict(state, name=name or source, source=source)
     raise BackboneError(
-        f"{source}: unrecognised checkpoint layout (expected efficientnet_pytorch or torchvision "
-        f"ResNet keys); first keys: {list(state)[:6]}"
+        f"{source}: unrecognised checkpoint layout (expected efficientnet_pytorch, torchvision "
+        f"ResNet or DINO/DINOv2 ViT keys); first keys: {list(state)[:6]}"
     )
 
 
@@ -111,11 +114,14 @@ def build_backbone(name_or_path: str = DEFAULT_BACKBONE, device: str | torch.dev
                 f"or pass a checkpoint file path (installed: {available_backbones()})"
             )
         model = load_backbone_file(path, name=key)
+    elif "#sha256=" in name_or_path:  # a URL the user gave, with its checksum: downloaded once, cached
+        url, sha = name_or_path.split("#sha256=", 1)
+        model = load_backbone_file(fetch_weights(url, sha))
     elif _looks_like_path(name_or_path):
         model = load_backbone_file(Path(name_or_path).expanduser())
     else:
         raise BackboneError(
-            f"unknown backbone {name_or_path!r}; use one of {registered_backbones()} "
-            "or the path to a local .pth/.pt checkpoint"
+            f"unknown backbone {name_or_path!r}; use one of {registered_backbones()}, "
+            "the path to a local .pth/.pt checkpoint, or URL#sha256=HEX"
         )
     return model.to(target).eval()

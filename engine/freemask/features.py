@@ -14,7 +14,7 @@ import io
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +170,9 @@ class FeatureExtractor:
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.backbone = build_backbone(self.config.backbone, device=self.device)
         self.backbone.eval()
+        if self.config.levels == DEFAULT_LEVELS and not set(DEFAULT_LEVELS) <= set(self.backbone.level_channels):
+            # e.g. a ViT (one token map): its own default levels, recorded in the config (and cache key)
+            self.config = replace(self.config, levels=tuple(self.backbone.default_levels))
         self.backbone_calls = 0
 
     def extract(self, image: np.ndarray) -> Features:

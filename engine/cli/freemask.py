@@ -67,7 +67,8 @@ def freemask_shard(args, fconf, params, *, shard, device, progress):
 
     report = run_freemask_batch(args.images, feature_config=fconf, params=params, device=device,
                                 cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=progress, shard=shard,
-                                channel=args.channel, generators=generator_config_from_args(args))
+                                channel=args.channel, generators=generator_config_from_args(args),
+                                tile=args.tile, tile_overlap=args.tile_overlap)
     if args.labels is not None:
         write_label_images(report.results, args.labels, fmt="png", overwrite=args.overwrite)
     if args.overlays is not None:
@@ -92,7 +93,7 @@ def cmd_freemask(args: argparse.Namespace) -> int:
     report = run_freemask_batch(
         args.images, feature_config=fconf, params=params, device=args.device,
         cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=ProgressBar("freemask"), channel=args.channel,
-        generators=generator_config_from_args(args),
+        generators=generator_config_from_args(args), tile=args.tile, tile_overlap=args.tile_overlap,
     )
     for path, why in report.skipped:
         print(f"skipped {path}: {why}", file=sys.stderr)

@@ -175,8 +175,9 @@ class FeatureExtractor:
             self.config = replace(self.config, levels=tuple(self.backbone.default_levels))
         self.backbone_calls = 0
 
-    def extract(self, image: np.ndarray) -> Features:
-        cfg = self.config
+    def extract(self, image: np.ndarray, config: FeatureConfig | None = None) -> Features:
+        """Features of ``image``; ``config`` overrides this extractor's for one call (same backbone)."""
+        cfg = config or self.config
         h, w = image.shape[:2]
         scale, auto, obj_size = choose_input_scale(image, cfg)
         in_size = (max(1, round(h * scale)), max(1, round(w * scale)))
@@ -227,14 +228,15 @@ class FeatureCache:
 
 
 def extract_cached(
-    extractor: FeatureExtractor, image: np.ndarray, image_hash: str | None, cache: FeatureCache | None
+    extractor: FeatureExtractor, image: np.ndarray, image_hash: str | None, cache: FeatureCache | None,
+    config: FeatureConfig | None = None,
 ) -> tuple[Features, bool]:
     """Features from the cache when present (returns ``(features, True)``), else computed and stored."""
     if cache is not None and image_hash:
-        hit = cache.get(image_hash, extractor.config)
+        hit = cache.get(image_hash, config or extractor.config)
         if hit is not None:
             return hit, True
-    feats = extractor.extract(image)
+    feats = extractor.extract(image, config)
     if cache is not None and image_hash:
         cache.put(image_hash, feats)
     return feats, False

@@ -87,6 +87,12 @@ def _train_options(p: argparse.ArgumentParser, d) -> None:
                    help="chance that a training image is the strong view, with objects of another image and their "
                    "masks pasted in (costs a backbone pass each time; default: %(default)s)")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--labels", type=Path, default=None, metavar="TRUSTED.json",
+                   help="COCO file of trusted masks (your corrections) for some images: those images are complete "
+                   "(everything else in them is background), take part in every round and are never replaced by "
+                   "predictions")
+    p.add_argument("--trusted-weight", type=float, default=d.trusted_weight,
+                   help="images with trusted labels are sampled this many times as often (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     _amp_options(p)
     p.add_argument("--amp-dtype", choices=("float16", "bfloat16"), default=d.amp_dtype,
@@ -116,7 +122,8 @@ def _train_config(args):
     _amp_note(args, args.amp_dtype)
     return TrainConfig(iters=args.iters, batch=args.batch, size=args.size, lr=args.lr, optimizer=args.optimizer,
                        mask_loss=args.mask_loss, copy_paste=args.copy_paste,
-                       checkpoint_every=args.checkpoint_every, amp=args.amp is not False, amp_dtype=args.amp_dtype)
+                       checkpoint_every=args.checkpoint_every, amp=args.amp is not False, amp_dtype=args.amp_dtype,
+                       trusted_weight=args.trusted_weight)
 
 
 def _model_config(args):
@@ -175,7 +182,7 @@ def cmd_train(args) -> int:
         from engine.solo.checkpoint import load_model
 
         launch(train, args.nproc, args.images, args.masks, args.out, cfg=_train_config(args),
-               model_cfg=_model_config(args), device=device, resume=args.resume)
+               model_cfg=_model_config(args), device=device, resume=args.resume, labels=args.labels)
         _model, state = load_model(args.out / CHECKPOINT)
         plot_losses(args.out / LOG, args.out / "loss.png")
         print(f"{state['step']} iterations on {args.nproc} processes (images per rank "
@@ -184,7 +191,8 @@ def cmd_train(args) -> int:
     try:
         with stop_on_sigint() as should_stop:
             result = train(args.images, args.masks, args.out, cfg=_train_config(args), model_cfg=_model_config(args),
-                           device=device, resume=args.resume, progress=_loss_bar("train"), should_stop=should_stop)
+                           device=device, resume=args.resume, progress=_loss_bar("train"), should_stop=should_stop,
+                           labels=args.labels)
     except KeyboardInterrupt:
         print(f"interrupted: the last checkpoint is in {args.out}; continue with --resume", file=sys.stderr)
         return 130
@@ -255,7 +263,7 @@ def cmd_selftrain(args) -> int:
             config = SelfTrainConfig(rounds=args.rounds, keep_thr=args.keep_thr, max_keep=args.max_keep,
                                      coarse_top=args.coarse_top, positive_only=args.positive_only,
                                      ignore_min_score=args.ignore_min_score)
-            rows = selftrain(args.images, args.out, config=config, train_cfg=_train_config(args),
+            rows = selftrain(args.images, args.out, config=config, train_cfg=_train_config(args), labels=args.labels,
                              model_cfg=_model_config(args), device=str(resolve_device(args.device)), eval_images=args.eval_images, gt=args.gt,
                              say=say, progress=progress, should_stop=should_stop, events=events)
     except SelfTrainStopped as exc:

@@ -2,6 +2,7 @@
 
 RUN_DIR/round_0/coarse.json           Free Mask's coarse masks
 RUN_DIR/round_K/train_masks.json      the masks round K trains on (K >= 1)
+RUN_DIR/round_K/trusted.json          the trusted labels (corrections) round K used, if any
 RUN_DIR/round_K/checkpoint.pt         the last checkpoint of round K's training
 RUN_DIR/round_K/model.pt              round K's finished model
 RUN_DIR/round_K/log.jsonl             one JSON line per training iteration
@@ -49,6 +50,10 @@ class RunLayout:
 
     def model(self, k: int) -> Path:
         return self.round_dir(k) / FINAL
+
+    def trusted(self, k: int) -> Path:
+        """The trusted labels round ``k`` trained with (a copy, so each round records its own)."""
+        return self.round_dir(k) / "trusted.json"
 
     def checkpoint(self, k: int) -> Path:
         return self.round_dir(k) / CHECKPOINT

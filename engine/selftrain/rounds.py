@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from engine.io.atomic import atomic_write_json
+from engine.io.atomic import atomic_write_bytes, atomic_write_json
 from engine.io.coco import build_coco_dataset, load_image_results, write_coco
 from engine.eval.coco_eval import evaluate_segm
 from engine.generators.pipeline import run_freemask_batch
@@ -80,6 +80,7 @@ class _Run:
     progress: Callable | None
     should_stop: Callable[[], bool] | None
     events: Events | None
+    labels: Path | None = None
 
     def emit(self, kind: str, k: int, **info) -> None:
         if self.events is not None:
@@ -104,12 +105,17 @@ def selftrain(
     progress=None,
     should_stop: Callable[[], bool] | None = None,
     events: Events | None = None,
+    labels: Path | None = None,
 ) -> list[RoundSummary]:
     """Round 0 (Free Mask), then ``config.rounds`` SOLO rounds; every finished round is kept and skipped
-    on a rerun. Returns one summary per round (with metrics when ``gt`` is given)."""
+    on a rerun. Returns one summary per round (with metrics when ``gt`` is given).
+
+    ``labels``: trusted masks (a COCO file) for some images, used by every round instead of Free
+    Mask's or a round's masks for those images; each round records the ones it used
+    (``round_K/trusted.json``)."""
     layout = RunLayout(out)
     run = _Run(Path(images), layout, config or SelfTrainConfig(), train_cfg or TrainConfig(), model_cfg, device,
-               say, progress, should_stop, events)
+               say, progress, should_stop, events, Path(labels) if labels is not None else None)
     layout.root.mkdir(parents=True, exist_ok=True)
     _coarse_round(run)
     summaries = [_summary(0, "Free Mask", layout, eval_images, gt, device)]
@@ -162,8 +168,9 @@ def _training_round(run: _Run, k: int, masks: Path) -> None:
     run.say(f"round {k}: training SOLO on {masks.relative_to(layout.root)}")
     run.emit(ev.PHASE, k, phase="train", iters=run.train_cfg.iters)
     round_cfg = replace(run.train_cfg, positive_only_focal=run.cfg.positive_only and k >= 2)
+    trusted = _record_trusted(run, k)
     result = train(run.images, masks, layout.round_dir(k), cfg=round_cfg, model_cfg=run.model_cfg,
-                   device=run.device, resume=True, progress=run.progress, should_stop=run.should_stop)
+                   device=run.device, resume=True, progress=run.progress, should_stop=run.should_stop, labels=trusted)
     for problem in result.problems[:5]:
         run.say(f"  skipped: {problem}")
     if result.iterations < run.train_cfg.iters:
@@ -174,6 +181,17 @@ def _training_round(run: _Run, k: int, masks: Path) -> None:
         raise run.stopped(k, "prediction")
     write_coco(layout.predictions(k), build_coco_dataset(report.results))
     layout.seconds(k).write_text(f"{time.perf_counter() - t0:.1f}")
+
+
+def _record_trusted(run: _Run, k: int) -> Path | None:
+    """Round ``k``'s copy of the trusted labels (kept as first written, so a resumed round uses the
+    labels it started with), or None without trusted labels."""
+    if run.labels is None:
+        return None
+    target = run.layout.trusted(k)
+    if not target.exists():
+        atomic_write_bytes(target, run.labels.read_bytes())
+    return target
 
 
 def _summary(k: int, what: str, layout: RunLayout, eval_images: Path | None, gt: Path | None,

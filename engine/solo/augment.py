@@ -73,4 +73,5 @@ def copy_paste(target: TrainSample, source: TrainSample, rng: random.Random, max
         weights=torch.cat([target.weights[kept], torch.ones(int(alive.sum()))]),
         content=target.content,
         ignore=ignore,
+        trusted=target.trusted,
     )

@@ -222,5 +222,6 @@ class TrainConfig:
     positive_only_focal: bool = False  # self-training: no push to background for unlabeled objects
     checkpoint_every: int = 100
     seed: int = 0
+    trusted_weight: float = 3.0  # images with trusted (corrected) labels are sampled this many times as often
     amp: bool = True  # mixed precision on CUDA (see engine/solo/amp.py); float32 on the CPU
     amp_dtype: Literal["float16", "bfloat16"] = "float16"  # bfloat16 also autocasts on the CPU

@@ -29,6 +29,7 @@ class TrainSample:
     weights: torch.Tensor  # (M,) float: pseudo-label confidence (1 for coarse masks)
     content: tuple[int, int]  # (h, w) of the real image inside the S×S square
     ignore: torch.Tensor | None = None  # (K, S, S) bool: unselected candidates (negatives down-weighted there)
+    trusted: bool = False  # the masks are a person's (complete: everything else is background)
 
 
 def letterbox_masks(masks: list[np.ndarray], content: tuple[int, int], size: int) -> torch.Tensor:
@@ -42,11 +43,18 @@ def letterbox_masks(masks: list[np.ndarray], content: tuple[int, int], size: int
 
 
 def load_training_set(
-    image_dir: str | Path, masks_json: str | Path, size: int, *, min_score: float | None = None
+    image_dir: str | Path, masks_json: str | Path, size: int, *, min_score: float | None = None,
+    trusted_json: str | Path | None = None,
 ) -> tuple[list[TrainSample], list[str]]:
-    """(samples, problems) for the images of ``masks_json`` found in ``image_dir``."""
+    """(samples, problems) for the images of ``masks_json`` (and ``trusted_json``) found in ``image_dir``.
+
+    An image in ``trusted_json`` takes its masks from there, whatever ``masks_json`` says: all of
+    them are positives and the rest of the image is background (no ignore regions).
+    """
     problems: list[str] = []
     results = load_image_results(masks_json, problems=problems)
+    trusted = load_image_results(trusted_json, problems=problems, source="trusted") if trusted_json else {}
+    results |= trusted
     paths, _skipped = list_images([image_dir], recursive=True)
     by_name = {relative_name(p, image_dir): p for p in paths}
     samples = []
@@ -54,37 +62,45 @@ def load_training_set(
         base, plane = split_plane_name(name)  # a stack's plane: FILE[z=3]
         path = by_name.get(base)
         if path is None:
-            problems.append(f"{name}: listed in {Path(masks_json).name} but not found in {image_dir}")
+            where = Path(trusted_json if name in trusted else masks_json).name
+            problems.append(f"{name}: listed in {where} but not found in {image_dir}")
             continue
         try:
             image = load_plane(path, plane)
         except ImageLoadError as exc:
             problems.append(str(exc))
             continue
-        kept, ignored = [], []
-        for k, inst in enumerate(res.instances):
-            if inst.mask.shape != image.shape[:2]:
-                problems.append(f"{name}: mask {k} is {inst.mask.shape}, image is {image.shape[:2]}; skipped")
-            elif not inst.mask.any():
-                continue
-            elif is_ignored(inst) or (min_score is not None and inst.score < min_score):
-                ignored.append(inst)
-            else:
-                kept.append(inst)
-        tensor, _scale, content = letterbox(image, size)
-        samples.append(TrainSample(
-            file_name=name,
-            image=tensor,
-            masks=letterbox_masks([m.mask for m in kept], content, size),
-            weights=torch.tensor([float(m.extra.get("weight", 1.0)) for m in kept], dtype=torch.float32),
-            content=content,
-            ignore=letterbox_masks([m.mask for m in ignored], content, size) if ignored else None,
-        ))
+        samples.append(_sample(name, res.instances, image, size, min_score, name in trusted, problems))
     return samples, problems
+
+
+def _sample(name: str, instances: list, image: np.ndarray, size: int, min_score: float | None, trusted: bool,
+            problems: list[str]) -> TrainSample:
+    kept, ignored = [], []
+    for k, inst in enumerate(instances):
+        if inst.mask.shape != image.shape[:2]:
+            problems.append(f"{name}: mask {k} is {inst.mask.shape}, image is {image.shape[:2]}; skipped")
+        elif not inst.mask.any():
+            continue
+        elif not trusted and (is_ignored(inst) or (min_score is not None and inst.score < min_score)):
+            ignored.append(inst)
+        else:
+            kept.append(inst)
+    tensor, _scale, content = letterbox(image, size)
+    weights = [1.0 if trusted else float(m.extra.get("weight", 1.0)) for m in kept]
+    return TrainSample(
+        file_name=name,
+        image=tensor,
+        masks=letterbox_masks([m.mask for m in kept], content, size),
+        weights=torch.tensor(weights, dtype=torch.float32),
+        content=content,
+        ignore=letterbox_masks([m.mask for m in ignored], content, size) if ignored else None,
+        trusted=trusted,
+    )
 
 
 def flip_sample(sample: TrainSample) -> TrainSample:
     """Horizontal flip of the whole square (padding moves to the left; the model never minds)."""
     ignore = None if sample.ignore is None else sample.ignore.flip(-1)
     return TrainSample(sample.file_name, sample.image.flip(-1), sample.masks.flip(-1), sample.weights, sample.content,
-                       ignore)
+                       ignore, sample.trusted)

@@ -146,8 +146,14 @@ def train(
     resume: bool = False,
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    labels: str | Path | None = None,
 ) -> TrainResult:
-    """Train SOLO on ``masks_json`` (coarse masks of the images in ``image_dir``) into ``out_dir``."""
+    """Train SOLO on ``masks_json`` (coarse masks of the images in ``image_dir``) into ``out_dir``.
+
+    ``labels``: a COCO file of trusted masks (a person's corrections) for some images; those
+    images are complete, learn from these masks only and are sampled ``cfg.trusted_weight`` times
+    as often.
+    """
     cfg = cfg or TrainConfig()
     device = distributed.local_device(torch.device(device))
     info = distributed.setup(device)
@@ -155,7 +161,7 @@ def train(
         t0 = time.perf_counter()
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        samples, problems = load_training_set(image_dir, masks_json, cfg.size)
+        samples, problems = load_training_set(image_dir, masks_json, cfg.size, trusted_json=labels)
         if not samples:
             raise NoImagesError(f"no usable training images: {'; '.join(problems[:3]) or 'empty coarse-mask file'}")
         trainer = build_trainer(samples, out, cfg, model_cfg, device, info, resume)

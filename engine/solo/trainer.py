@@ -111,6 +111,12 @@ class Trainer:
     hooks: list[Hook] = field(default_factory=list)
 
     @property
+    def sampling_weights(self) -> list[float] | None:
+        if not any(s.trusted for s in self.samples):
+            return None
+        return [self.cfg.trusted_weight if s.trusted else 1.0 for s in self.samples]
+
+    @property
     def tcfg(self) -> TargetConfig:
         return TargetConfig.from_head(self.model.cfg.head, mask_stride=4)
 
@@ -118,7 +124,10 @@ class Trainer:
         """This rank's batch: random images, random flips, and copy-paste views (their features new)."""
         n, rng = len(self.samples), self.rng.py
         per_rank = max(1, self.cfg.batch // self.info.world)  # the global batch stays cfg.batch
-        picks = [rng.randrange(n) for _ in range(per_rank)]
+        if self.sampling_weights is None:
+            picks = [rng.randrange(n) for _ in range(per_rank)]
+        else:  # images with trusted labels are drawn cfg.trusted_weight times as often
+            picks = rng.choices(range(n), weights=self.sampling_weights, k=per_rank)
         self.seen += len(picks)
         flips = [rng.random() < 0.5 for _ in picks]
         batch = [flip_sample(self.samples[i]) if f else self.samples[i] for i, f in zip(picks, flips)]

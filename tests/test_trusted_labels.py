@@ -1,0 +1,83 @@
+"""Trusted labels (a person's corrections) in training and self-training."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from engine.cli import main
+from engine.data.synthetic import write_synthetic_dataset
+from engine.io.coco import build_coco_dataset, load_image_results, write_coco
+from engine.runtime.distributed import DistInfo
+from engine.solo.config import TrainConfig
+from engine.solo.data import load_training_set
+from engine.solo.train import build_trainer
+from engine.structures import IGNORE_KEY, ImageResult, InstanceMask
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trusted")
+    images, gt = write_synthetic_dataset(root, 3, seed=8, size=(SIZE, SIZE), kind="cartoon")
+    results = load_image_results(gt)
+    names = list(results)
+    # pseudo-labels: every mask of image 0 marked ignore, image 2 left out
+    pseudo = []
+    for name in names[:2]:
+        res = results[name]
+        insts = [InstanceMask(m.mask, 0.5, extra={IGNORE_KEY: 1} if name == names[0] else {}) for m in res.instances]
+        pseudo.append(ImageResult(name, SIZE, SIZE, insts))
+    write_coco(root / "pseudo.json", build_coco_dataset(pseudo))
+    corrected = np.zeros((SIZE, SIZE), bool)
+    corrected[5:25, 5:25] = True
+    trusted = [ImageResult(names[0], SIZE, SIZE, [InstanceMask(corrected, 1.0)]),
+               ImageResult(names[2], SIZE, SIZE, [InstanceMask(corrected, 1.0)])]
+    write_coco(root / "trusted.json", build_coco_dataset(trusted))
+    return images, root, names
+
+
+def test_trusted_images_take_their_masks_from_the_labels(data):
+    images, root, names = data
+    samples, problems = load_training_set(images, root / "pseudo.json", SIZE, trusted_json=root / "trusted.json")
+    assert problems == []
+    by_name = {s.file_name: s for s in samples}
+    assert set(by_name) == set(names)  # image 2 is only in the trusted file, and takes part
+    for name in (names[0], names[2]):
+        s = by_name[name]
+        assert s.trusted and s.ignore is None and s.masks.shape[0] == 1  # complete: the rest is background
+        assert bool(s.masks[0, 10, 10]) and not bool(s.masks[0, 40, 40])
+    assert not by_name[names[1]].trusted
+
+
+def test_trusted_images_are_drawn_more_often(data, tmp_path):
+    images, root, names = data
+    samples, _ = load_training_set(images, root / "pseudo.json", SIZE, trusted_json=root / "trusted.json")
+    cfg = TrainConfig(batch=2, size=SIZE, copy_paste=0.0, trusted_weight=5.0)
+    trainer = build_trainer(samples, tmp_path, cfg, None, torch.device("cpu"), DistInfo(), False)
+    counts = Counter()
+    for _ in range(150):
+        batch, _feats = trainer.sample()
+        counts.update(s.file_name for s in batch)
+    untrusted = counts[names[1]]
+    assert counts[names[0]] > 2.5 * untrusted and counts[names[2]] > 2.5 * untrusted  # 5x expected
+
+
+def test_selftrain_records_the_trusted_labels_of_each_round(data, tmp_path, capsys):
+    images, root, _names = data
+    run = tmp_path / "st"
+    code = main(["selftrain", str(images), "--out", str(run), "--rounds", "1", "--iters", "4", "--size", str(SIZE),
+                 "--device", "cpu", "--labels", str(root / "trusted.json")])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((run / "round_1" / "trusted.json").read_text()) == json.loads((root / "trusted.json").read_text())
+    capsys.readouterr()
+    code = main(["train", str(images), "--masks", str(root / "pseudo.json"), "--out", str(tmp_path / "t"), "--iters", "2",
+                 "--size", str(SIZE), "--device", "cpu", "--labels", str(root / "trusted.json"), "--trusted-weight", "2"])
+    assert code == 0, capsys.readouterr().err
+    state = torch.load(tmp_path / "t" / "model.pt", weights_only=True)
+    assert state["train_config"]["trusted_weight"] == 2.0

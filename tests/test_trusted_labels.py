@@ -81,3 +81,25 @@ def test_selftrain_records_the_trusted_labels_of_each_round(data, tmp_path, caps
     assert code == 0, capsys.readouterr().err
     state = torch.load(tmp_path / "t" / "model.pt", weights_only=True)
     assert state["train_config"]["trusted_weight"] == 2.0
+
+
+def test_export_backbone_writes_the_trained_backbone(data, tmp_path, capsys):
+    """With --train-backbone the backbone learns, is saved with the model and exported in its own layout."""
+    from engine.backbones import build_backbone
+    from engine.freemask.features import FeatureConfig, FeatureExtractor
+
+    images, root, _names = data
+    run = tmp_path / "run"
+    code = main(["train", str(images), "--masks", str(root / "pseudo.json"), "--out", str(run), "--iters", "3",
+                 "--size", str(SIZE), "--device", "cpu", "--train-backbone", "--lr", "0.01"])
+    assert code == 0, capsys.readouterr().err
+    out = tmp_path / "backbone.pth"
+    assert main(["export-backbone", str(run / "model.pt"), str(out)]) == 0
+    exported = torch.load(out, weights_only=True)
+    pretrained = build_backbone("efficientnet-lite0").state_dict()
+    assert exported.keys() == pretrained.keys()
+    changed = [k for k in exported if exported[k].dtype.is_floating_point and not torch.equal(exported[k], pretrained[k])]
+    assert changed  # trained, not the pretrained weights
+    feats = FeatureExtractor(FeatureConfig(backbone=str(out)), device="cpu").extract(np.zeros((64, 64, 3), np.uint8))
+    assert feats.keys.shape[0] > 0
+    assert main(["export-backbone", str(run / "model.pt"), str(out)]) == 2  # no silent overwrite

@@ -73,6 +73,14 @@ def add_solo_commands(sub) -> None:
     _train_options(st, d)
     st.set_defaults(func=cmd_selftrain)
 
+    ex = sub.add_parser("export-backbone", help="write a trained model's backbone as a plain state dict",
+                        description="RUN/round_K/model.pt -> OUT.pth, loadable with --backbone OUT.pth and by "
+                        "downstream code (the backbone's own key layout)")
+    ex.add_argument("model", type=Path)
+    ex.add_argument("out", type=Path)
+    ex.add_argument("--overwrite", action="store_true")
+    ex.set_defaults(func=cmd_export_backbone)
+
 
 def _train_options(p: argparse.ArgumentParser, d) -> None:
     p.add_argument("--iters", type=int, default=d.iters, help="iterations (default: %(default)s)")
@@ -81,6 +89,9 @@ def _train_options(p: argparse.ArgumentParser, d) -> None:
     p.add_argument("--lr", type=float, default=d.lr, help="learning rate (default: %(default)s)")
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default=d.optimizer, help="(default: %(default)s)")
     p.add_argument("--preset", choices=("cpu-small", "paper"), default="cpu-small", help="model size (default: %(default)s)")
+    p.add_argument("--train-backbone", action="store_true",
+                   help="train the backbone too (no feature caching: about ten times slower on a CPU); "
+                   "`freesolo export-backbone` then writes the trained backbone")
     p.add_argument("--mask-loss", choices=("weak", "full"), default=d.mask_loss,
                    help="weak: projection Dice + pairwise (FreeSOLO); full: plain SOLO Dice (default: %(default)s)")
     p.add_argument("--copy-paste", type=float, default=d.copy_paste,
@@ -127,9 +138,14 @@ def _train_config(args):
 
 
 def _model_config(args):
+    from dataclasses import replace
+
     from engine.solo.config import SoloConfig
 
-    return SoloConfig.paper() if args.preset == "paper" else SoloConfig.cpu_small()
+    cfg = SoloConfig.paper() if args.preset == "paper" else SoloConfig.cpu_small()
+    if args.train_backbone:
+        cfg = replace(cfg, backbone=replace(cfg.backbone, frozen=False))
+    return cfg
 
 
 @contextlib.contextmanager
@@ -273,4 +289,14 @@ def cmd_selftrain(args) -> int:
         events({"event": DONE, "rounds": args.rounds})
     print(format_summary(rows))
     print(f"outputs in {args.out}")
+    return 0
+
+
+def cmd_export_backbone(args) -> int:
+    from engine.solo.checkpoint import export_backbone, read_checkpoint
+
+    frozen = read_checkpoint(args.model)["model_config"]["backbone"].get("frozen", True)
+    written = export_backbone(args.model, args.out, overwrite=args.overwrite)
+    note = " (it was frozen during training: these are its pretrained weights)" if frozen else ""
+    print(f"backbone of {args.model} -> {written}{note}")
     return 0

@@ -34,12 +34,14 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(path: Path, model: SoloV2, *, step: int, train_config: dict, optimizer=None,
                     rng: dict | None = None, extra: dict | None = None) -> Path:
-    """Write ``path`` atomically; returns it. Backbone weights are not saved (they are the pretrained ones)."""
+    """Write ``path`` atomically; returns it. A frozen backbone's weights are not saved (they are the
+    pretrained ones); a trained backbone's are."""
+    frozen = model.cfg.backbone.frozen
     state = {
         "format": FORMAT,
         "model_config": model.cfg.to_dict(),
         "train_config": dict(train_config),
-        "state_dict": {k: v for k, v in model.state_dict().items() if not k.startswith("backbone.")},
+        "state_dict": {k: v for k, v in model.state_dict().items() if not (frozen and k.startswith("backbone."))},
         "step": int(step),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "rng": rng or {},
@@ -92,7 +94,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[So
         first = str(exc).strip().splitlines()
         raise CheckpointError(f"{path}: weights or config do not fit a SOLO model "
                               f"({type(exc).__name__}: {' '.join(first[:3])[:300]})") from None
-    missing = [k for k in missing if not k.startswith("backbone.")]
+    missing = [k for k in missing if not (model.cfg.backbone.frozen and k.startswith("backbone."))]
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
     return model.eval(), state
@@ -101,3 +103,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[So
 def weights_shape(cfg: SoloConfig) -> dict:
     """The parts of a config that fix the weights (inference thresholds may differ on resume)."""
     return {k: v for k, v in cfg.to_dict().items() if k != "inference"}
+
+
+def export_backbone(model_path: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
+    """The backbone of a trained model as a plain state dict in its original key layout, which
+    ``--backbone OUT`` (and downstream code) loads: FreeSOLO's "pre-trained model for down-stream tasks"."""
+    model, _state = load_model(model_path)
+    weights = {k: v.detach().cpu().clone() for k, v in model.backbone.state_dict().items()}
+    buf = io.BytesIO()
+    torch.save(weights, buf)
+    return atomic_save(Path(out), lambda tmp: Path(tmp).write_bytes(buf.getvalue()), overwrite=overwrite)

@@ -36,21 +36,27 @@ class TrainingDivergedError(RuntimeError):
 
 
 class FeatureBank:
-    """Frozen-backbone features per (sample, flipped), computed on first use and kept."""
+    """Backbone features per (sample, flipped). A frozen backbone's are computed on first use and
+    kept; a trained backbone's are computed at every use, with their graph (nothing to keep)."""
 
     def __init__(self, model: SoloV2):
         self.model = model
         self._store: dict[tuple[int, bool], dict[str, torch.Tensor]] = {}
 
     def get(self, index: int, sample: TrainSample, flipped: bool) -> dict[str, torch.Tensor]:
+        image = sample.image.flip(-1) if flipped else sample.image
+        if not self.model.frozen:
+            return self.compute(image)
         key = (index, flipped)
         if key not in self._store:
-            self._store[key] = self.compute(sample.image.flip(-1) if flipped else sample.image)
+            self._store[key] = self.compute(image)
         return self._store[key]
 
     def compute(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Features of one (3, S, S) uint8 image, not kept (copy-paste views are new every time)."""
         x = self.model.backbone.preprocess(image.permute(1, 2, 0).numpy())
+        if not self.model.frozen:
+            return self.model.backbone_features(x)  # with autograd: the backbone learns
         with torch.no_grad():
             return {k: v.detach() for k, v in self.model.backbone_features(x).items()}
 

@@ -103,3 +103,34 @@ def test_export_backbone_writes_the_trained_backbone(data, tmp_path, capsys):
     feats = FeatureExtractor(FeatureConfig(backbone=str(out)), device="cpu").extract(np.zeros((64, 64, 3), np.uint8))
     assert feats.keys.shape[0] > 0
     assert main(["export-backbone", str(run / "model.pt"), str(out)]) == 2  # no silent overwrite
+
+
+def test_flip_disagreement_formula():
+    from engine.selftrain.uncertainty import flip_disagreement
+
+    a = np.zeros((20, 20), bool)
+    a[2:8, 2:8] = True
+    b = np.zeros((20, 20), bool)
+    b[12:18, 12:18] = True
+    same = [InstanceMask(a, 0.9)]
+    assert flip_disagreement(same, [InstanceMask(a.copy(), 0.8)]) == pytest.approx(0.0)
+    assert flip_disagreement(same, [InstanceMask(b, 0.8)]) == pytest.approx(1.0)
+    assert flip_disagreement([], []) == 1.0
+    half = np.zeros((20, 20), bool)
+    half[2:8, 2:5] = True  # IoU 0.5 with a
+    assert flip_disagreement(same, [InstanceMask(half, 0.9)]) == pytest.approx(0.5)
+
+
+def test_next_to_fix_ranks_every_image(data, tmp_path, capsys):
+    images, root, names = data
+    run = tmp_path / "run"
+    assert main(["train", str(images), "--masks", str(root / "pseudo.json"), "--out", str(run), "--iters", "2",
+                 "--size", str(SIZE), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["next-to-fix", str(run / "model.pt"), str(images), "--json", str(tmp_path / "rank.json"),
+                 "--device", "cpu"]) == 0
+    rows = json.loads((tmp_path / "rank.json").read_text())
+    assert sorted(r["file_name"] for r in rows) == sorted(names)
+    values = [r["uncertainty"] for r in rows]
+    assert values == sorted(values, reverse=True) and all(0.0 <= v <= 1.0 for v in values)
+    assert "| 1 |" in capsys.readouterr().out

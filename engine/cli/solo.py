@@ -81,6 +81,15 @@ def add_solo_commands(sub) -> None:
     ex.add_argument("--overwrite", action="store_true")
     ex.set_defaults(func=cmd_export_backbone)
 
+    nx = sub.add_parser("next-to-fix", help="rank images by how unsure a trained student is (correct the first ones)",
+                        description="Predicts each image and its mirror image; the more the two disagree "
+                        "(score-weighted), the more a correction of that image teaches. Most uncertain first.")
+    nx.add_argument("model", type=Path)
+    nx.add_argument("images", nargs="+", type=Path)
+    nx.add_argument("--json", type=Path, default=None, help="also write the ranking as JSON")
+    nx.add_argument("--device", default="auto")
+    nx.set_defaults(func=cmd_next_to_fix)
+
 
 def _train_options(p: argparse.ArgumentParser, d) -> None:
     p.add_argument("--iters", type=int, default=d.iters, help="iterations (default: %(default)s)")
@@ -299,4 +308,20 @@ def cmd_export_backbone(args) -> int:
     written = export_backbone(args.model, args.out, overwrite=args.overwrite)
     note = " (it was frozen during training: these are its pretrained weights)" if frozen else ""
     print(f"backbone of {args.model} -> {written}{note}")
+    return 0
+
+
+def cmd_next_to_fix(args) -> int:
+    from dataclasses import asdict
+
+    from engine.io.atomic import atomic_write_json
+    from engine.runtime.device import resolve_device
+    from engine.selftrain.uncertainty import rank_uncertain
+
+    rows = rank_uncertain(args.images, args.model, device=str(resolve_device(args.device)))
+    print("| rank | image | uncertainty | masks | mean score |\n|---:|---|---:|---:|---:|")
+    for k, r in enumerate(rows, 1):
+        print(f"| {k} | {r.file_name} | {r.uncertainty:.3f} | {r.masks} | {r.mean_score:.3f} |")
+    if args.json is not None:
+        atomic_write_json(args.json, [asdict(r) for r in rows], overwrite=True)
     return 0

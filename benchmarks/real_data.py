@@ -1,0 +1,136 @@
+"""Build the real annotated sets for tuning and held-out evaluation from local copies of public data.
+
+Nothing here is downloaded and no image or annotation is committed to this repository (their
+licences differ, some are non-commercial): point the script at local copies and it writes, under
+``--out`` (default ``benchmarks/out/real``), for each set ``NAME-tune/`` and ``NAME-heldout/``,
+each with ``images/``, ``gt.json`` (COCO, per-object masks) and ``SOURCE.md`` (provenance,
+licence, the split rule). Images are split by a hash of their file name (half and half), so the
+split never depends on the order of listing.
+
+Sets (each option takes the folder of a local copy):
+
+``--coco DIR``     COCO val2017 images + ``annotations/instances_val2017.json`` (e.g. the 80-image
+                   one-per-category subset in the public repository zzowenzz/COCO_Tiny). Photos.
+                   Annotations CC BY 4.0, images under their Flickr licences (listed per image).
+``--ctc DIR``      Cell Tracking Challenge 2-D fluorescence nuclei, ``N2DH-GOWT1`` and ``N2DL-HeLa``
+                   folders with ``img/tNN.tif`` and instance label images ``gt/man_segNN.tif`` (e.g.
+                   public repository datascience-mobi-2022/2022-topic-01-team-04, data/Otsu_data).
+                   CTC conditions of use: cite the challenge, no redistribution, no commercial use.
+``--monuseg DIR``  MoNuSeg H&E tiles, ``*.tif`` with per-nucleus polygons in ``*.xml`` (e.g. public
+                   repository ykrmm/monuseg, datasets/MoNuSegTestData). CC BY-NC-SA 4.0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from skimage.draw import polygon as draw_polygon
+
+from engine.io.coco import build_coco_dataset, write_coco
+from engine.io.masks import label_image_to_masks
+from engine.structures import ImageResult, InstanceMask
+
+LICENCES = {
+    "coco": "COCO 2017 val: annotations CC BY 4.0 (cocodataset.org/#termsofuse); images under the Flickr "
+            "licence listed per image in the annotation file.",
+    "ctc": "Cell Tracking Challenge (celltrackingchallenge.net): cite the challenge and the data providers; "
+           "no redistribution and no commercial use without permission. Kept out of this repository.",
+    "monuseg": "MoNuSeg (Kumar et al., IEEE TMI 2017/2020): CC BY-NC-SA 4.0. Kept out of this repository.",
+}
+
+
+def held_out(name: str) -> bool:
+    return int(hashlib.sha1(name.encode()).hexdigest(), 16) % 2 == 1
+
+
+def _write_split(out: Path, name: str, items: list[tuple[str, Path, ImageResult]], source: str) -> None:
+    for split in ("tune", "heldout"):
+        chosen = [(f, p, r) for f, p, r in items if held_out(f) == (split == "heldout")]
+        folder = out / f"{name}-{split}"
+        if folder.exists():
+            shutil.rmtree(folder)
+        (folder / "images").mkdir(parents=True)
+        for file_name, path, _res in chosen:
+            shutil.copy2(path, folder / "images" / file_name)
+        write_coco(folder / "gt.json", build_coco_dataset([r for _f, _p, r in chosen], segmentation="rle"))
+        objects = sum(len(r.instances) for _f, _p, r in chosen)
+        (folder / "SOURCE.md").write_text(
+            f"# {name} ({split})\n\n{len(chosen)} images, {objects} objects.\n\nSource: {source}\n\n"
+            f"Licence: {LICENCES[name]}\n\nSplit: held out when int(sha1(file name), 16) is odd.\n")
+        print(f"{folder}: {len(chosen)} images, {objects} objects")
+
+
+def build_coco(src: Path, out: Path) -> None:
+    ann = json.loads((src / "annotations" / "instances_val2017.json").read_text())
+    by_image: dict[int, list] = {}
+    for a in ann["annotations"]:
+        by_image.setdefault(a["image_id"], []).append(a)
+    from engine.io.coco import annotation_to_mask
+
+    items = []
+    for img in ann["images"]:
+        path = src / "val2017" / img["file_name"]
+        if not path.is_file():
+            continue
+        h, w = img["height"], img["width"]
+        instances = []
+        for a in by_image.get(img["id"], []):
+            mask = annotation_to_mask(a, h, w)
+            if mask.any():
+                instances.append(InstanceMask(mask, 1.0, source="gt", extra={"iscrowd": int(a.get("iscrowd", 0))}))
+        items.append((img["file_name"], path, ImageResult(img["file_name"], h, w, instances)))
+    _write_split(out, "coco", items, f"COCO val2017 images from {src}")
+
+
+def build_ctc(src: Path, out: Path) -> None:
+    items = []
+    for seq in ("N2DH-GOWT1", "N2DL-HeLa"):
+        for gt in sorted((src / seq / "gt").glob("man_seg*.tif")):
+            img = src / seq / "img" / f"t{gt.stem[len('man_seg'):]}.tif"
+            labels = np.asarray(Image.open(gt))
+            masks = label_image_to_masks(labels)
+            name = f"{seq}_{img.name}"
+            items.append((name, img, ImageResult(name, labels.shape[0], labels.shape[1],
+                                                 [InstanceMask(m, 1.0, source="gt") for m in masks])))
+    _write_split(out, "ctc", items, f"Cell Tracking Challenge N2DH-GOWT1 and N2DL-HeLa from {src}")
+
+
+def build_monuseg(src: Path, out: Path) -> None:
+    items = []
+    for tif in sorted(src.glob("*.tif")):
+        w, h = Image.open(tif).size
+        instances = []
+        for region in ET.parse(tif.with_suffix(".xml")).getroot().iter("Region"):
+            pts = [(float(v.get("Y")), float(v.get("X"))) for v in region.iter("Vertex")]
+            if len(pts) < 3:
+                continue
+            rr, cc = draw_polygon([p[0] for p in pts], [p[1] for p in pts], (h, w))
+            mask = np.zeros((h, w), bool)
+            mask[rr, cc] = True
+            if mask.any():
+                instances.append(InstanceMask(mask, 1.0, source="gt"))
+        items.append((tif.name, tif, ImageResult(tif.name, h, w, instances)))
+    _write_split(out, "monuseg", items, f"MoNuSeg test tiles from {src}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--coco", type=Path)
+    ap.add_argument("--ctc", type=Path)
+    ap.add_argument("--monuseg", type=Path)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/out/real"))
+    args = ap.parse_args()
+    for name, builder in (("coco", build_coco), ("ctc", build_ctc), ("monuseg", build_monuseg)):
+        if getattr(args, name) is not None:
+            builder(getattr(args, name), args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from engine.eval.coco_eval import evaluate_segm
 from engine.freemask.features import FeatureConfig
+from engine.freemask.postprocess import FreeMaskParams
 from engine.generators.classical import BASELINES
 from engine.generators.merge import GeneratorConfig, parse_generators
 from engine.generators.pipeline import run_freemask_batch
@@ -45,13 +46,24 @@ def _score(gt: Path, results: list[ImageResult]) -> dict:
     return {k: round(float(m[k]), 4) for k in ("AP", "AP50", "AR100")}
 
 
+def _params(text: str) -> dict:
+    """'tau=0.5,query_stride=16' -> FreeMaskParams overrides (numbers parsed; empty: defaults)."""
+    out = {}
+    for part in filter(None, text.split(",")):
+        key, _, value = part.partition("=")
+        out[key.strip()] = None if value == "none" else (int(value) if value.isdigit() else float(value))
+    return out
+
+
 def run_generators(name: str, images: Path, gt: Path, generators: tuple[str, ...], backbone: str,
-                   tile: int | None, cache: Path) -> dict:
+                   tile: int | None, cache: Path, params: str = "") -> dict:
     t0 = time.perf_counter()
     report = run_freemask_batch([images], feature_config=FeatureConfig(backbone=backbone), device="cpu",
-                                cache_dir=cache, generators=GeneratorConfig(generators=generators), tile=tile)
+                                params=FreeMaskParams(**_params(params)), cache_dir=cache,
+                                generators=GeneratorConfig(generators=generators), tile=tile)
     seconds = (time.perf_counter() - t0) / max(1, len(report.results))
-    return {"set": name, "method": "+".join(generators), "backbone": backbone, **_score(gt, report.results),
+    method = "+".join(generators) + (f" ({params})" if params else "")
+    return {"set": name, "method": method, "backbone": backbone, **_score(gt, report.results),
             "sec_per_image": round(seconds, 2), "failures": len(report.failures)}
 
 
@@ -82,6 +94,9 @@ def main() -> None:
     ap.add_argument("--generators", nargs="+", default=["freemask", "freemask,maskcut", "freemask,classical"])
     ap.add_argument("--backbone", nargs="+", default=["efficientnet-lite0"])
     ap.add_argument("--tile", type=int, default=None)
+    ap.add_argument("--params", nargs="+", default=[""], metavar="K=V,...",
+                    help="Free Mask parameter variants, e.g. 'tau=0.5,query_stride=16' (default: the defaults)")
+    ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out/real"))
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -89,10 +104,12 @@ def main() -> None:
     for name, images, gt in args.sets:
         for backbone in args.backbone:
             for gens in args.generators:
-                rows.append(run_generators(name, images, gt, parse_generators(gens), backbone, args.tile,
-                                           args.out / "cache"))
-                print(format_table(rows[-1:]).splitlines()[-1], flush=True)
-        rows += run_baselines(name, images, gt)
+                for params in args.params:
+                    rows.append(run_generators(name, images, gt, parse_generators(gens), backbone, args.tile,
+                                               args.out / "cache", params))
+                    print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+        if not args.no_baselines:
+            rows += run_baselines(name, images, gt)
     print(format_table(rows))
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=1))

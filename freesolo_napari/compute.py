@@ -47,19 +47,59 @@ class Computed:
     def name(self) -> str:
         return self.update.name
 
+    @property
+    def key(self) -> str:
+        """The panel state's key: the layer name, or with its plane and channel (``planes.View.key``)."""
+        return self.update.key
 
-def compute_update(source: ExtractorSource, name: str, image: np.ndarray, params, path: str | None = None) -> Computed:
-    """Features (from the on-disk cache for images loaded from a file by this plugin) + Free Mask."""
-    feats = extract_features(source.get(), image, path)
-    return Computed(freemask_update(name, feats, params, image), image, feats, source.extractor, source.generation)
+    @property
+    def view(self):
+        return self.update.view
+
+
+def compute_update(source: ExtractorSource, name: str, image: np.ndarray, params, path: str | None = None,
+                   view=None, cached=None) -> Computed:
+    """Features (``cached``, else from the on-disk cache for images loaded from a file by this plugin,
+    else the backbone) + Free Mask. ``view`` (``planes.View``) is the plane and channel ``image`` is."""
+    if cached is not None:
+        feats = cached
+    elif view is not None and view.suffix:  # a plane or one channel of the file: its own cache entry
+        feats = extract_features(source.get(), image, path, key_suffix=view.suffix)
+    else:
+        feats = extract_features(source.get(), image, path)
+    return Computed(freemask_update(name, feats, params, image, view), image, feats, source.extractor,
+                    source.generation)
 
 
 def compute_many(source: ExtractorSource, jobs, params):
-    """Generator: one image after the other; yields (done, total, name, Computed or None, error or None)."""
-    for i, (name, image, path) in enumerate(jobs, start=1):
+    """Generator: one image after the other; yields (done, total, name, Computed or None, error or None).
+
+    A job is (name, image, path) or (name, image, path, view)."""
+    for i, (name, image, path, *view) in enumerate(jobs, start=1):
         try:
-            computed = compute_update(source, name, image, params, path)
+            computed = compute_update(source, name, image, params, path, view[0] if view else None)
         except (OSError, RuntimeError, ValueError) as exc:
             yield i, len(jobs), name, None, str(exc)
             continue
         yield i, len(jobs), name, computed, None
+
+
+def compute_planes(source: ExtractorSource, data, layout, views, params, cached: dict, path: str | None = None):
+    """Generator: every plane of a stack, one after the other (Cancel stops between two planes).
+
+    Each plane is read from ``data`` (the layer's array) here, in the worker; planes whose
+    features the panel has (``cached``: key -> (image, features)) get post-processing only.
+    Yields (done, total, plane key, Computed or None, error or None).
+    """
+    from freesolo_napari.planes import plane_image
+
+    for i, view in enumerate(views, start=1):
+        try:
+            known = cached.get(view.key)
+            image = known[0] if known is not None else plane_image(data, layout, view.index, view.channel)
+            computed = compute_update(source, view.name, image, params, path, view,
+                                      known[1] if known is not None else None)
+        except (OSError, RuntimeError, ValueError) as exc:
+            yield i, len(views), view.key, None, str(exc)
+            continue
+        yield i, len(views), view.key, computed, None

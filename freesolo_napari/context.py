@@ -37,6 +37,8 @@ class PanelContext:
     set_progress: Callable[[int, int], None]  # (value, maximum); maximum 0 = the busy indicator
     set_run_button: Callable[[str, str], None]  # (text, tooltip) of the Run button
     current_image: Callable[[], str]  # the panel's image layer name ('' if none)
+    current_view: Callable[[], object]  # planes.View of the plane and channel on screen (None: no image)
+    view_changed: Callable[[], None]  # the plane or channel changed: catch up (post-processing) or say "no masks"
     select_image: Callable[[str], None]  # make an image layer the panel's image
     current_params: Callable[[], object]  # FreeMaskParams of the controls; ValueError names a bad field
     show_update: Callable[["FreeMaskUpdate"], None]  # show a Free Mask result (asks before replacing edits)

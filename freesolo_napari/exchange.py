@@ -12,7 +12,7 @@ import numpy as np
 from engine.io.coco import build_coco_dataset, load_image_results, write_coco
 from engine.io.masks import label_image_to_masks
 from engine.structures import ImageResult, InstanceMask
-from freesolo_napari.layers import labels_name, show_instances
+from freesolo_napari.layers import instance_table, labels_name, show_instances
 
 
 def image_file_name(layer) -> str:
@@ -61,7 +61,35 @@ def open_results(viewer, automatic: dict[str, np.ndarray] | None = None,
             continue
         if isinstance(layer, Image) and labels_name(layer.name) in viewer.layers:
             auto = (automatic or {}).get(layer.name)
-            results.append(layer_result(layer, viewer.layers[labels_name(layer.name)], auto))
+            labels = viewer.layers[labels_name(layer.name)]
+            if np.ndim(labels.data) > 2:
+                results.extend(stack_results(layer, labels, auto))
+            else:
+                results.append(layer_result(layer, labels, auto))
+    return results
+
+
+def stack_results(image_layer, labels_layer, automatic: np.ndarray | None = None) -> list[ImageResult]:
+    """One ImageResult per plane of a stack's masks that has masks (computed or painted), named as the
+    command line names planes: ``stack.tif[z=3]`` (``engine.io.stacks.plane_name``)."""
+    import pandas as pd
+
+    from freesolo_napari.planes import View, default_letters
+    from freesolo_napari.stack_layers import AXES_KEY, computed_planes, stack_planes
+
+    data = np.asarray(labels_layer.data)
+    n = data.ndim - 2
+    axes = tuple(labels_layer.metadata.get(AXES_KEY) or default_letters(n))
+    planes = stack_planes(labels_layer) or {}
+    base = image_file_name(image_layer)
+    if automatic is not None and automatic.shape != data.shape:
+        automatic = None
+    results = []
+    for index in computed_planes(labels_layer):
+        entry = planes.get(index)
+        table = pd.DataFrame(entry.table if entry is not None else instance_table([]))
+        name = View(image_layer.name, index, None, axes).file_name(base)
+        results.append(labels_result(name, data[index], table, None if automatic is None else automatic[index]))
     return results
 
 

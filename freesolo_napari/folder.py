@@ -32,12 +32,15 @@ def layer_path(layer) -> str | None:
 
 
 def extract_features(extractor: FeatureExtractor, image: np.ndarray, path: str | None = None,
-                     cache_dir: str | Path | None = None) -> Features:
-    """Features of ``image``: from the on-disk cache when ``path`` (the file it was loaded from) is known."""
+                     cache_dir: str | Path | None = None, key_suffix: str = "") -> Features:
+    """Features of ``image``: from the on-disk cache when ``path`` (the file it was loaded from) is known.
+
+    ``key_suffix`` (``[z=3]``, ``[c=1]``) says which plane or channel of the file ``image`` is, as
+    the command line keys them (``engine.io.stacks.content_key``)."""
     if path is None:
         return extractor.extract(image)
     cache = FeatureCache(cache_dir or default_cache_dir())
-    feats, _hit = extract_cached(extractor, image, file_sha1(path), cache)
+    feats, _hit = extract_cached(extractor, image, file_sha1(path) + key_suffix, cache)
     return feats
 
 

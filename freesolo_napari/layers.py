@@ -28,7 +28,8 @@ def image_from_layer(layer) -> np.ndarray:
 
     data = np.asarray(layer.data)
     if data.ndim == 3 and data.shape[-1] not in (3, 4) or data.ndim > 3:
-        raise ValueError(f"layer '{layer.name}' is not a 2D image (shape {data.shape}); pick a single plane")
+        raise ValueError(f"layer '{layer.name}' is a stack (shape {data.shape}), not a 2D image: "
+                         "Run Free Mask runs on the plane on screen, 'all planes of this image' on every plane")
     return to_uint8_rgb(data)
 
 
@@ -116,14 +117,20 @@ class FreeMaskUpdate:
     result: object  # engine.freemask.postprocess.FreeMaskResult
     overlay: Overlay
     params: object  # the engine.freemask.postprocess.FreeMaskParams it was made with
+    view: object = None  # the planes.View (plane, channel) it was computed for; None: the 2-D image in colour
+
+    @property
+    def key(self) -> str:
+        """The panel state's key of what this update shows (``planes.View.key``)."""
+        return self.name if self.view is None else self.view.key
 
 
-def freemask_update(name: str, features, params, image: np.ndarray) -> FreeMaskUpdate:
+def freemask_update(name: str, features, params, image: np.ndarray, view=None) -> FreeMaskUpdate:
     """Post-processing on cached ``features`` and the overlay of its masks (no napari calls: any thread)."""
     from engine.freemask.postprocess import postprocess
 
     result = postprocess(features, params, image)
-    return FreeMaskUpdate(name, result, prepare_overlay(result.instances, image.shape[:2]), params)
+    return FreeMaskUpdate(name, result, prepare_overlay(result.instances, image.shape[:2]), params, view)
 
 
 def show_instances(viewer, image_layer, instances: Sequence[InstanceMask]):
@@ -135,7 +142,7 @@ def show_instances(viewer, image_layer, instances: Sequence[InstanceMask]):
 def show_overlay(viewer, image_name: str, overlay: Overlay):
     """Put a prepared :class:`Overlay` into the image's reused Labels and text layers."""
     layer = set_labels(viewer, image_name, overlay.labels, overlay.table, scores=False)
-    _show_scores(viewer, image_name, overlay.centres, overlay.texts)
+    show_scores(viewer, image_name, overlay.centres, overlay.texts)
     return layer
 
 
@@ -145,6 +152,8 @@ def set_labels(viewer, image_name: str, labels: np.ndarray, table, *, scores: bo
     With ``scores`` the maskness text is rebuilt from the labels and the table's maskness column.
     """
     name = labels_name(image_name)
+    if name in viewer.layers and np.ndim(viewer.layers[name].data) != labels.ndim:
+        viewer.layers.remove(name)  # a stack's masks, and the image is now read as one 2-D image
     if name in viewer.layers:
         layer = viewer.layers[name]
         layer.data = labels
@@ -167,13 +176,16 @@ def show_label_scores(viewer, image_name: str, labels_layer) -> None:
     rows = {}
     if "index" in getattr(table, "columns", []) and "maskness" in table.columns:
         rows = dict(zip(table["index"].astype(int), table["maskness"].astype(float)))
-    _show_scores(viewer, image_name, centres, [f"{rows[i]:.2f}" if i in rows else "" for i in ids])
+    show_scores(viewer, image_name, centres, [f"{rows[i]:.2f}" if i in rows else "" for i in ids])
 
 
-def _show_scores(viewer, image_name: str, centres: np.ndarray, text: list[str]) -> None:
-    """Maskness at each mask's centre, as text on a Points layer (reused)."""
+def show_scores(viewer, image_name: str, centres: np.ndarray, text: list[str], **placed) -> None:
+    """Maskness at each mask's centre, as text on a Points layer (reused; ``placed``: its scale and
+    translate when it is made). A layer of other dimensions (a 2-D image became a stack) is replaced."""
     name = points_name(image_name)
     feats = {"maskness_text": np.array(text, dtype=object)}
+    if name in viewer.layers and viewer.layers[name].ndim != centres.shape[1]:
+        viewer.layers.remove(name)
     if name in viewer.layers:
         layer = viewer.layers[name]
         layer.data = centres
@@ -183,7 +195,7 @@ def _show_scores(viewer, image_name: str, centres: np.ndarray, text: list[str]) 
     else:
         viewer.add_points(
             centres, name=name, size=2, face_color="transparent", border_color="transparent",
-            features=feats, text={"string": "{maskness_text}", "color": "white", "size": 9},
+            features=feats, text={"string": "{maskness_text}", "color": "white", "size": 9}, **placed,
         )
 
 

@@ -5,6 +5,11 @@ control change re-runs only the engine's cheap post-processing in a worker, coal
 update runs at a time and the changes made meanwhile become a single re-run with the latest
 values, so the overlay follows a moving slider without freezing the viewer or ending stale.
 
+A stack (3-D, time-lapse) is processed plane by plane (``planes``): Run computes the plane napari's
+dims sliders show, features are kept per plane (and per channel), and its masks go into one nD
+Labels layer (``stack_layers``); moving to another plane catches up with the sliders
+(post-processing only) or says that the plane has no masks yet.
+
 This module composes the panel: it owns the state (``state.PanelState``, GUI thread only), gives
 the sections (``freesolo_napari.sections``) a narrow ``context.PanelContext`` and lays them out.
 """
@@ -22,14 +27,8 @@ from engine.freemask.postprocess import FreeMaskParams
 from freesolo_napari.compute import Computed, ExtractorSource, compute_update
 from freesolo_napari.context import PanelContext
 from freesolo_napari.folder import layer_path
-from freesolo_napari.layers import (
-    FreeMaskUpdate,
-    freemask_update,
-    image_from_layer,
-    image_name_of,
-    show_instances,
-    show_overlay,
-)
+from freesolo_napari.layers import FreeMaskUpdate, freemask_update, image_name_of, show_instances, show_overlay
+from freesolo_napari.planes import channel_choice, current_view, layer_array, layout_of, plane_image
 from freesolo_napari.sections.export import ExportControls
 from freesolo_napari.sections.inspector import QUERY_LAYER, QueryInspector
 from freesolo_napari.sections.model import ModelControls
@@ -38,6 +37,7 @@ from freesolo_napari.sections.review import ReviewControls
 from freesolo_napari.sections.run_scope import CURRENT, RunScope
 from freesolo_napari.sections.training import TrainingSection
 from freesolo_napari.settings import PanelSettings
+from freesolo_napari.stack_layers import follow_plane, show_plane_overlay
 from freesolo_napari.state import PanelState
 from freesolo_napari.workers import create_worker
 
@@ -61,6 +61,7 @@ class FreeSoloPanel(QWidget):
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self.viewer.layers.selection.events.active.connect(self._follow_selection)
+        self.viewer.dims.events.current_step.connect(self._dims_changed)  # a stack's masks follow the slider
         self.layer_combo.currentTextChanged.connect(self._image_changed)
         self._refresh_layers()
         self.settings = PanelSettings(self, settings_path, notify=self.notify)  # restored now, saved after every change
@@ -96,6 +97,7 @@ class FreeSoloPanel(QWidget):
             viewer=self.viewer, state=self.state, notify=self.notify, set_status=self.set_status,
             report_error=self.report_error, set_busy=self.set_busy, set_progress=self.set_progress,
             set_run_button=self.set_run_button, current_image=self.current_image, select_image=self.select_image,
+            current_view=self.current_view, view_changed=self.view_changed,
             current_params=self.current_params, show_update=self.show_update, accept=self.accept,
             show_instances=self.show_instances, extractor_source=self.extractor_source,
             feature_config=self.feature_config, review=self.review)
@@ -152,6 +154,20 @@ class FreeSoloPanel(QWidget):
     def select_image(self, name: str) -> None:
         self.layer_combo.setCurrentText(name)
 
+    def current_view(self):
+        """The plane and channel of the panel's image that Run computes now (``planes.View``; None: none)."""
+        name = self.current_image()
+        if not name or name not in self.viewer.layers:
+            return None
+        try:
+            return current_view(self.viewer, self.viewer.layers[name], self.state)
+        except ValueError:
+            return None
+
+    def _current_key(self) -> str | None:
+        view = self.current_view()
+        return None if view is None else view.key
+
     def current_params(self):
         return self.controls.params()
 
@@ -169,19 +185,45 @@ class FreeSoloPanel(QWidget):
         changes while layers are being removed (closing the viewer), and then nothing must start.
         """
         self.state.image = name
-        if name in self.state.features and name in self.state.params_shown:
-            QTimer.singleShot(0, self._catch_up)
+        self.run_scope.show_channels()
+        if self.state.keys_of(name):
+            QTimer.singleShot(0, self.view_changed)
 
-    def _catch_up(self) -> None:
-        name, state = self.current_image(), self.state
-        if name not in self.viewer.layers or name not in state.features or name not in state.params_shown:
-            return
+    def _catch_up(self) -> bool:
+        """Re-run post-processing if the overlay of the plane on screen was made with other values."""
+        key, state = self._current_key(), self.state
+        if key is None or key not in state.features or key not in state.params_shown:
+            return False
         try:
             params = self.current_params()
         except ValueError:
-            return
-        if state.params_shown[name] != params:
+            return False
+        if state.params_shown[key] != params:
             self._schedule_update()
+            return True
+        return False
+
+    def _dims_changed(self, event=None) -> None:
+        """napari's dims slider moved: every stack's masks show their plane's table; the panel's image catches up."""
+        for layer in list(self.viewer.layers):
+            if follow_plane(self.viewer, layer):
+                self.review.after_update(layer)  # colour by score: the plane's own scores
+        view = self.current_view()
+        if view is not None and view.index:
+            self.view_changed()
+
+    def view_changed(self) -> None:
+        """The plane or channel on screen changed: catch up (post-processing only), or say it has no masks."""
+        view = self.current_view()
+        if view is None:
+            return
+        if view.key in self.state.features:
+            if not self._catch_up() and view.index:
+                self.set_status(f"'{view.key}': masks made with the current settings")
+        elif view.index or view.channel is not None:
+            what = "plane" if view.index else "channel"
+            self.set_status(f"'{view.key}' has no masks yet: press Run for this {what}"
+                            + (", or run on all planes of this image." if view.index else " (a new backbone pass)."))
 
     # ---- work -----------------------------------------------------------------------------
     @property
@@ -209,19 +251,21 @@ class FreeSoloPanel(QWidget):
         if not name:
             self.notify("No image layer to segment: open an image first.")
             return
-        try:
-            image = image_from_layer(self.viewer.layers[name])
+        layer = self.viewer.layers[name]
+        try:  # a stack: the plane on screen; an RGB or multi-channel image: the chosen channel
+            view = current_view(self.viewer, layer, self.state)
+            layout = layout_of(layer, channel_choice(self.state, layer))
+            image = plane_image(layer_array(layer), layout, view.index, view.channel)
             params = self.current_params()
         except ValueError as exc:
             self.notify(str(exc))
             return
-        path = layer_path(self.viewer.layers[name])
-        worker = create_worker(self, compute_update, self.extractor_source(), name, image, params, path,
-                               _ignore_errors=True)  # errors become a notification
+        worker = create_worker(self, compute_update, self.extractor_source(), name, image, params, layer_path(layer),
+                               view, _ignore_errors=True)  # errors become a notification
         worker.returned.connect(self.accept)
         worker.errored.connect(self.report_error)
         worker.finished.connect(lambda: self.set_busy(False))
-        self.set_busy(True, f"Computing features for '{name}'…", job=worker)
+        self.set_busy(True, f"Computing features for '{view.key}'…", job=worker)
         worker.start()
 
     def _schedule_update(self, *_args) -> None:
@@ -240,25 +284,25 @@ class FreeSoloPanel(QWidget):
         if self._update_again:
             self._update_again = False
             try:
-                latest = (self.current_image(), self.current_params())
+                latest = (self._current_key(), self.current_params())
             except ValueError:
                 latest = None  # update_overlay says what is wrong
             if latest != self._update_key:  # signals of the same change that ran need no re-run
                 self.update_overlay()
 
     def update_overlay(self) -> None:
-        """Re-run post-processing only (never the backbone) for the current layer."""
-        name = self.current_image()
-        if name not in self.state.features:
+        """Re-run post-processing only (never the backbone) for the current layer (its plane on screen)."""
+        view = self.current_view()
+        if view is None or view.key not in self.state.features:
             return
-        image, feats = self.state.features[name]
+        image, feats = self.state.features[view.key]
         try:
             params = self.current_params()
         except ValueError as exc:
             self.notify(str(exc))
             return
-        self._update_key = (name, params)
-        worker = create_worker(self, freemask_update, name, feats, params, image, _ignore_errors=True)
+        self._update_key = (view.key, params)
+        worker = create_worker(self, freemask_update, view.name, feats, params, image, view, _ignore_errors=True)
         worker.returned.connect(self.show_update)
         worker.errored.connect(self.report_error)
         worker.finished.connect(self._update_done)
@@ -309,28 +353,54 @@ class FreeSoloPanel(QWidget):
     def accept(self, computed: Computed) -> None:
         """A worker's features and extractor are stored here, on the GUI thread; then its masks are shown."""
         self.state.adopt_extractor(computed.extractor, computed.generation)
-        self.state.store_features(computed.name, computed.image, computed.features, computed.generation)
+        self.state.store_features(computed.key, computed.image, computed.features, computed.generation, computed.view)
         self.show_update(computed.update)
 
     def show_update(self, update: FreeMaskUpdate) -> None:
-        """Show a Free Mask result prepared by a worker (``layers.freemask_update``)."""
-        name, result = update.name, update.result
+        """Show a Free Mask result prepared by a worker (``layers.freemask_update``); a stack's plane goes
+        into its plane of the nD masks layer."""
+        name, result, key = update.name, update.result, update.key
+        index = tuple(update.view.index) if update.view is not None else ()
         if name not in self.viewer.layers:
             return
-        if not self.review.allow_update(name):  # the user keeps edited masks
+        leading = self._leading(name)
+        if leading is None or len(index) != len(leading):
+            return  # the image is read another way since (channels marked, layer replaced)
+        if not self.review.allow_update(name, index):  # the user keeps edited masks
             return
-        layer = show_overlay(self.viewer, name, update.overlay)
-        self.state.automatic[name] = np.asarray(layer.data).copy()
-        self.state.params_shown[name] = update.params
+        layer = self._show_plane(update, leading) if index else show_overlay(self.viewer, name, update.overlay)
+        if not index:
+            self.state.automatic[name] = np.asarray(layer.data).copy()
+        self.state.params_shown[key] = update.params
         self.review.after_update(layer)
-        self.inspector.histogram.set_values(result.candidate_maskness, self.controls.min_score.value())
-        text = f"{len(result.instances)} masks on '{name}' (top-k {result.top_k})"
-        if name in self.state.features:
-            feats = self.state.features[name][1]
+        if not index or self._current_key() == key:
+            self.inspector.histogram.set_values(result.candidate_maskness, self.controls.min_score.value())
+        text = f"{len(result.instances)} masks on '{key}' (top-k {result.top_k})"
+        if key in self.state.features:
+            feats = self.state.features[key][1]
             size = f", objects ≈{feats.object_size:.0f} px" if feats.object_size else ""
             text += (f"\ninput scale {feats.input_scale:.2f}{' (auto' + size + ')' if feats.auto_scale else ''}"
                      f" · backbone {feats.backbone_seconds:.2f}s")
         self.set_status(text + f" · refine radius {result.refine_radius}px")
+
+    def _leading(self, name: str) -> tuple[int, ...] | None:
+        """The plane axes of image layer ``name`` as the panel reads it now (None: not an image)."""
+        layer = self.viewer.layers[name]
+        try:
+            return layout_of(layer, channel_choice(self.state, layer)).leading
+        except (ValueError, AttributeError):
+            return None
+
+    def _show_plane(self, update: FreeMaskUpdate, leading: tuple[int, ...]):
+        """One plane of a stack into its nD masks layer; the plane's automatic labels are recorded."""
+        view, state = update.view, self.state
+        layer = show_plane_overlay(self.viewer, self.viewer.layers[view.name], view, leading, update.overlay)
+        auto = state.automatic.get(view.name)
+        if auto is None or auto.shape != layer.data.shape:
+            auto = np.zeros(layer.data.shape, layer.data.dtype)  # a new masks layer: no other plane computed yet
+        auto[tuple(view.index)] = update.overlay.labels
+        state.automatic[view.name] = auto
+        return layer
 
     def show_instances(self, name: str, instances) -> bool:
         """Show engine instances in the image's reused Labels layer (asking first if the user edited it)."""

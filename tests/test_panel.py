@@ -35,13 +35,18 @@ def test_run_then_slider_updates_overlay_without_backbone(panel, qtbot):
     assert tight < (first > 0).sum()
 
 
-def test_non_2d_layer_is_reported_and_panel_stays_usable(panel, qtbot):
+def test_stack_layer_runs_the_plane_on_screen_and_panel_stays_usable(panel, qtbot):
+    """A 4-D layer is a stack (time, z) run plane by plane; the one on screen, not 'not a 2D image'."""
     viewer, widget = panel
     viewer.add_image(np.zeros((3, 5, 32, 32), np.uint8), name="stack")
     widget.layer_combo.setCurrentText("stack")
+    viewer.dims.set_current_step(0, 2)
+    viewer.dims.set_current_step(1, 4)
     widget.run_button.click()
-    assert "not a 2D image" in widget.status.text()
-    assert widget.run_button.isEnabled()
+    assert "stack[t=2,z=4]" in widget.status.text()
+    qtbot.waitUntil(lambda: widget.run_button.isEnabled(), timeout=120_000)
+    assert "stack[t=2,z=4]" in widget.state.features and "not a 2D image" not in widget.status.text()
+    assert viewer.layers["stack · free masks"].data.shape == (3, 5, 32, 32)
 
 
 def test_controls_build_params_and_reject_bad_scales(panel, qtbot):

@@ -166,7 +166,7 @@ class ExportControls(QWidget):
                 names = [r.file_name for r in self._results(scope)]
             except ValueError:
                 names = []
-        return [Path(folder) / Path(n).with_suffix(".png") for n in names]
+        return [_label_target(Path(folder), n) for n in names]
 
     def _ask_overwrite(self, existing: list[Path]) -> bool:
         shown = ", ".join(p.name for p in existing[:3]) + (" …" if len(existing) > 3 else "")
@@ -174,6 +174,16 @@ class ExportControls(QWidget):
             self, "FreeSOLO", f"{len(existing)} label image(s) already exist in '{existing[0].parent}' ({shown}).\n"
             "Replace them? The old files are kept as .bak.")
         return answer == QMessageBox.StandardButton.Yes
+
+
+def _label_target(folder: Path, file_name: str) -> Path:
+    """Where ``engine.io.coco.write_label_images`` writes an image's labels: ``stack.tif[z=3]`` ->
+    ``stack[z=3].png``."""
+    from engine.io.stacks import split_plane_name
+
+    base, plane = split_plane_name(file_name)
+    target = (folder / base).with_suffix(".png")
+    return target.with_name(target.stem + plane.suffix() + ".png")
 
 
 def _folder_export(session, params, config, live, write):

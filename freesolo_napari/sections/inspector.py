@@ -93,13 +93,13 @@ class QueryInspector(QWidget):
     def inspect_query(self, y: float, x: float) -> str:
         """Show the soft mask of the query at image pixel (y, x) of the current layer."""
         ctx = self.ctx
-        name = ctx.current_image()
-        if name not in ctx.state.features:
+        view = ctx.current_view()  # a stack: the plane on screen
+        if view is None or view.key not in ctx.state.features:
             text = "Run Free Mask on this image first, then click to inspect a query."
         else:
-            _image, feats = ctx.state.features[name]
+            _image, feats = ctx.state.features[view.key]
             tau = self.tau()
-            mness, frac = show_query(ctx.viewer, ctx.viewer.layers[name], feats, y, x, tau)
+            mness, frac = show_query(ctx.viewer, ctx.viewer.layers[view.name], feats, y, x, tau)
             text = (f"query at ({y:.0f}, {x:.0f}): maskness {mness:.2f} at τ {tau:.2f}, "
                     f"mask covers {frac:.0%} of the image")
         ctx.set_status(text)

@@ -14,6 +14,7 @@ import numpy as np
 from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QMessageBox, QPushButton, QWidget
 
 from freesolo_napari.layers import color_by_score, labels_name, points_name, set_labels
+from freesolo_napari.stack_layers import restore_stack, stack_planes
 
 MAX_UNDO = 10
 
@@ -24,6 +25,7 @@ class _Snapshot:
     labels: np.ndarray | None  # None: the Labels layer did not exist before the update
     table: object = None
     automatic: np.ndarray | None = None
+    planes: dict | None = None  # a stack's plane tables (``stack_layers.PLANES_KEY``); None: a 2-D image
 
 
 class ReviewControls(QWidget):
@@ -52,26 +54,28 @@ class ReviewControls(QWidget):
         row.addWidget(self.undo_button)
 
     # ---- edits ----------------------------------------------------------------------------
-    def is_edited(self, name: str) -> bool:
-        """Whether the masks of image ``name`` differ from its last automatic result
-        (imported or hand-made masks with no automatic result count as edited)."""
+    def is_edited(self, name: str, index: tuple[int, ...] = ()) -> bool:
+        """Whether the masks of image ``name`` (of its plane ``index``, for a stack) differ from its last
+        automatic result (imported or hand-made masks with no automatic result count as edited)."""
         viewer = self.viewer
         if labels_name(name) not in viewer.layers:
             return False
         data = np.asarray(viewer.layers[labels_name(name)].data)
         auto = self.state.automatic.get(name)
+        if index and data.ndim == len(index) + 2:  # one plane of a stack's masks
+            data, auto = data[index], (auto[index] if auto is not None and auto.shape == data.shape else auto)
         if auto is None:
             return bool(data.any())
         return auto.shape != data.shape or not np.array_equal(auto, data)
 
-    def allow_update(self, name: str) -> bool:
-        """Called before an automatic update replaces the masks of ``name``; False = keep them."""
+    def allow_update(self, name: str, index: tuple[int, ...] = ()) -> bool:
+        """Called before an automatic update replaces the masks of ``name`` (its plane ``index``); False = keep them."""
         viewer = self.viewer
         lname = labels_name(name)
         if lname not in viewer.layers:
             self._push(_Snapshot(name, None))
             return True
-        if self.is_edited(name):
+        if self.is_edited(name, index):
             if self._asking:  # a newer update while the question is open: keep what is there
                 return False
             self._asking = True
@@ -85,8 +89,9 @@ class ReviewControls(QWidget):
                 return False
         layer = viewer.layers[lname]
         auto = self.state.automatic.get(name)
+        planes = stack_planes(layer)
         self._push(_Snapshot(name, np.asarray(layer.data).copy(), layer.features.copy(),
-                             None if auto is None else auto.copy()))
+                             None if auto is None else auto.copy(), None if planes is None else dict(planes)))
         return True
 
     def after_update(self, labels_layer) -> None:
@@ -120,7 +125,10 @@ class ReviewControls(QWidget):
                     viewer.layers.remove(layer_name)
             automatic.pop(snap.name, None)
         else:
-            layer = set_labels(viewer, snap.name, snap.labels, snap.table)
+            if snap.planes is not None and labels_name(snap.name) in viewer.layers:
+                layer = restore_stack(viewer, snap.name, snap.labels, snap.planes)
+            else:
+                layer = set_labels(viewer, snap.name, snap.labels, snap.table)
             if snap.automatic is None:
                 automatic.pop(snap.name, None)
             else:

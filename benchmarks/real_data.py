@@ -17,7 +17,8 @@ Sets (each option takes the folder of a local copy):
                    public repository datascience-mobi-2022/2022-topic-01-team-04, data/Otsu_data).
                    CTC conditions of use: cite the challenge, no redistribution, no commercial use.
 ``--monuseg DIR``  MoNuSeg H&E tiles, ``*.tif`` with per-nucleus polygons in ``*.xml`` (e.g. public
-                   repository ykrmm/monuseg, datasets/MoNuSegTestData). CC BY-NC-SA 4.0.
+                   repository ykrmm/monuseg, datasets/MoNuSegTestData), cut into 250² crops (the
+                   split is by crop). CC BY-NC-SA 4.0.
 """
 
 from __future__ import annotations
@@ -50,9 +51,11 @@ def held_out(name: str) -> bool:
     return int(hashlib.sha1(name.encode()).hexdigest(), 16) % 2 == 1
 
 
-def _write_split(out: Path, name: str, items: list[tuple[str, Path, ImageResult]], source: str) -> None:
+def _write_split(out: Path, name: str, items: list[tuple[str, Path, ImageResult]], source: str,
+                 group=lambda file_name: file_name) -> None:
+    """``group(file_name)`` is what the split hashes (crops of one tile stay together)."""
     for split in ("tune", "heldout"):
-        chosen = [(f, p, r) for f, p, r in items if held_out(f) == (split == "heldout")]
+        chosen = [(f, p, r) for f, p, r in items if held_out(group(f)) == (split == "heldout")]
         folder = out / f"{name}-{split}"
         if folder.exists():
             shutil.rmtree(folder)
@@ -63,7 +66,7 @@ def _write_split(out: Path, name: str, items: list[tuple[str, Path, ImageResult]
         objects = sum(len(r.instances) for _f, _p, r in chosen)
         (folder / "SOURCE.md").write_text(
             f"# {name} ({split})\n\n{len(chosen)} images, {objects} objects.\n\nSource: {source}\n\n"
-            f"Licence: {LICENCES[name]}\n\nSplit: held out when int(sha1(file name), 16) is odd.\n")
+            f"Licence: {LICENCES[name]}\n\nSplit: held out when int(sha1(file name, or its tile's), 16) is odd.\n")
         print(f"{folder}: {len(chosen)} images, {objects} objects")
 
 
@@ -102,22 +105,31 @@ def build_ctc(src: Path, out: Path) -> None:
     _write_split(out, "ctc", items, f"Cell Tracking Challenge N2DH-GOWT1 and N2DL-HeLa from {src}")
 
 
-def build_monuseg(src: Path, out: Path) -> None:
+def build_monuseg(src: Path, out: Path, crop: int = 250) -> None:
+    """Each 1000² tile cut into crops of ``crop``² (about 30 nuclei each: COCO AP counts at most 100
+    detections per image, and a whole tile holds about 500 nuclei)."""
     items = []
+    tmp = out / "_monuseg_crops"
+    tmp.mkdir(parents=True, exist_ok=True)
     for tif in sorted(src.glob("*.tif")):
-        w, h = Image.open(tif).size
-        instances = []
-        for region in ET.parse(tif.with_suffix(".xml")).getroot().iter("Region"):
+        image = np.asarray(Image.open(tif).convert("RGB"))
+        h, w = image.shape[:2]
+        labels = np.zeros((h, w), np.int32)
+        for k, region in enumerate(ET.parse(tif.with_suffix(".xml")).getroot().iter("Region"), start=1):
             pts = [(float(v.get("Y")), float(v.get("X"))) for v in region.iter("Vertex")]
-            if len(pts) < 3:
-                continue
-            rr, cc = draw_polygon([p[0] for p in pts], [p[1] for p in pts], (h, w))
-            mask = np.zeros((h, w), bool)
-            mask[rr, cc] = True
-            if mask.any():
-                instances.append(InstanceMask(mask, 1.0, source="gt"))
-        items.append((tif.name, tif, ImageResult(tif.name, h, w, instances)))
-    _write_split(out, "monuseg", items, f"MoNuSeg test tiles from {src}")
+            if len(pts) >= 3:
+                rr, cc = draw_polygon([p[0] for p in pts], [p[1] for p in pts], (h, w))
+                labels[rr, cc] = k
+        for y in range(0, h - crop + 1, crop):
+            for x in range(0, w - crop + 1, crop):
+                name = f"{tif.stem}_y{y}_x{x}.png"
+                Image.fromarray(image[y:y + crop, x:x + crop]).save(tmp / name)
+                masks = label_image_to_masks(labels[y:y + crop, x:x + crop])
+                items.append((name, tmp / name, ImageResult(name, crop, crop,
+                                                           [InstanceMask(m, 1.0, source="gt") for m in masks])))
+    _write_split(out, "monuseg", items, f"MoNuSeg test tiles from {src}, cut into {crop}x{crop} crops",
+                 group=lambda f: f.rsplit("_y", 1)[0])
+    shutil.rmtree(tmp)
 
 
 def main() -> None:

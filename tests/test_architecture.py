@@ -6,10 +6,10 @@ is still a cycle in the design. The layers, lowest first (the README's architect
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
+from importgraph import file_imports
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS: list[tuple[str, ...]] = [
@@ -43,19 +43,7 @@ MODULES = _modules()
 
 def _imports(name: str, path: Path) -> set[str]:
     """Every module name imported anywhere in the file (absolute, relative resolved)."""
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")
-                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
-            found.add(base)
-            found |= {f"{base}.{a.name}" for a in node.names}
-    return found
+    return file_imports(path, name if path.name == "__init__.py" else name.rpartition(".")[0])
 
 
 def _own(target: str) -> str | None:

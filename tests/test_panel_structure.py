@@ -7,25 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from importgraph import file_imports
 
 PKG = Path(__file__).resolve().parents[1] / "freesolo_napari"
 
 
 def _imports(path: Path) -> set[str]:
     """Every module a file imports (top level or inside functions), relative imports resolved."""
-    package = ".".join(path.relative_to(PKG.parent).with_suffix("").parts[:-1])
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")
-                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
-            found.add(base)
-            found.update(f"{base}.{a.name}" for a in node.names)
-    return found
+    return file_imports(path, ".".join(path.relative_to(PKG.parent).with_suffix("").parts[:-1]))
 
 
 def test_sections_never_import_the_panel():

@@ -118,17 +118,23 @@ def classical_instances(features: Features, image: np.ndarray, params: FreeMaskP
     return kept
 
 
+def nms_rank(instances: list[InstanceMask], crops: list[tuple[np.ndarray, tuple[int, int, int, int]]],
+             scores: torch.Tensor, params: FreeMaskParams, top_k: int | None = None) -> list[InstanceMask]:
+    """One Matrix NMS over masks held as (crop, box), best decayed score first, at least
+    ``params.min_score``; each kept mask gets its decayed score and its box."""
+    iou = crop_iou_matrix([c for c, _b in crops], [b for _c, b in crops])
+    decayed = matrix_nms_from_iou(iou, scores, kernel=params.nms_kernel, sigma=params.nms_sigma)
+    order = [int(i) for i in torch.argsort(decayed, descending=True) if float(decayed[i]) >= params.min_score]
+    return [replace(instances[i], score=float(decayed[i]), box=crops[i][1]) for i in order[:top_k]]
+
+
 def merge(features: Features, instances: list[InstanceMask], params: FreeMaskParams, top_k: int) -> list[InstanceMask]:
     """Every generator's masks scored by ``feature_contrast``, one Matrix NMS, the best ``top_k``."""
-    crops = [_crop(m) for m in instances]
-    pool = [(m, c) for m, c in zip(instances, crops) if c is not None]
+    pool = [(m, c) for m, c in zip(instances, map(_crop, instances)) if c is not None]
     if not pool:
         return []
-    iou = crop_iou_matrix([c[0] for _m, c in pool], [c[1] for _m, c in pool])
-    base = feature_contrast(features, [m.mask for m, _c in pool])
-    decayed = matrix_nms_from_iou(iou, base, kernel=params.nms_kernel, sigma=params.nms_sigma)
-    order = [int(i) for i in torch.argsort(decayed, descending=True) if float(decayed[i]) >= params.min_score]
-    return [replace(pool[i][0], score=float(decayed[i]), box=pool[i][1][1]) for i in order[:top_k]]
+    kept = [m for m, _c in pool]
+    return nms_rank(kept, [c for _m, c in pool], feature_contrast(features, [m.mask for m in kept]), params, top_k)
 
 
 def generate(features: Features, params: FreeMaskParams | None = None, image: np.ndarray | None = None,

@@ -20,9 +20,7 @@ import torch
 from engine.freemask.features import FeatureCache, FeatureConfig, FeatureExtractor, Features, choose_input_scale
 from engine.freemask.features import extract_cached
 from engine.freemask.postprocess import FreeMaskParams
-from engine.generators.merge import GeneratorConfig, generate
-from engine.ops.masks import crop_iou_matrix
-from engine.ops.nms import matrix_nms_from_iou
+from engine.generators.merge import GeneratorConfig, generate, nms_rank
 from engine.structures import InstanceMask
 
 Box = tuple[int, int, int, int]  # (y0, y1, x0, x1)
@@ -113,8 +111,5 @@ def postprocess_tiles(tiles: list[Features], plan: TilePlan, image: np.ndarray, 
         kept += [_place(m, window, image.shape[:2]) for m in found if m.area and _centre_in(m, window, core)]
     if len(plan.windows) == 1 or not kept:
         return kept
-    iou = crop_iou_matrix([m.mask[m.box[0]:m.box[1], m.box[2]:m.box[3]] for m in kept], [m.box for m in kept])
-    scores = torch.tensor([m.score for m in kept], dtype=torch.float32)
-    decayed = matrix_nms_from_iou(iou, scores, kernel=params.nms_kernel, sigma=params.nms_sigma)
-    order = [int(i) for i in torch.argsort(decayed, descending=True) if float(decayed[i]) >= params.min_score]
-    return [replace(kept[i], score=float(decayed[i])) for i in order]
+    crops = [(m.mask[m.box[0]:m.box[1], m.box[2]:m.box[3]], m.box) for m in kept]
+    return nms_rank(kept, crops, torch.tensor([m.score for m in kept], dtype=torch.float32), params)

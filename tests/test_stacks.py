@@ -113,3 +113,14 @@ def test_training_reads_the_planes_its_masks_name(stacks, tmp_path):
     plane3 = torch.from_numpy(load_plane(stacks / "zstack.tif", Plane((("z", 3),))))
     assert samples[0].image.shape == (3, 64, 64) and samples[0].masks.shape[0] == 1
     assert abs(float(samples[0].image.float().mean()) - float(plane3.float().mean())) < 20
+
+
+def test_compressed_stacks_are_read_plane_by_plane(tmp_path):
+    """Microscopy TIFFs are often LZW- or zlib-compressed: every plane is read, not only the first."""
+    planes = _planes(3, seed=40)
+    for compression in ("lzw", "zlib"):
+        path = tmp_path / f"{compression}.tif"
+        tifffile.imwrite(path, planes, compression=compression, metadata={"axes": "ZYX"})
+        read = list(planes_of(path))
+        assert [p.suffix() for p, _ in read] == ["[z=0]", "[z=1]", "[z=2]"]
+        assert np.corrcoef(read[2][1][..., 0].ravel(), planes[2].ravel())[0, 1] > 0.99

@@ -360,10 +360,7 @@ def _make_cartoon(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.
     tex_kinds = ("spots", "stripes", "checker", "noise")
     for i in keep:
         mask = masks[i]
-        if rng.random() < 0.5:  # soft drop shadow on whatever lies below
-            off = rng.uniform(2, 7, size=2) * side / 320.0 * rng.choice([-1, 1], size=2)
-            shadow = ndi.gaussian_filter(ndi.shift(mask.astype(np.float64), off, order=1), 3.0 * side / 320.0)
-            canvas = canvas * (1.0 - rng.uniform(0.2, 0.45) * shadow)[..., None]
+        canvas = _maybe_drop_shadow(canvas, mask, rng, side)
         hue = bg_hue + rng.uniform(0.18, 0.82)  # far from the background hue
         palette = _palette(rng, hue, 3, sat=(0.35, 0.95), val=(0.25, 0.95), hue_jitter=0.06)
         sl = _window(mask)  # texture only the bbox: fast
@@ -502,6 +499,15 @@ def _camera_and_labels(
     return image, label_map
 
 
+def _maybe_drop_shadow(canvas: np.ndarray, mask: np.ndarray, rng: np.random.Generator, side: float) -> np.ndarray:
+    """Half the time, a soft drop shadow of ``mask`` darkens whatever lies below it."""
+    if rng.random() < 0.5:
+        off = rng.uniform(2, 7, size=2) * side / 320.0 * rng.choice([-1, 1], size=2)
+        shadow = ndi.gaussian_filter(ndi.shift(mask.astype(np.float64), off, order=1), 3.0 * side / 320.0)
+        canvas = canvas * (1.0 - rng.uniform(0.2, 0.45) * shadow)[..., None]
+    return canvas
+
+
 def _make_photo(
     rng: np.random.Generator, shape: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
@@ -533,10 +539,7 @@ def _make_photo(
     used: list[int] = []
     for i in keep:
         mask = masks[i]
-        if rng.random() < 0.5:  # soft drop shadow on whatever lies below
-            off = rng.uniform(2, 7, size=2) * side / 320.0 * rng.choice([-1, 1], size=2)
-            shadow = ndi.gaussian_filter(ndi.shift(mask.astype(np.float64), off, order=1), 3.0 * side / 320.0)
-            canvas = canvas * (1.0 - rng.uniform(0.2, 0.45) * shadow)[..., None]
+        canvas = _maybe_drop_shadow(canvas, mask, rng, side)
         fresh = [j for j in others if j not in used]  # prefer sources not used yet
         src_idx = int(rng.choice(fresh or others))
         used.append(src_idx)

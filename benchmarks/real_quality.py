@@ -56,9 +56,10 @@ def _params(text: str) -> dict:
 
 
 def run_generators(name: str, images: Path, gt: Path, generators: tuple[str, ...], backbone: str,
-                   tile: int | None, cache: Path, params: str = "", input_scale: float | None = None) -> dict:
+                   tile: int | None, cache: Path, params: str = "", input_scale: float | None = None,
+                   stain: str = "auto") -> dict:
     t0 = time.perf_counter()
-    fconf = FeatureConfig(backbone=backbone, input_scale=input_scale)
+    fconf = FeatureConfig(backbone=backbone, input_scale=input_scale, stain=stain)
     report = run_freemask_batch([images], feature_config=fconf, device="cpu",
                                 params=FreeMaskParams(**_params(params)), cache_dir=cache,
                                 generators=GeneratorConfig(generators=generators), tile=tile)
@@ -66,6 +67,7 @@ def run_generators(name: str, images: Path, gt: Path, generators: tuple[str, ...
     extras = [params] if params else []
     extras += [f"input scale {input_scale}"] if input_scale else []
     extras += [f"tile {tile}"] if tile else []
+    extras += [f"stain {stain}"] if stain != "auto" else []
     method = "+".join(generators) + (f" ({'; '.join(extras)})" if extras else "")
     return {"set": name, "method": method, "backbone": backbone, **_score(gt, report.results),
             "sec_per_image": round(seconds, 2), "failures": len(report.failures)}
@@ -99,6 +101,7 @@ def main() -> None:
     ap.add_argument("--backbone", nargs="+", default=["efficientnet-lite0"])
     ap.add_argument("--tile", type=int, default=None)
     ap.add_argument("--input-scale", type=float, default=None, help="fixed input scale (default: automatic)")
+    ap.add_argument("--stain", default="auto", choices=("auto", "he", "none"), help="see freesolo freemask --stain")
     ap.add_argument("--params", nargs="+", default=[""], metavar="K=V,...",
                     help="Free Mask parameter variants, e.g. 'tau=0.5,query_stride=16' (default: the defaults)")
     ap.add_argument("--no-baselines", action="store_true")
@@ -111,7 +114,7 @@ def main() -> None:
             for gens in args.generators:
                 for params in args.params:
                     rows.append(run_generators(name, images, gt, parse_generators(gens), backbone, args.tile,
-                                               args.out / "cache", params, args.input_scale))
+                                               args.out / "cache", params, args.input_scale, args.stain))
                     print(format_table(rows[-1:]).splitlines()[-1], flush=True)
         if not args.no_baselines:
             rows += run_baselines(name, images, gt)

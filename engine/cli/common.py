@@ -68,6 +68,9 @@ def add_feature_options(p: argparse.ArgumentParser) -> None:
                    help="backbone levels fused into the key map, among s4,s8,s16,s32,head (default: %(default)s)")
     g.add_argument("--input-scale", type=scale_arg, default=None, metavar="auto|X",
                    help="resize factor before the backbone; 'auto' (default) upsamples images with small objects")
+    g.add_argument("--stain", choices=("auto", "he", "none"), default="auto",
+                   help="'he': the network sees the hematoxylin channel of stained (H&E) brightfield images; 'auto' "
+                   "(default) does so when most pixels are magenta-to-purple; 'none': the colour image")
     g.add_argument("--short-side", type=int, default=None, help="resize so the short side has this many px (official: 800)")
     g.add_argument("--max-side", type=int, default=1333, help="cap on the long side of the network input (default: %(default)s)")
     g.add_argument("--feature-dim", type=int, default=64, help="PCA dimensions of the key map, 0 = keep all (default: %(default)s)")
@@ -124,6 +127,7 @@ def feature_config_from_args(args: argparse.Namespace):
         short_side=args.short_side,
         max_side=args.max_side,
         dim=args.feature_dim or None,
+        stain=args.stain,
     )
 
 

@@ -25,8 +25,9 @@ from engine.freemask.cache import FeatureMemo
 from engine.geometry import resize_image
 from engine.io.atomic import atomic_save
 from engine.freemask.input_scale import estimate_object_size, is_single_channel_like
+from engine.freemask.stain import resolve_stain, stain_view
 
-FEATURE_FORMAT_VERSION = 1
+FEATURE_FORMAT_VERSION = 2
 DEFAULT_LEVELS = ("s8", "s16", "s32")
 # Objects should span about this many input pixels for the stride-32 query grid to see them.
 TARGET_OBJECT_SIZE = 96.0
@@ -44,6 +45,7 @@ class FeatureConfig:
     max_side: int = 1333  # the long side of the network input never exceeds this
     min_side: int = 64  # ... and the short side is never below this
     dim: int | None = 64  # PCA dimensions kept (None = all channels)
+    stain: str = "auto"  # 'he': the network sees the hematoxylin channel; 'auto': when the image looks H&E
 
     def cache_key(self) -> str:
         """Hash of every field, the format version and, for a backbone given as a weights file, that
@@ -66,6 +68,7 @@ class Features:
     input_scale: float  # input / image size ratio actually used
     auto_scale: bool  # whether input_scale was chosen automatically
     object_size: float | None  # estimated object diameter in image pixels (auto mode)
+    stain: str = "none"  # what the network saw: 'he' (hematoxylin channel) or 'none' (the image)
     config: FeatureConfig = field(default_factory=FeatureConfig)
     backbone_seconds: float = 0.0
     memo: FeatureMemo = field(default_factory=FeatureMemo, repr=False, compare=False)  # in-memory only
@@ -95,7 +98,7 @@ class Features:
         return cls(keys=keys, config=FeatureConfig(**cfg), **meta)
 
 
-_META_FIELDS = ("image_size", "input_size", "input_scale", "auto_scale", "object_size", "backbone_seconds")
+_META_FIELDS = ("image_size", "input_size", "input_scale", "auto_scale", "object_size", "stain", "backbone_seconds")
 
 
 def choose_input_scale(image: np.ndarray, config: FeatureConfig) -> tuple[float, bool, float | None]:
@@ -179,6 +182,8 @@ class FeatureExtractor:
         """Features of ``image``; ``config`` overrides this extractor's for one call (same backbone)."""
         cfg = config or self.config
         h, w = image.shape[:2]
+        stain = resolve_stain(image, cfg.stain)
+        image = stain_view(image, stain)
         scale, auto, obj_size = choose_input_scale(image, cfg)
         in_size = (max(1, round(h * scale)), max(1, round(w * scale)))
         t0 = time.perf_counter()
@@ -198,6 +203,7 @@ class FeatureExtractor:
             input_scale=scale,
             auto_scale=auto,
             object_size=obj_size,
+            stain=stain,
             config=cfg,
             backbone_seconds=seconds,
         )

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from engine.freemask.features import Features
+from engine.freemask.stain import stain_view
 from engine.geometry import cell_span
 from engine.ops.guided_filter import GuideStats, upsample_crop
 from engine.ops.masks import border_sides, largest_part
@@ -51,11 +52,13 @@ def _crop_box(binary: torch.Tensor, grid: tuple[int, int], image_size: tuple[int
 
 
 def guide_stats(features: Features, image: np.ndarray, radius: int, eps: float) -> GuideStats:
-    """Guide statistics for ``image``, memoised on ``features`` so slider moves reuse them."""
+    """Guide statistics for ``image`` as the network saw it (``stain_view``), memoised on ``features``
+    so slider moves reuse them."""
     fingerprint = hash(np.ascontiguousarray(image[::7, ::5]).tobytes())
 
     def compute() -> GuideStats:
-        guide = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1) / 255.0
+        seen = stain_view(image, features.stain)
+        guide = torch.from_numpy(np.array(seen, dtype=np.float32)).permute(2, 0, 1) / 255.0
         return GuideStats.compute(guide, radius, eps)
 
     return features.memo.get("guide", (radius, eps, fingerprint), compute)

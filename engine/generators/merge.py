@@ -21,6 +21,7 @@ from engine.freemask.features import Features
 from engine.freemask.postprocess import FreeMaskParams, FreeMaskResult, Refiner, auto_top_k, postprocess
 from engine.freemask.refine import passes_filters
 from engine.freemask.soft_masks import soft_masks
+from engine.freemask.stain import stain_view
 from engine.generators.classical import felzenszwalb_segments, otsu_watershed
 from engine.generators.maskcut import MaskCutParams, maskcut_ranked
 from engine.ops.masks import crop_iou_matrix
@@ -101,9 +102,9 @@ def classical_instances(features: Features, image: np.ndarray, params: FreeMaskP
     fingerprint = hash(np.ascontiguousarray(image[::7, ::5]).tobytes())
 
     def compute() -> list[InstanceMask]:
-        found = []
+        seen, found = stain_view(image, features.stain), []
         for name in config.classical:
-            found += sorted(CLASSICAL[name](image), key=lambda m: -m.score)[: config.classical_top]
+            found += sorted(CLASSICAL[name](seen), key=lambda m: -m.score)[: config.classical_top]
         return found
 
     proposals = features.memo.get("classical", (fingerprint, config.classical, config.classical_top), compute)

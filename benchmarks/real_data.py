@@ -35,6 +35,7 @@ from PIL import Image
 from skimage.draw import polygon as draw_polygon
 
 from engine.io.coco import build_coco_dataset, write_coco
+from engine.io.images import load_image
 from engine.io.masks import label_image_to_masks
 from engine.structures import ImageResult, InstanceMask
 
@@ -47,15 +48,20 @@ LICENCES = {
 }
 
 
+SPLIT_BY_HASH = "held out when int(sha1(file name, or its tile's), 16) is odd."
+
+
 def held_out(name: str) -> bool:
     return int(hashlib.sha1(name.encode()).hexdigest(), 16) % 2 == 1
 
 
 def _write_split(out: Path, name: str, items: list[tuple[str, Path, ImageResult]], source: str,
-                 group=lambda file_name: file_name) -> None:
-    """``group(file_name)`` is what the split hashes (crops of one tile stay together)."""
+                 group=lambda file_name: file_name, rule: str = SPLIT_BY_HASH, is_held_out=None) -> None:
+    """``group(file_name)`` is what the split hashes (crops of one tile stay together);
+    ``is_held_out(file_name)`` replaces the hash rule (``rule`` says how, in SOURCE.md)."""
+    is_held_out = is_held_out or (lambda f: held_out(group(f)))
     for split in ("tune", "heldout"):
-        chosen = [(f, p, r) for f, p, r in items if held_out(group(f)) == (split == "heldout")]
+        chosen = [(f, p, r) for f, p, r in items if is_held_out(f) == (split == "heldout")]
         folder = out / f"{name}-{split}"
         if folder.exists():
             shutil.rmtree(folder)
@@ -66,7 +72,7 @@ def _write_split(out: Path, name: str, items: list[tuple[str, Path, ImageResult]
         objects = sum(len(r.instances) for _f, _p, r in chosen)
         (folder / "SOURCE.md").write_text(
             f"# {name} ({split})\n\n{len(chosen)} images, {objects} objects.\n\nSource: {source}\n\n"
-            f"Licence: {LICENCES[name]}\n\nSplit: held out when int(sha1(file name, or its tile's), 16) is odd.\n")
+            f"Licence: {LICENCES[name]}\n\nSplit: {rule}\n")
         print(f"{folder}: {len(chosen)} images, {objects} objects")
 
 
@@ -92,17 +98,36 @@ def build_coco(src: Path, out: Path) -> None:
     _write_split(out, "coco", items, f"COCO val2017 images from {src}")
 
 
+def _quarters(image: np.ndarray, labels: np.ndarray, stem: str, folder: Path):
+    """The image cut into 2 × 2 quarters (a HeLa frame holds up to 350 nuclei; COCO AP counts at
+    most 100 detections per image), each saved as a PNG, with its instance masks."""
+    h, w = labels.shape
+    for i, (y0, y1) in enumerate(((0, h // 2), (h // 2, h))):
+        for j, (x0, x1) in enumerate(((0, w // 2), (w // 2, w))):
+            name = f"{stem}_q{2 * i + j}.png"
+            Image.fromarray(image[y0:y1, x0:x1]).save(folder / name)
+            masks = label_image_to_masks(labels[y0:y1, x0:x1])
+            yield name, folder / name, ImageResult(name, y1 - y0, x1 - x0, [InstanceMask(m, 1.0, source="gt") for m in masks])
+
+
 def build_ctc(src: Path, out: Path) -> None:
-    items = []
+    """Every annotated frame of both sequences, cut into quarters; within each sequence the frames,
+    in time order, go alternately to tune and held-out (both halves hold both cell lines)."""
+    items, held = [], set()
+    tmp = out / "_ctc_quarters"
+    tmp.mkdir(parents=True, exist_ok=True)
     for seq in ("N2DH-GOWT1", "N2DL-HeLa"):
-        for gt in sorted((src / seq / "gt").glob("man_seg*.tif")):
+        for k, gt in enumerate(sorted((src / seq / "gt").glob("man_seg*.tif"))):
             img = src / seq / "img" / f"t{gt.stem[len('man_seg'):]}.tif"
-            labels = np.asarray(Image.open(gt))
-            masks = label_image_to_masks(labels)
-            name = f"{seq}_{img.name}"
-            items.append((name, img, ImageResult(name, labels.shape[0], labels.shape[1],
-                                                 [InstanceMask(m, 1.0, source="gt") for m in masks])))
-    _write_split(out, "ctc", items, f"Cell Tracking Challenge N2DH-GOWT1 and N2DL-HeLa from {src}")
+            image = load_image(img)
+            quarters = list(_quarters(image, np.asarray(Image.open(gt)), f"{seq}_{img.stem}", tmp))
+            items += quarters
+            held |= {name for name, _p, _r in quarters} if k % 2 else set()
+    _write_split(out, "ctc", items, f"Cell Tracking Challenge N2DH-GOWT1 and N2DL-HeLa from {src}, frames "
+                 "cut into 2x2 quarters (8-bit PNG, the loader's contrast stretch)",
+                 rule="per sequence, frames in time order alternate between tune (1st, 3rd, ...) and held-out "
+                 "(2nd, 4th, ...); the four quarters of a frame stay together.", is_held_out=lambda f: f in held)
+    shutil.rmtree(tmp)
 
 
 def build_monuseg(src: Path, out: Path, crop: int = 250) -> None:

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from engine.freemask.features import FeatureConfig, Features
 from engine.freemask.postprocess import FreeMaskParams, postprocess
-from engine.freemask.queries import build_queries
+from engine.freemask.queries import build_queries, query_cell_ratio
 from engine.ops.masks import maskness
 from engine.freemask.soft_masks import query_similarity, soft_masks
 from engine.ops.guided_filter import upsample_crop
@@ -41,6 +41,17 @@ def test_query_pyramid_sizes_and_unit_norm():
     assert q.vectors.shape == (12 * 16 + 6 * 8 + 3 * 4, 4)
     assert torch.allclose(q.vectors.norm(dim=1), torch.ones(len(q.vectors)), atol=1e-5)
     assert set(q.scale.tolist()) == {1.0, 0.5, 0.25}
+
+
+def test_query_grid_sized_to_the_image():
+    feats, _ = toy_features()
+    q = build_queries(feats.keys, (1.0,), query_stride=None)
+    # keys 48×64: 16 cells on the short side (not 12), 21 on the long one
+    assert q.vectors.shape[0] == 16 * 21
+    assert query_cell_ratio((40, 40), None) == 16 / 40  # a 320² input: 16×16 queries, not 10×10
+    assert query_cell_ratio((200, 300), None) == 0.25  # large inputs keep stride 32
+    assert query_cell_ratio((8, 12), None) == 1.0  # never finer than the key grid
+    assert query_cell_ratio((40, 40), 16) == 0.5
 
 
 def test_soft_masks_are_min_max_normalised():

@@ -70,7 +70,7 @@ class FreeMaskParams:
 
     tau: float = 0.65  # soft-mask threshold (official 0.5; measured best here, see README)
     scales: tuple[float, ...] = (1.0, 0.5, 0.25)  # query pyramid, relative to the query grid
-    query_stride: int = 32  # input pixels per query cell at scale 1.0
+    query_stride: int | None = 32  # input pixels per query cell at scale 1.0; None: sized to the image
     pre_nms_top: int = 100  # candidates kept by maskness before Matrix NMS (cost control; at least 2×top-k)
     score_stride: int = 16  # key grid (input px per cell) on which candidates are ranked: 8 or 16
     top_k: int | None = None  # masks per image; None = 20, or 100 for auto-upscaled small objects
@@ -93,6 +93,8 @@ class FreeMaskParams:
             raise ValueError(f"tau must be in (0, 1), got {self.tau}")
         if not self.scales or any(not 0.0 < s <= 4.0 for s in self.scales):
             raise ValueError(f"scales must be non-empty values in (0, 4], got {self.scales}")
+        if self.query_stride is not None and self.query_stride < 8:
+            raise ValueError(f"query_stride must be at least 8 (the key grid) or None (sized to the image), got {self.query_stride}")
         if self.score_stride not in (8, 16, 32):
             raise ValueError(f"score_stride must be 8, 16 or 32, got {self.score_stride}")
         if (self.top_k is not None and self.top_k < 1) or self.pre_nms_top < 1:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from engine.geometry import cell_centre
 
 DISTINCT_QUERY_COS = 0.95  # queries closer than this to a better one are not split again
+MIN_QUERY_CELLS = 16  # sized to the image: at scale 1 the short side has at least this many query cells
 
 
 @dataclass
@@ -24,10 +25,22 @@ class Queries:
     yx: torch.Tensor  # (Q, 2) query centre in key-grid coordinates
 
 
-def build_queries(keys: torch.Tensor, scales: tuple[float, ...], query_stride: int) -> Queries:
+def query_cell_ratio(key_grid: tuple[int, int], query_stride: int | None) -> float:
+    """Query cells per key cell at scale 1.
+
+    A fixed ``query_stride`` (input px per query cell; keys live at stride 8) gives 8 / stride.
+    ``None`` sizes the grid to the image: stride 32, but at least ``MIN_QUERY_CELLS`` cells on the
+    short side (a 320² input gets 16 × 16 queries, not 10 × 10) and never finer than the keys.
+    """
+    if query_stride is not None:
+        return 8.0 / query_stride
+    return min(1.0, max(0.25, MIN_QUERY_CELLS / max(1, min(key_grid))))
+
+
+def build_queries(keys: torch.Tensor, scales: tuple[float, ...], query_stride: int | None) -> Queries:
     """Pool the key map into one query grid per pyramid scale (area pooling, then L2 norm)."""
     d, h, w = keys.shape
-    ratio = 8.0 / query_stride  # keys live at stride 8
+    ratio = query_cell_ratio((h, w), query_stride)
     vecs, sc, yx = [], [], []
     for s in sorted(set(scales)):  # coarse first: they survive de-duplication
         gh = max(1, round(h * ratio * s))

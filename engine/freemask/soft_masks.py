@@ -27,7 +27,7 @@ class QueryPyramid(Protocol):
     """The parameters that fix the queries and the ranking grid (``FreeMaskParams`` has them)."""
 
     scales: tuple[float, ...]
-    query_stride: int
+    query_stride: int | None
     score_stride: int
 
 

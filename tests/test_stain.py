@@ -7,6 +7,7 @@ from engine.data.synthetic import make_sample
 from engine.eval.coco_eval import evaluate_segm
 from engine.freemask.features import Features, FeatureConfig, FeatureExtractor
 from engine.freemask.postprocess import postprocess
+from engine.generators.tiling import plan_tiles, tile_config, whole_image_scale
 from engine.freemask.stain import he_fraction, hematoxylin, looks_like_he, resolve_stain, stain_view
 from engine.io.coco import build_coco_dataset
 from engine.io.masks import label_image_to_masks
@@ -72,3 +73,12 @@ def test_stain_is_part_of_the_cache_key_and_kept_in_the_cache(extractor):
     he, _ = he_rendering(4, (96, 96))
     feats = extractor.extract(he)
     assert Features.from_bytes(feats.to_bytes()).stain == "he"
+
+
+def test_tiles_of_a_stained_image_share_its_stain_and_its_upscaled_input():
+    he, _ = he_rendering(5)
+    scale, auto, stain = whole_image_scale(he, FeatureConfig())
+    assert stain == "he" and auto and scale > 1.5  # the nuclei's size, seen in the hematoxylin channel
+    assert whole_image_scale(he, FeatureConfig(stain="none"))[0] == 1.0  # the colour image is not trusted
+    plan = plan_tiles(he.shape[:2], scale, 256, 32, stain)
+    assert len(plan.windows) > 1 and tile_config(FeatureConfig(), plan.scale, plan.stain).stain == "he"

@@ -40,13 +40,25 @@ def looks_like_he(image: np.ndarray) -> bool:
     return image.dtype == np.uint8 and he_fraction(image) >= HE_MIN_FRACTION
 
 
-def hematoxylin(image: np.ndarray) -> np.ndarray:
-    """The hematoxylin amount per pixel as a uint8 image (H, W, 3; grey), stretched to its 1–99.5 %."""
-    od = -np.log10((image[..., :3].astype(np.float32) + 1.0) / 256.0)
-    amount = od @ _HER_INV[:, 0].astype(np.float32)
-    lo, hi = np.percentile(amount[:: max(1, amount.shape[0] // 512), :: max(1, amount.shape[1] // 512)], [1, 99.5])
-    grey = np.clip((amount - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
-    return np.repeat((grey * 255.0 + 0.5).astype(np.uint8)[..., None], 3, axis=2)
+def _amount(pixels: np.ndarray) -> np.ndarray:
+    od = -np.log10((pixels[..., :3].astype(np.float32) + 1.0) / 256.0)
+    return od @ _HER_INV[:, 0].astype(np.float32)
+
+
+def hematoxylin(image: np.ndarray, chunk_px: int = 1 << 20) -> np.ndarray:
+    """The hematoxylin amount per pixel as a uint8 image (H, W, 3; grey), stretched to its 1–99.5 %.
+
+    Converted in row chunks of about ``chunk_px`` pixels: the working memory stays small on
+    whole-slide-sized images (the result is as large as the input)."""
+    h, w = image.shape[:2]
+    step = max(1, int(np.sqrt(h * w / 250_000)))
+    lo, hi = np.percentile(_amount(image[::step, ::step]), [1, 99.5])
+    out = np.empty((h, w, 3), np.uint8)
+    rows = max(1, chunk_px // max(w, 1))
+    for y in range(0, h, rows):
+        grey = np.clip((_amount(image[y:y + rows]) - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+        out[y:y + rows] = (grey * 255.0 + 0.5).astype(np.uint8)[..., None]
+    return out
 
 
 def resolve_stain(image: np.ndarray, mode: str) -> str:

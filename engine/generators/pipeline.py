@@ -86,9 +86,9 @@ def _one_image(extractor: FeatureExtractor, cache: FeatureCache | None, params: 
     digest = content_key(_sha1(path), name, report.channel) if cache is not None else None
     tile, overlap = tiling
     t0 = time.perf_counter()
-    scale, auto = whole_image_scale(image, extractor.config)
+    scale, auto, stain = whole_image_scale(image, extractor.config)
     if tile is not None and max(image.shape[:2]) * scale > tile:
-        plan = plan_tiles(image.shape[:2], scale, tile, overlap)
+        plan = plan_tiles(image.shape[:2], scale, tile, overlap, stain)
         tiles, hits = extract_tiles(extractor, image, plan, digest, cache)
         t1 = time.perf_counter()
         top_k = params.top_k or (100 if auto and scale > 1.0 else 20)

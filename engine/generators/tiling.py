@@ -20,6 +20,7 @@ import torch
 from engine.freemask.features import FeatureCache, FeatureConfig, FeatureExtractor, Features, choose_input_scale
 from engine.freemask.features import extract_cached
 from engine.freemask.postprocess import FreeMaskParams
+from engine.freemask.stain import resolve_stain, stain_view
 from engine.generators.merge import GeneratorConfig, generate, nms_rank
 from engine.structures import InstanceMask
 
@@ -29,6 +30,7 @@ Box = tuple[int, int, int, int]  # (y0, y1, x0, x1)
 @dataclass(frozen=True)
 class TilePlan:
     scale: float  # network input / image pixels, the same in every window
+    stain: str  # what the network sees in every window ('he' or 'none'), decided on the whole image
     windows: tuple[Box, ...]
     cores: tuple[Box, ...]
 
@@ -44,7 +46,7 @@ def _spans(length: int, size: int, step: int) -> list[tuple[int, int, int, int]]
     return [(s, e, bounds[i], bounds[i + 1]) for i, (s, e) in enumerate(zip(starts, stops))]
 
 
-def plan_tiles(image_size: tuple[int, int], scale: float, tile: int, overlap: int) -> TilePlan:
+def plan_tiles(image_size: tuple[int, int], scale: float, tile: int, overlap: int, stain: str = "none") -> TilePlan:
     """Windows of ``tile`` input px overlapping by at least ``overlap`` input px, covering the image."""
     if tile < 64 or not 0 <= overlap < tile // 2:
         raise ValueError(f"tile must be at least 64 px and overlap in [0, tile/2); got tile {tile}, overlap {overlap}")
@@ -55,24 +57,26 @@ def plan_tiles(image_size: tuple[int, int], scale: float, tile: int, overlap: in
         for x0, x1, cx0, cx1 in _spans(image_size[1], size, step):
             windows.append((y0, y1, x0, x1))
             cores.append((cy0, cy1, cx0, cx1))
-    return TilePlan(scale, tuple(windows), tuple(cores))
+    return TilePlan(scale, stain, tuple(windows), tuple(cores))
 
 
-def tile_config(config: FeatureConfig, scale: float) -> FeatureConfig:
-    """The windows' feature config: the whole image's input scale, never shrunk to ``max_side``."""
-    return replace(config, input_scale=scale, max_side=10**9, short_side=None)
+def tile_config(config: FeatureConfig, scale: float, stain: str) -> FeatureConfig:
+    """The windows' feature config: the whole image's input scale (never shrunk to ``max_side``) and stain."""
+    return replace(config, input_scale=scale, max_side=10**9, short_side=None, stain=stain)
 
 
-def whole_image_scale(image: np.ndarray, config: FeatureConfig) -> tuple[float, bool]:
-    """The input scale the image would get with no ``max_side`` cap, and whether it was automatic."""
-    scale, auto, _size = choose_input_scale(image, replace(config, max_side=10**9))
-    return scale, auto
+def whole_image_scale(image: np.ndarray, config: FeatureConfig) -> tuple[float, bool, str]:
+    """The input scale the image would get with no ``max_side`` cap, whether it was automatic, and
+    the stain the network sees (``engine/freemask/stain.py``; the scale is chosen on that view)."""
+    stain = resolve_stain(image, config.stain)
+    scale, auto, _size = choose_input_scale(stain_view(image, stain), replace(config, max_side=10**9))
+    return scale, auto, stain
 
 
 def extract_tiles(extractor: FeatureExtractor, image: np.ndarray, plan: TilePlan, digest: str | None,
                   cache: FeatureCache | None) -> tuple[list[Features], int]:
     """Each window's features (cached per window); also how many came from the cache."""
-    config = tile_config(extractor.config, plan.scale)
+    config = tile_config(extractor.config, plan.scale, plan.stain)
     out, hits = [], 0
     for (y0, y1, x0, x1) in plan.windows:
         key = f"{digest}[win={y0},{y1},{x0},{x1}]" if digest else None

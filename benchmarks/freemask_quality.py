@@ -4,7 +4,7 @@ Features are computed once per feature configuration and reused for every post-p
 variant (exactly what the panel does), so sweeps are cheap. Prints a markdown table of
 class-agnostic AP / AP50 / AP75 / AR100 (pycocotools, useCats=0).
 
-    python benchmarks/freemask_quality.py --data /tmp/fmq --n 40 --kind photo [--sweep default|tune|levels]
+    python benchmarks/freemask_quality.py --data /tmp/fmq --n 40 --kind photo [--sweep default|tune|grid|levels]
 
 ``tune`` changes one knob at a time around the defaults; ``levels`` compares backbone levels.
 """
@@ -81,6 +81,8 @@ def sweep(kind: str, name: str) -> tuple[list[FeatureConfig], dict[str, FreeMask
         feats.append(replace(FeatureConfig(), dim=None))
         if kind == "microscopy":
             feats += [replace(FeatureConfig(), input_scale=1.0), replace(FeatureConfig(), input_scale=2.0)]
+    elif name == "grid":
+        post["query grid sized to image"] = replace(base, query_stride=None)
     elif name == "levels":
         feats = [replace(FeatureConfig(), levels=lv) for lv in (
             ("s8", "s16", "s32"), ("s16", "s32"), ("s32", "head"), ("s8", "s16", "s32", "head"), ("s16",), ("head",))]
@@ -94,7 +96,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=320)
     ap.add_argument("--kind", default="photo")
     ap.add_argument("--seed", type=int, default=1000)
-    ap.add_argument("--sweep", choices=("default", "tune", "levels"), default="default")
+    ap.add_argument("--sweep", choices=("default", "tune", "grid", "levels"), default="default")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(2)

@@ -33,7 +33,7 @@ def test_help_lists_every_option(capsys):
     text = capsys.readouterr().out
     for opt in ("--out", "--backbone", "--tau", "--scales", "--top-k", "--nms-sigma", "--nms-kernel", "--min-area",
                 "--split-components", "--device", "--overwrite", "--format", "--labels", "--overlays", "--input-scale",
-                "--refine-radius", "--official-filters", "--cache-dir"):
+                "--refine-radius", "--official-filters", "--cache-dir", "--stain", "--query-stride"):
         assert opt in text, opt
     assert {"freemask", "eval", "demo"} <= set(build_parser()._subparsers._group_actions[0].choices)
 
@@ -97,6 +97,10 @@ def test_empty_folder_missing_path_and_unwritable_output(tmp_path, folder, capsy
 def test_bad_parameters_and_malformed_coco(tmp_path, folder, capsys):
     code, _, err = run(["freemask", folder / "images", "--out", tmp_path / "o.json", "--tau", "1.5"], capsys)
     assert code == 2 and "tau" in err
+    for option, value in (("--query-stride", "4"), ("--stain", "pap")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["freemask", str(folder / "images"), "--out", str(tmp_path / "o.json"), option, value])
+        assert exit_info.value.code == 2 and option in capsys.readouterr().err
     bad = tmp_path / "bad.json"
     bad.write_text("{ not json")
     code, _, err = run(["eval", folder / "gt.json", bad], capsys)

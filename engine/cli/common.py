@@ -47,6 +47,14 @@ def scale_arg(text: str) -> float | None:
     return value
 
 
+def query_stride_arg(text: str) -> int | None:
+    if text == "auto":
+        return None
+    if not text.isdigit() or int(text) < 8:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a whole number of pixels >= 8, got {text!r}")
+    return int(text)
+
+
 def add_nproc_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nproc", type=int, default=1,
                    help="split the images across this many processes on this machine (one GPU each with --device "
@@ -95,6 +103,9 @@ def add_freemask_options(p: argparse.ArgumentParser) -> None:
                    help="mask generators merged into one ranking, among freemask, maskcut, classical "
                    "(default: freemask)")
     g.add_argument("--tau", type=float, default=d.tau, help="soft-mask threshold τ (default: %(default)s; paper: 0.5)")
+    g.add_argument("--query-stride", type=query_stride_arg, default=d.query_stride, metavar="auto|PX",
+                   help="input pixels per query cell at pyramid scale 1 (default: %(default)s); 'auto' sizes the grid "
+                   "to the image: at least 16 cells on the short side")
     g.add_argument("--scales", type=scales_arg, default=d.scales, help="query pyramid scales (default: 1.0,0.5,0.25)")
     g.add_argument("--top-k", type=int, default=d.top_k,
                    help="masks kept per image (default: 20, or 100 when the automatic input scale found small objects)")
@@ -145,6 +156,7 @@ def params_from_args(args: argparse.Namespace):
     return FreeMaskParams(
         tau=args.tau,
         scales=tuple(args.scales),
+        query_stride=args.query_stride,
         top_k=args.top_k,
         pre_nms_top=args.pre_nms_top,
         nms_kernel=args.nms_kernel,

@@ -103,7 +103,9 @@ def test_export_with_edits_then_import_round_trip(panel, qtbot, tmp_path, make_n
     ids = [i for i in np.unique(data) if i > 0]
     assert len(ids) >= 2
     data[data == ids[0]] = 0  # the user deletes one mask ...
-    data[:6, :6] = ids[1]  # ... and paints onto another
+    free = np.argwhere(data == 0)[:36]  # ... and paints onto another, over background only
+    assert len(free) == 36  # (painting over a third mask would edit that one too)
+    data[free[:, 0], free[:, 1]] = ids[1]
     labels.data = data
 
     out = tmp_path / "masks.json"

@@ -37,14 +37,18 @@ def query_cell_ratio(key_grid: tuple[int, int], query_stride: int | None) -> flo
     return min(1.0, max(0.25, MIN_QUERY_CELLS / max(1, min(key_grid))))
 
 
+def query_grid(key_grid: tuple[int, int], query_stride: int | None, scale: float = 1.0) -> tuple[int, int]:
+    """(rows, columns) of the query grid at pyramid ``scale`` on a key map of ``key_grid`` cells."""
+    ratio = query_cell_ratio(key_grid, query_stride)
+    return max(1, round(key_grid[0] * ratio * scale)), max(1, round(key_grid[1] * ratio * scale))
+
+
 def build_queries(keys: torch.Tensor, scales: tuple[float, ...], query_stride: int | None) -> Queries:
     """Pool the key map into one query grid per pyramid scale (area pooling, then L2 norm)."""
     d, h, w = keys.shape
-    ratio = query_cell_ratio((h, w), query_stride)
     vecs, sc, yx = [], [], []
     for s in sorted(set(scales)):  # coarse first: they survive de-duplication
-        gh = max(1, round(h * ratio * s))
-        gw = max(1, round(w * ratio * s))
+        gh, gw = query_grid((h, w), query_stride, s)
         pooled = F.adaptive_avg_pool2d(keys[None], (gh, gw))[0]
         vecs.append(F.normalize(pooled.reshape(d, -1).T, dim=1))
         ys = cell_centre(torch.arange(gh, dtype=torch.float32), gh, h)  # in key-grid coordinates

@@ -1,4 +1,5 @@
-"""Worker bodies of Free Mask runs (no Qt, no panel state): they compute and return, never store.
+"""Worker bodies of Free Mask runs, with any other generators merged in (no Qt, no panel state):
+they compute and return, never store.
 
 A job gets an :class:`ExtractorSource`, made on the GUI thread: the extractor in use, or how to
 build one. The job builds it at most once, and its results carry it back, so the GUI-thread
@@ -58,33 +59,36 @@ class Computed:
 
 
 def compute_update(source: ExtractorSource, name: str, image: np.ndarray, params, path: str | None = None,
-                   view=None, cached=None) -> Computed:
+                   view=None, cached=None, generators=None) -> Computed:
     """Features (``cached``, else from the on-disk cache for images loaded from a file by this plugin,
-    else the backbone) + Free Mask. ``view`` (``planes.View``) is the plane and channel ``image`` is."""
+    else the backbone) + the ``generators``' masks (None: Free Mask alone). ``view`` (``planes.View``)
+    is the plane and channel ``image`` is."""
     if cached is not None:
         feats = cached
     elif view is not None and view.suffix:  # a plane or one channel of the file: its own cache entry
         feats = extract_features(source.get(), image, path, key_suffix=view.suffix)
     else:
         feats = extract_features(source.get(), image, path)
-    return Computed(freemask_update(name, feats, params, image, view), image, feats, source.extractor,
+    return Computed(freemask_update(name, feats, params, image, view, generators), image, feats, source.extractor,
                     source.generation)
 
 
-def compute_many(source: ExtractorSource, jobs, params):
+def compute_many(source: ExtractorSource, jobs, params, generators=None):
     """Generator: one image after the other; yields (done, total, name, Computed or None, error or None).
 
     A job is (name, image, path) or (name, image, path, view)."""
     for i, (name, image, path, *view) in enumerate(jobs, start=1):
         try:
-            computed = compute_update(source, name, image, params, path, view[0] if view else None)
+            computed = compute_update(source, name, image, params, path, view[0] if view else None,
+                                      generators=generators)
         except (OSError, RuntimeError, ValueError) as exc:
             yield i, len(jobs), name, None, str(exc)
             continue
         yield i, len(jobs), name, computed, None
 
 
-def compute_planes(source: ExtractorSource, data, layout, views, params, cached: dict, path: str | None = None):
+def compute_planes(source: ExtractorSource, data, layout, views, params, cached: dict, path: str | None = None,
+                   generators=None):
     """Generator: every plane of a stack, one after the other (Cancel stops between two planes).
 
     Each plane is read from ``data`` (the layer's array) here, in the worker; planes whose
@@ -98,7 +102,7 @@ def compute_planes(source: ExtractorSource, data, layout, views, params, cached:
             known = cached.get(view.key)
             image = known[0] if known is not None else plane_image(data, layout, view.index, view.channel)
             computed = compute_update(source, view.name, image, params, path, view,
-                                      known[1] if known is not None else None)
+                                      known[1] if known is not None else None, generators)
         except (OSError, RuntimeError, ValueError) as exc:
             yield i, len(views), view.key, None, str(exc)
             continue

@@ -41,6 +41,7 @@ class PanelContext:
     view_changed: Callable[[], None]  # the plane or channel changed: catch up (post-processing) or say "no masks"
     select_image: Callable[[str], None]  # make an image layer the panel's image
     current_params: Callable[[], object]  # FreeMaskParams of the controls; ValueError names a bad field
+    current_generators: Callable[[], object]  # GeneratorConfig of the generator toggles; ValueError: none is on
     show_update: Callable[["FreeMaskUpdate"], None]  # show a Free Mask result (asks before replacing edits)
     accept: Callable[["Computed"], None]  # store a worker's features (and extractor), then show its update
     show_instances: Callable[[str, list], bool]  # show engine instances on an image (asks before replacing edits)

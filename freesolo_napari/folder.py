@@ -141,17 +141,17 @@ class FolderSession:
     # ---- results for export ---------------------------------------------------------------
     def iter_results(
         self, params, config: FeatureConfig, live: dict[str, ImageResult] | None = None,
-        should_stop: Callable[[], bool] | None = None,
+        should_stop: Callable[[], bool] | None = None, generators=None,
     ) -> Iterator[tuple[int, str, ImageResult | None, str | None]]:
         """(index, file name, result or None, problem or None) for every image of the folder.
 
-        ``live`` results (the image on screen) win; then the user's stored edits; then Free Mask
-        post-processing on the cached features. Images never computed give (None, None);
-        unreadable ones (None, a line naming the file).
+        ``live`` results (the image on screen) win; then the user's stored edits; then the
+        ``generators``' masks (None: Free Mask alone) from the cached features. Images never
+        computed give (None, None); unreadable ones (None, a line naming the file).
         """
         import pandas as pd
 
-        from engine.freemask.postprocess import postprocess
+        from engine.generators.merge import generate
         from engine.io.images import ImageLoadError
         from freesolo_napari.exchange import labels_result
 
@@ -171,7 +171,7 @@ class FolderSession:
                     yield i, name, None, None  # never computed
                     continue
                 image = load_image(path)
-                result = postprocess(feats, params, image)
+                result = generate(feats, params, image, generators)
             except (ImageLoadError, OSError, ValueError, RuntimeError) as exc:
                 yield i, name, None, f"{name}: {exc}"
                 continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -12,6 +13,11 @@ from engine.structures import InstanceMask
 
 SCORE_COLORMAP = "viridis"  # low score dark purple, high score yellow
 _RANDOM_COLORMAP_KEY = "freesolo_random_colormap"
+# colour by source: the generators and the user's edits; other sources (a model round, an
+# imported file) get one of OTHER_SOURCE_COLORS
+SOURCE_COLORS = {"freemask": (1.0, 0.55, 0.0), "maskcut": (0.2, 0.6, 1.0), "classical": (0.3, 0.85, 0.3),
+                 "edited": (1.0, 0.2, 0.6)}
+OTHER_SOURCE_COLORS = ((0.6, 0.4, 0.9), (0.9, 0.9, 0.2), (0.2, 0.9, 0.9), (0.9, 0.3, 0.3), (0.6, 0.6, 0.4))
 
 
 def labels_name(image_name: str) -> str:
@@ -109,8 +115,8 @@ def prepare_overlay(instances: Sequence[InstanceMask], shape: tuple[int, int]) -
 class FreeMaskUpdate:
     """Free Mask's result for one image, with what it takes to show it (built in a worker).
 
-    ``params`` travels with the result, so the panel knows which slider values the overlay on
-    screen was made with even when several updates of one image are in flight.
+    ``params`` and ``generators`` travel with the result, so the panel knows which settings the
+    overlay on screen was made with even when several updates of one image are in flight.
     """
 
     name: str  # the image layer's name
@@ -118,6 +124,8 @@ class FreeMaskUpdate:
     overlay: Overlay
     params: object  # the engine.freemask.postprocess.FreeMaskParams it was made with
     view: object = None  # the planes.View (plane, channel) it was computed for; None: the 2-D image in colour
+    generators: object = None  # the engine.generators.merge.GeneratorConfig it was made with (None: Free Mask)
+    choices: object = None  # engine.generators.choices.AutoChoices: what was chosen automatically
 
     @property
     def key(self) -> str:
@@ -125,12 +133,15 @@ class FreeMaskUpdate:
         return self.name if self.view is None else self.view.key
 
 
-def freemask_update(name: str, features, params, image: np.ndarray, view=None) -> FreeMaskUpdate:
-    """Post-processing on cached ``features`` and the overlay of its masks (no napari calls: any thread)."""
-    from engine.freemask.postprocess import postprocess
+def freemask_update(name: str, features, params, image: np.ndarray, view=None, generators=None) -> FreeMaskUpdate:
+    """The chosen generators' masks on cached ``features``, merged by the engine (post-processing only),
+    and the overlay of its masks (no napari calls: any thread)."""
+    from engine.generators.choices import automatic_choices
+    from engine.generators.merge import generate
 
-    result = postprocess(features, params, image)
-    return FreeMaskUpdate(name, result, prepare_overlay(result.instances, image.shape[:2]), params, view)
+    result = generate(features, params, image, generators)
+    return FreeMaskUpdate(name, result, prepare_overlay(result.instances, image.shape[:2]), params, view,
+                          generators, automatic_choices(features, params, result))
 
 
 def show_instances(viewer, image_layer, instances: Sequence[InstanceMask]):
@@ -203,7 +214,7 @@ def score_colors(table) -> dict:
     """Label value -> RGBA from the score colormap (labels without a score row are grey)."""
     from napari.utils.colormaps import ensure_colormap
 
-    colors: dict = {None: np.array([0.6, 0.6, 0.6, 1.0]), 0: np.zeros(4)}
+    colors = _base_colors()
     if "index" not in getattr(table, "columns", []) or "score" not in table.columns:
         return colors
     ids = np.asarray(table["index"], dtype=np.int64)
@@ -214,13 +225,39 @@ def score_colors(table) -> dict:
     return colors
 
 
-def color_by_score(labels_layer, on: bool) -> None:
-    """Colour each label by its score (``on``) or go back to napari's random label colours."""
+def source_color(source: str) -> np.ndarray:
+    """RGBA of a mask source: fixed for the generators and edits, else picked from a palette by
+    the name (the same colour in every layer and session)."""
+    rgb = SOURCE_COLORS.get(source) or OTHER_SOURCE_COLORS[zlib.crc32(source.encode()) % len(OTHER_SOURCE_COLORS)]
+    return np.array([*rgb, 1.0])
+
+
+def source_colors(table) -> dict:
+    """Label value -> RGBA of its mask's ``source`` (labels without a row are grey)."""
+    colors = _base_colors()
+    if "index" not in getattr(table, "columns", []) or "source" not in table.columns:
+        return colors
+    for label, source in zip(np.asarray(table["index"], dtype=np.int64), table["source"]):
+        if label > 0:
+            colors[int(label)] = source_color(str(source))
+    return colors
+
+
+def _base_colors() -> dict:
+    return {None: np.array([0.6, 0.6, 0.6, 1.0]), 0: np.zeros(4)}
+
+
+COLORINGS = {"score": score_colors, "source": source_colors}
+
+
+def color_labels(labels_layer, by: str | None) -> None:
+    """Colour each label by its ``by`` column ('score': viridis, 'source': one colour per source),
+    or (None) go back to napari's random label colours."""
     from napari.utils.colormaps import DirectLabelColormap, label_colormap
 
-    if on:
+    if by is not None:
         if not isinstance(labels_layer.colormap, DirectLabelColormap):
             labels_layer.metadata[_RANDOM_COLORMAP_KEY] = labels_layer.colormap
-        labels_layer.colormap = DirectLabelColormap(color_dict=score_colors(labels_layer.features))
+        labels_layer.colormap = DirectLabelColormap(color_dict=COLORINGS[by](labels_layer.features))
     elif isinstance(labels_layer.colormap, DirectLabelColormap):
         labels_layer.colormap = labels_layer.metadata.pop(_RANDOM_COLORMAP_KEY, None) or label_colormap(49)

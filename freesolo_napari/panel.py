@@ -1,4 +1,4 @@
-"""The FreeSOLO dock panel: run Free Mask on an image layer and tune it live.
+"""The FreeSOLO dock panel: run Free Mask (and the other generators) on an image layer and tune it live.
 
 The backbone pass runs once per image in a worker thread and its features are kept; every
 control change re-runs only the engine's cheap post-processing in a worker, coalesced: one
@@ -16,6 +16,7 @@ the sections (``freesolo_napari.sections``) a narrow ``context.PanelContext`` an
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from engine.freemask.postprocess import FreeMaskParams
+from engine.generators.merge import GeneratorConfig
 from freesolo_napari.compute import Computed, ExtractorSource, compute_update
 from freesolo_napari.context import PanelContext
 from freesolo_napari.folder import layer_path
@@ -80,6 +82,9 @@ class FreeSoloPanel(QWidget):
         self.controls.changed.connect(self._schedule_update)
         self.progress = QProgressBar(minimum=0, maximum=0, visible=False)
         self.status = QLabel("Pick an image layer and press Run.", wordWrap=True)
+        self.auto_label = QLabel("", wordWrap=True, toolTip="What was chosen automatically for the image on screen, "
+                                 "as the engine used it: input scale, stain view, query grid, tiles, top-k, "
+                                 "refinement radius")
         self.review = ReviewControls(self.viewer, self.state, self.set_status)  # colour by score, undo, ask first
         self.context = self._make_context()
         self.run_scope = RunScope(self.context)  # current image / all open images / folder (+ folder browser)
@@ -98,7 +103,8 @@ class FreeSoloPanel(QWidget):
             report_error=self.report_error, set_busy=self.set_busy, set_progress=self.set_progress,
             set_run_button=self.set_run_button, current_image=self.current_image, select_image=self.select_image,
             current_view=self.current_view, view_changed=self.view_changed,
-            current_params=self.current_params, show_update=self.show_update, accept=self.accept,
+            current_params=self.current_params, current_generators=self.current_generators,
+            show_update=self.show_update, accept=self.accept,
             show_instances=self.show_instances, extractor_source=self.extractor_source,
             feature_config=self.feature_config, review=self.review)
 
@@ -113,6 +119,7 @@ class FreeSoloPanel(QWidget):
         layout.addWidget(self.run_scope)
         layout.addWidget(self.controls)
         layout.addLayout(buttons)
+        layout.addWidget(self.auto_label)
         layout.addWidget(self.review)
         layout.addWidget(self.export_controls)
         exchange = QHBoxLayout()
@@ -171,6 +178,13 @@ class FreeSoloPanel(QWidget):
     def current_params(self):
         return self.controls.params()
 
+    def current_generators(self) -> GeneratorConfig:
+        return self.controls.generators()
+
+    def _current_settings(self) -> tuple:
+        """(FreeMaskParams, GeneratorConfig) of the controls; ValueError names a bad value."""
+        return self.current_params(), self.current_generators()
+
     def _follow_selection(self, event=None) -> None:
         """Selecting an image (or its masks) in napari's layer list makes it the panel's image."""
         layer = self.viewer.layers.selection.active
@@ -186,6 +200,7 @@ class FreeSoloPanel(QWidget):
         """
         self.state.image = name
         self.run_scope.show_channels()
+        self._show_choices()
         if self.state.keys_of(name):
             QTimer.singleShot(0, self.view_changed)
 
@@ -195,10 +210,10 @@ class FreeSoloPanel(QWidget):
         if key is None or key not in state.features or key not in state.params_shown:
             return False
         try:
-            params = self.current_params()
+            params, generators = self._current_settings()
         except ValueError:
             return False
-        if state.params_shown[key] != params:
+        if (state.params_shown[key], state.generators_shown.get(key, GeneratorConfig())) != (params, generators):
             self._schedule_update()
             return True
         return False
@@ -215,6 +230,7 @@ class FreeSoloPanel(QWidget):
     def view_changed(self) -> None:
         """The plane or channel on screen changed: catch up (post-processing only), or say it has no masks."""
         view = self.current_view()
+        self._show_choices()
         if view is None:
             return
         if view.key in self.state.features:
@@ -256,12 +272,12 @@ class FreeSoloPanel(QWidget):
             view = current_view(self.viewer, layer, self.state)
             layout = layout_of(layer, channel_choice(self.state, layer))
             image = plane_image(layer_array(layer), layout, view.index, view.channel)
-            params = self.current_params()
+            params, generators = self._current_settings()
         except ValueError as exc:
             self.notify(str(exc))
             return
         worker = create_worker(self, compute_update, self.extractor_source(), name, image, params, layer_path(layer),
-                               view, _ignore_errors=True)  # errors become a notification
+                               view, generators=generators, _ignore_errors=True)  # errors become a notification
         worker.returned.connect(self.accept)
         worker.errored.connect(self.report_error)
         worker.finished.connect(lambda: self.set_busy(False))
@@ -284,7 +300,7 @@ class FreeSoloPanel(QWidget):
         if self._update_again:
             self._update_again = False
             try:
-                latest = (self._current_key(), self.current_params())
+                latest = (self._current_key(), *self._current_settings())
             except ValueError:
                 latest = None  # update_overlay says what is wrong
             if latest != self._update_key:  # signals of the same change that ran need no re-run
@@ -297,12 +313,13 @@ class FreeSoloPanel(QWidget):
             return
         image, feats = self.state.features[view.key]
         try:
-            params = self.current_params()
+            params, generators = self._current_settings()
         except ValueError as exc:
             self.notify(str(exc))
             return
-        self._update_key = (view.key, params)
-        worker = create_worker(self, freemask_update, view.name, feats, params, image, view, _ignore_errors=True)
+        self._update_key = (view.key, params, generators)
+        worker = create_worker(self, freemask_update, view.name, feats, params, image, view, generators,
+                               _ignore_errors=True)
         worker.returned.connect(self.show_update)
         worker.errored.connect(self.report_error)
         worker.finished.connect(self._update_done)
@@ -372,16 +389,25 @@ class FreeSoloPanel(QWidget):
         if not index:
             self.state.automatic[name] = np.asarray(layer.data).copy()
         self.state.params_shown[key] = update.params
+        self.state.generators_shown[key] = update.generators or GeneratorConfig()
+        if update.choices is not None:
+            self.state.choices[key] = update.choices
         self.review.after_update(layer)
         if not index or self._current_key() == key:
             self.inspector.histogram.set_values(result.candidate_maskness, self.controls.min_score.value())
+        self._show_choices()
+        sources = Counter(m.source for m in result.instances)
         text = f"{len(result.instances)} masks on '{key}' (top-k {result.top_k})"
+        if len(sources) > 1:
+            text += ": " + ", ".join(f"{n} {source}" for source, n in sources.most_common())
         if key in self.state.features:
-            feats = self.state.features[key][1]
-            size = f", objects ≈{feats.object_size:.0f} px" if feats.object_size else ""
-            text += (f"\ninput scale {feats.input_scale:.2f}{' (auto' + size + ')' if feats.auto_scale else ''}"
-                     f" · backbone {feats.backbone_seconds:.2f}s")
-        self.set_status(text + f" · refine radius {result.refine_radius}px")
+            text += f" · backbone {self.state.features[key][1].backbone_seconds:.2f}s"
+        self.set_status(text)
+
+    def _show_choices(self) -> None:
+        """The automatic choices of the image (plane) on screen, as its last update recorded them."""
+        choices = self.state.choices.get(self._current_key() or "")
+        self.auto_label.setText("" if choices is None else choices.text())
 
     def _leading(self, name: str) -> tuple[int, ...] | None:
         """The plane axes of image layer ``name`` as the panel reads it now (None: not an image)."""

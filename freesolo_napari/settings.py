@@ -7,9 +7,11 @@ file, which never changes once released), the attribute path of its input widget
 fails until that is done; renaming a key needs a migration (:data:`MIGRATIONS`). Values are saved
 shortly after any change; a new panel restores them.
 
-File: ``{"version": 2, "values": {key: value}}``. Version 1 files (``{"format": 1, ...}``,
+File: ``{"version": 3, "values": {key: value}}``. Version 1 files (``{"format": 1, ...}``,
 written when the keys were found by walking the panel's attributes) hold the same keys and are
-migrated; a file of an unknown version is ignored with one notice, and the defaults are used.
+migrated; version 2 files predate the generator toggles and colour by source: they are migrated
+to Free Mask alone, coloured as they were. A file of an unknown version is ignored with one
+notice, and the defaults are used.
 
 Location: ``$FREESOLO_NAPARI_SETTINGS`` if set (tests point it at a temporary file), else
 ``freesolo-napari/settings.json`` in the platform's configuration folder.
@@ -28,12 +30,13 @@ from qtpy.QtWidgets import QAbstractButton, QComboBox, QDoubleSpinBox, QLineEdit
 
 from engine.backbones.registry import DEFAULT_BACKBONE
 from engine.freemask.postprocess import FreeMaskParams
+from engine.generators.merge import GENERATORS, GeneratorConfig
 from engine.selftrain.config import SelfTrainConfig
 from engine.solo.config import TrainConfig
 
 SETTINGS_ENV = "FREESOLO_NAPARI_SETTINGS"
 SAVE_DELAY_MS = 300
-VERSION = 2
+VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ class Setting:
     default: bool | int | float | str  # what a new panel shows; its type is the setting's type
 
 
-_P, _T, _S = FreeMaskParams(), TrainConfig(), SelfTrainConfig()
+_P, _T, _S, _G = FreeMaskParams(), TrainConfig(), SelfTrainConfig(), GeneratorConfig()
 SCHEMA: tuple[Setting, ...] = (
     Setting("controls.tau.slider", "controls.tau.slider", round(_P.tau * 100)),
     Setting("controls.min_score.slider", "controls.min_score.slider", round(_P.min_score * 100)),
@@ -57,10 +60,13 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("controls.split", "controls.split", _P.split_components),
     Setting("controls.refine", "controls.refine", _P.refine),
     Setting("controls.radius", "controls.radius", _P.refine_radius or 0),
+    *(Setting(f"controls.generators.{g}", f"controls.generator_checks.{i}", g in _G.generators)
+      for i, g in enumerate(GENERATORS)),
     Setting("run_scope.combo", "run_scope.combo", "current image"),
     Setting("export_controls.scope", "export_controls.scope", "all open images"),
     Setting("export_controls.format", "export_controls.format", "RLE"),
     Setting("review.color_check", "review.color_check", False),
+    Setting("review.source_check", "review.source_check", False),
     Setting("inspect_check", "inspector.check", False),
     Setting("model.toggle", "model.toggle", False),
     Setting("model.backbone", "model.backbone", DEFAULT_BACKBONE),
@@ -82,7 +88,14 @@ def _from_v1(values: dict) -> dict:
     return values
 
 
-MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _from_v1}  # version -> its values in the next version's keys
+def _from_v2(values: dict) -> dict:
+    """Version 2 had no generator toggles and no colour by source: Free Mask alone, coloured as before."""
+    return {**values, **{f"controls.generators.{g}": g == "freemask" for g in GENERATORS},
+            "review.source_check": False}
+
+
+# version -> its values in the next version's keys
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _from_v1, 2: _from_v2}
 
 
 def settings_path(explicit: str | os.PathLike[str] | None = None) -> Path:

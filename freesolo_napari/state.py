@@ -18,6 +18,8 @@ class PanelState:
     # else the name with its plane and channel (``stack[z=3]``, ``photo[c=1]``).
     features: dict[str, tuple[np.ndarray, object]] = field(default_factory=dict)  # key -> (RGB input, Features)
     params_shown: dict[str, object] = field(default_factory=dict)  # key -> FreeMaskParams of its overlay
+    generators_shown: dict[str, object] = field(default_factory=dict)  # key -> GeneratorConfig of its overlay
+    choices: dict[str, object] = field(default_factory=dict)  # key -> AutoChoices of its overlay (engine)
     views: dict[str, object] = field(default_factory=dict)  # key -> planes.View, for keys that are no layer name
     # Per image layer:
     automatic: dict[str, np.ndarray] = field(default_factory=dict)  # last automatic labels, to mark user edits
@@ -70,11 +72,11 @@ class PanelState:
         """An image taken off the screen (the folder browser moved on)."""
         for key in self.keys_of(name):
             self.features.pop(key, None)
+            self.choices.pop(key, None)
             self.views.pop(key, None)
         self.features.pop(name, None)
         self.automatic.pop(name, None)
 
     def _drop(self, key: str) -> None:
-        self.features.pop(key, None)
-        self.params_shown.pop(key, None)
-        self.views.pop(key, None)
+        for per_key in (self.features, self.params_shown, self.generators_shown, self.choices, self.views):
+            per_key.pop(key, None)

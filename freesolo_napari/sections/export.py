@@ -106,12 +106,12 @@ class ExportControls(QWidget):
             return None
         view.save_current_edits()
         try:
-            params = ctx.current_params()
+            params, generators = ctx.current_params(), ctx.current_generators()
         except ValueError as exc:
             ctx.notify(str(exc))
             return None
-        worker = create_worker(self, _folder_export, view.session, params, ctx.feature_config(), view.live_results(),
-                               write, _ignore_errors=True)
+        worker = create_worker(self, _folder_export, view.session, (params, generators), ctx.feature_config(),
+                               view.live_results(), write, _ignore_errors=True)
         worker.yielded.connect(self._on_folder_item)
         summary = {}
 
@@ -186,11 +186,13 @@ def _label_target(folder: Path, file_name: str) -> Path:
     return target.with_name(target.stem + plane.suffix() + ".png")
 
 
-def _folder_export(session, params, config, live, write):
-    """Worker body: every image's masks from the caches, then one atomic write."""
+def _folder_export(session, settings, config, live, write):
+    """Worker body: every image's masks from the caches (``settings``: the FreeMaskParams and
+    GeneratorConfig to compute them with), then one atomic write."""
     results, missing = [], 0
     total = len(session)
-    for i, name, result, problem in session.iter_results(params, config, live):
+    params, generators = settings
+    for i, name, result, problem in session.iter_results(params, config, live, generators=generators):
         if result is None:
             missing += 1
         else:

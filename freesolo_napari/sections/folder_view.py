@@ -116,7 +116,7 @@ class FolderView(QWidget):
         self._leave_current()
         index = self.session.go(index)
         self._update_nav()
-        worker = create_worker(self, _load, self.session, index, self.ctx.feature_config(), self._params(),
+        worker = create_worker(self, _load, self.session, index, self.ctx.feature_config(), *self._settings(),
                                _ignore_errors=True)
         worker.returned.connect(self._on_loaded)
         worker.errored.connect(self.ctx.report_error)
@@ -125,13 +125,15 @@ class FolderView(QWidget):
         worker.start()
         return worker
 
-    def _params(self):
+    def _settings(self):
+        """(FreeMaskParams, GeneratorConfig) of the controls; the defaults if a control holds a bad value."""
         try:
-            return self.ctx.current_params()
+            return self.ctx.current_params(), self.ctx.current_generators()
         except ValueError:
             from engine.freemask.postprocess import FreeMaskParams
+            from engine.generators.merge import GeneratorConfig
 
-            return FreeMaskParams()
+            return FreeMaskParams(), GeneratorConfig()
 
     def _update_nav(self) -> None:
         s = self.session
@@ -242,9 +244,9 @@ class FolderView(QWidget):
         s, name, viewer = self.session, self.shown, self.ctx.viewer
         if s is None or name is None or name not in viewer.layers or labels_name(name) in viewer.layers:
             return
-        image, params = np.asarray(viewer.layers[name].data), self._params()
-        worker = create_worker(self, _masks_from_cache, s, s.path, name, image, self.ctx.feature_config(), params,
-                               _ignore_errors=True)
+        image = np.asarray(viewer.layers[name].data)
+        worker = create_worker(self, _masks_from_cache, s, s.path, name, image, self.ctx.feature_config(),
+                               *self._settings(), _ignore_errors=True)
         worker.returned.connect(lambda out: self._on_cached_masks(image, out))
         worker.errored.connect(self.ctx.report_error)
         worker.finished.connect(lambda: self._loaders.remove(worker) if worker in self._loaders else None)
@@ -261,16 +263,17 @@ class FolderView(QWidget):
         self.ctx.show_update(update)
 
 
-def _masks_from_cache(session: FolderSession, path: Path, name: str, image: np.ndarray, config, params):
-    """Worker body: (features, Free Mask update) of the image on screen from the cache (None if not cached)."""
+def _masks_from_cache(session: FolderSession, path: Path, name: str, image: np.ndarray, config, params, generators):
+    """Worker body: (features, masks update) of the image on screen from the cache (None if not cached)."""
     feats = session.cached_features(path, config)
     if feats is None:
         return None
-    return feats, freemask_update(name, feats, params, image)
+    return feats, freemask_update(name, feats, params, image, generators=generators)
 
 
-def _load(session: FolderSession, index: int, config, params):
-    """Worker body: image, cached features, stored edits and (if no edits) the Free Mask update."""
+def _load(session: FolderSession, index: int, config, params, generators):
+    """Worker body: image, cached features, stored edits and (if no edits) the masks update of the
+    chosen generators."""
     from engine.io.images import ImageLoadError, load_image
 
     path = session.paths[index]
@@ -280,7 +283,7 @@ def _load(session: FolderSession, index: int, config, params):
         edits = session.load_edits(path)
         if edits is not None and edits.labels.shape != image.shape[:2]:
             edits = None
-        update = (freemask_update(session.names[index], feats, params, image)
+        update = (freemask_update(session.names[index], feats, params, image, generators=generators)
                   if feats is not None and edits is None else None)
     except (ImageLoadError, OSError, RuntimeError, ValueError) as exc:
         return index, None, None, None, None, str(exc)

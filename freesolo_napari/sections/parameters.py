@@ -1,14 +1,17 @@
-"""The Free Mask parameter controls: Qt widgets in, ``FreeMaskParams`` out.
+"""The Free Mask parameter controls: Qt widgets in, ``FreeMaskParams`` and ``GeneratorConfig`` out.
 
 Kept apart from the panel so the panel only wires work and results; every control here emits
-``changed`` and the panel re-runs the (cheap) post-processing on cached features.
+``changed`` and the panel re-runs the post-processing on cached features. The generator toggles
+(Free Mask, MaskCut, classical; at least one stays on) choose whose masks the engine merges into
+one ranking (``engine/generators/merge.py``); turning one on computes its masks in the same
+worker (MaskCut from the cached features, classical proposals from the image), once per image.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from qtpy.QtCore import Qt, Signal
+from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -23,8 +26,14 @@ from qtpy.QtWidgets import (
 )
 
 from engine.freemask.postprocess import FreeMaskParams, parse_scales
+from engine.generators.merge import GENERATORS, GeneratorConfig
 
 COMMON_SCALES = (1.0, 0.5, 0.25, 0.125)
+GENERATOR_TEXT = {
+    "freemask": ("Free Mask", "Free Mask's query masks (the paper's coarse masks)"),
+    "maskcut": ("MaskCut", "Normalised cuts on the same features (CutLER's MaskCut), several masks per image"),
+    "classical": ("classical", "Threshold + watershed and graph-based regions of the image itself"),
+}
 
 
 class _Slider(QWidget):
@@ -73,6 +82,17 @@ class FreeMaskControls(QWidget):
         self.refine = QCheckBox("refine boundaries", checked=p.refine, toolTip="Image-guided filter on mask edges")
         self.radius = QSpinBox(minimum=0, maximum=64, value=p.refine_radius or 0, specialValueText="auto",
                                toolTip="Refinement radius in image pixels (auto: 12 / input scale)")
+        self.generator_checks = [
+            QCheckBox(GENERATOR_TEXT[g][0], checked=g == "freemask",
+                      toolTip=GENERATOR_TEXT[g][1] + "; the chosen generators' masks are ranked together "
+                      "(one score, one Matrix NMS). At least one stays on")
+            for g in GENERATORS]
+        self.generator_checks[0].setEnabled(False)  # the only one on
+
+        generators_row = QHBoxLayout()
+        for box in self.generator_checks:
+            generators_row.addWidget(box)
+            box.toggled.connect(self._generator_toggled)
 
         scales_row = QHBoxLayout()
         for box in self.scale_checks:
@@ -80,6 +100,7 @@ class FreeMaskControls(QWidget):
             box.toggled.connect(self._checks_to_text)
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
+        form.addRow("generators", generators_row)
         form.addRow("τ", self.tau)
         form.addRow("pyramid scales", scales_row)
         form.addRow("", self.scales_edit)
@@ -97,6 +118,27 @@ class FreeMaskControls(QWidget):
                        self.radius.valueChanged, self.split.toggled, self.refine.toggled,
                        self.scales_edit.editingFinished):
             signal.connect(lambda *_: self.changed.emit())
+
+    def _generator_toggled(self, *_args) -> None:
+        """The last generator on cannot be turned off (its box is disabled); none on (only set from
+        code, e.g. restored settings mid-way) turns Free Mask back on after the event."""
+        checked = [box for box in self.generator_checks if box.isChecked()]
+        for box in self.generator_checks:
+            box.setEnabled(not (len(checked) == 1 and box.isChecked()))
+        if not checked:
+            QTimer.singleShot(0, self._keep_one)
+        self.changed.emit()
+
+    def _keep_one(self) -> None:
+        if not any(box.isChecked() for box in self.generator_checks):
+            self.generator_checks[0].setChecked(True)
+
+    def generators(self) -> GeneratorConfig:
+        """The chosen generators; raises ValueError when none is on."""
+        chosen = tuple(g for g, box in zip(GENERATORS, self.generator_checks) if box.isChecked())
+        if not chosen:
+            raise ValueError("choose at least one generator (Free Mask, MaskCut or classical)")
+        return GeneratorConfig(generators=chosen).validated()
 
     def _checks_to_text(self, *_args) -> None:
         chosen = [s for s, box in zip(COMMON_SCALES, self.scale_checks) if box.isChecked()]

@@ -1,4 +1,5 @@
-"""Reviewing masks: colour by score, never replacing edits without asking, undo of automatic updates.
+"""Reviewing masks: colour by score or by source, never replacing edits without asking, undo of
+automatic updates.
 
 Every automatic update of a Labels layer (a run, a slider change, a batch result) goes through
 ``allow_update`` first: it asks before replacing masks the user edited since the last automatic
@@ -11,9 +12,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QMessageBox, QPushButton, QWidget
+from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QMessageBox, QPushButton, QVBoxLayout, QWidget
 
-from freesolo_napari.layers import color_by_score, labels_name, points_name, set_labels
+from freesolo_napari.layers import color_labels, labels_name, points_name, set_labels, source_color
 from freesolo_napari.stack_layers import restore_stack, stack_planes
 
 MAX_UNDO = 10
@@ -29,7 +30,8 @@ class _Snapshot:
 
 
 class ReviewControls(QWidget):
-    """'colour by score' and 'Undo last update', plus the replace-my-edits question.
+    """'colour by score', 'colour by source' (one or neither) and 'Undo last update', plus the
+    replace-my-edits question.
 
     ``confirm_replace(image_name) -> bool`` decides whether edited masks may be replaced; it
     asks with a dialog by default and can be swapped (tests, scripts).
@@ -40,7 +42,12 @@ class ReviewControls(QWidget):
         self.viewer, self.state, self.set_status = viewer, state, set_status
         self.color_check = QCheckBox("colour by score", toolTip="Colour each mask by its score (viridis: dark = low, "
                                      "yellow = high) instead of random label colours")
-        self.color_check.toggled.connect(self._recolor_all)
+        self.source_check = QCheckBox("colour by source", toolTip="Colour each mask by the generator that made it "
+                                      "(Free Mask orange, MaskCut blue, classical green, edited pink; others "
+                                      "one colour each) instead of random label colours")
+        self.color_check.toggled.connect(lambda on: self._exclusive(on, self.source_check))
+        self.source_check.toggled.connect(lambda on: self._exclusive(on, self.color_check))
+        self.legend = QLabel(visible=False, wordWrap=True, toolTip="The colour of each source on the masks layers")
         self.undo_button = QPushButton("Undo last update", enabled=False,
                                        toolTip="Bring back the masks (and their table) from before the last "
                                        "automatic update")
@@ -48,10 +55,15 @@ class ReviewControls(QWidget):
         self.confirm_replace: Callable[[str], bool] = self._ask_replace
         self._history: list[_Snapshot] = []
         self._asking = False
-        row = QHBoxLayout(self)
+        row = QHBoxLayout()
         row.setContentsMargins(0, 0, 0, 0)
         row.addWidget(self.color_check)
+        row.addWidget(self.source_check)
         row.addWidget(self.undo_button)
+        column = QVBoxLayout(self)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.addLayout(row)
+        column.addWidget(self.legend)
 
     # ---- edits ----------------------------------------------------------------------------
     def is_edited(self, name: str, index: tuple[int, ...] = ()) -> bool:
@@ -96,8 +108,15 @@ class ReviewControls(QWidget):
 
     def after_update(self, labels_layer) -> None:
         """Called after the masks of a layer changed: apply the colouring."""
-        if self.color_check.isChecked():
-            color_by_score(labels_layer, True)
+        by = self.coloring()
+        if by is not None:
+            color_labels(labels_layer, by)
+        if by == "source":
+            self._show_legend()
+
+    def coloring(self) -> str | None:
+        """What the masks are coloured by: 'score', 'source' or None (napari's random colours)."""
+        return "score" if self.color_check.isChecked() else "source" if self.source_check.isChecked() else None
 
     def forget(self, name: str) -> None:
         """Drop the undo history of an image that is no longer shown."""
@@ -138,12 +157,33 @@ class ReviewControls(QWidget):
         return True
 
     # ---- colour ---------------------------------------------------------------------------
-    def _recolor_all(self, on: bool) -> None:
+    def _exclusive(self, on: bool, other: QCheckBox) -> None:
+        if on and other.isChecked():
+            other.setChecked(False)  # its own signal recolours with this box's colouring
+        self._recolor_all()
+
+    def _masks_layers(self) -> list:
         from napari.layers import Labels
 
-        for layer in self.viewer.layers:
-            if isinstance(layer, Labels) and layer.name.endswith(labels_name("")):
-                color_by_score(layer, on)
+        return [layer for layer in self.viewer.layers if isinstance(layer, Labels) and layer.name.endswith(labels_name(""))]
+
+    def _recolor_all(self) -> None:
+        by = self.coloring()
+        for layer in self._masks_layers():
+            color_labels(layer, by)
+        self._show_legend()
+
+    def _show_legend(self) -> None:
+        """Colour by source: a coloured square and the name of every source on the masks layers."""
+        on = self.source_check.isChecked()
+        sources = sorted({str(s) for layer in self._masks_layers() if "source" in layer.features.columns
+                          for s in layer.features["source"]} - {"background"}) if on else []
+        swatches = []
+        for source in sources:
+            r, g, b = (round(255 * c) for c in source_color(source)[:3])
+            swatches.append(f'<span style="color: #{r:02x}{g:02x}{b:02x}">■</span> {source}')
+        self.legend.setText(" &nbsp; ".join(swatches))
+        self.legend.setVisible(bool(sources))
 
     def _ask_replace(self, name: str) -> bool:
         box = QMessageBox(self)

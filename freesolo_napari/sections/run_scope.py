@@ -143,14 +143,14 @@ class RunScope(QWidget):
             ctx.notify("No image layer to segment: open an image first.")
             return None
         try:
-            params = ctx.current_params()
+            params, generators = ctx.current_params(), ctx.current_generators()
             layout, views = all_views(ctx.viewer, layer, ctx.state)
         except ValueError as exc:
             ctx.notify(str(exc))
             return None
         cached = {v.key: ctx.state.features[v.key] for v in views if v.key in ctx.state.features}
         worker = create_worker(self, compute_planes, ctx.extractor_source(), layer_array(layer), layout, views,
-                               params, cached, layer_path(layer), _ignore_errors=True)
+                               params, cached, layer_path(layer), generators, _ignore_errors=True)
         worker.yielded.connect(self._on_plane)
 
         def done(cancelled: bool):
@@ -177,7 +177,7 @@ class RunScope(QWidget):
 
         ctx = self.ctx
         try:
-            params = ctx.current_params()
+            params, generators = ctx.current_params(), ctx.current_generators()
         except ValueError as exc:
             ctx.notify(str(exc))
             return None
@@ -185,7 +185,8 @@ class RunScope(QWidget):
         if not jobs:
             ctx.notify("No 2D image layer to segment: open an image first.")
             return None
-        worker = create_worker(self, compute_many, ctx.extractor_source(), jobs, params, _ignore_errors=True)
+        worker = create_worker(self, compute_many, ctx.extractor_source(), jobs, params, generators,
+                               _ignore_errors=True)
         worker.yielded.connect(self._on_open_image)
         return self.start_batch(worker, len(jobs), f"Free Mask on {len(jobs)} open image(s)…")
 

@@ -1,0 +1,138 @@
+"""Generator toggles, colour by source and the automatic-choices line, in a real napari viewer (Xvfb)."""
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+MASKS = "synthetic photo · free masks"
+
+
+def _sources(layer) -> set:
+    return set(layer.features["source"]) - {"background"}
+
+
+def _colour_of(layer, label: int) -> np.ndarray:
+    return np.asarray(layer.colormap.map(np.array([label]))[0])[:3]
+
+
+def _run(widget, viewer, qtbot):
+    widget.run_button.click()
+    qtbot.waitUntil(lambda: MASKS in viewer.layers and widget.run_button.isEnabled(), timeout=120_000)
+    return viewer.layers[MASKS]
+
+
+def test_classical_and_free_mask_merged_coloured_by_source_and_tau_is_post_processing(panel, qtbot):
+    from napari.utils.colormaps import CyclicLabelColormap, DirectLabelColormap
+
+    from freesolo_napari.layers import SOURCE_COLORS
+
+    viewer, widget = panel
+    freemask, maskcut, classical = widget.controls.generator_checks
+    assert [b.text() for b in widget.controls.generator_checks] == ["Free Mask", "MaskCut", "classical"]
+    assert freemask.isChecked() and not freemask.isEnabled()  # the only one on cannot be turned off
+    classical.setChecked(True)
+    assert freemask.isEnabled() and widget.current_generators().generators == ("freemask", "classical")
+
+    layer = _run(widget, viewer, qtbot)
+    assert widget.backbone_calls == 1
+    assert _sources(layer) == {"freemask", "classical"}, "masks of both generators, merged into one ranking"
+    scores = np.asarray(layer.features["score"])[1:]
+    assert np.all(np.diff(scores) <= 1e-9), "one ranking: label k + 1 is the k-th best of all sources"
+    assert "classical" in widget.status.text() and "freemask" in widget.status.text()
+
+    widget.review.color_check.setChecked(True)
+    widget.review.source_check.setChecked(True)
+    assert not widget.review.color_check.isChecked(), "colour by score and by source exclude each other"
+    assert isinstance(layer.colormap, DirectLabelColormap)
+    table = layer.features
+    for source in ("freemask", "classical"):
+        label = int(table["index"][table["source"] == source].iloc[0])
+        assert np.allclose(_colour_of(layer, label), SOURCE_COLORS[source], atol=0.02)
+    legend = widget.review.legend
+    assert legend.isVisibleTo(widget) and "freemask" in legend.text() and "classical" in legend.text()
+
+    first = layer.data.copy()
+    widget.tau_slider.setValue(78)
+    qtbot.waitUntil(lambda: not np.array_equal(viewer.layers[MASKS].data, first), timeout=60_000)
+    assert widget.backbone_calls == 1, "a τ change must not re-run the backbone"
+    layer = viewer.layers[MASKS]
+    assert _sources(layer) == {"freemask", "classical"} and isinstance(layer.colormap, DirectLabelColormap)
+    table = layer.features
+    label = int(table["index"][table["source"] == "classical"].iloc[0])
+    assert np.allclose(_colour_of(layer, label), SOURCE_COLORS["classical"], atol=0.02), "colours follow new masks"
+
+    widget.review.source_check.setChecked(False)
+    assert isinstance(layer.colormap, CyclicLabelColormap) and not legend.isVisibleTo(widget)
+
+    shown = layer.data.copy()
+    freemask.setChecked(False)  # classical alone: post-processing on the kept features
+    assert not classical.isEnabled()
+    qtbot.waitUntil(lambda: not np.array_equal(viewer.layers[MASKS].data, shown), timeout=60_000)
+    qtbot.waitUntil(lambda: _sources(viewer.layers[MASKS]) == {"classical"}, timeout=60_000)
+    assert widget.backbone_calls == 1
+
+
+def test_no_generator_on_is_never_left(panel, qtbot):
+    _viewer, widget = panel
+    freemask = widget.controls.generator_checks[0]
+    freemask.setChecked(False)  # from code (a disabled box): back on after the event
+    with pytest.raises(ValueError, match="at least one generator"):
+        widget.current_generators()
+    qtbot.waitUntil(freemask.isChecked, timeout=5000)
+    assert widget.current_generators().generators == ("freemask",)
+
+
+def test_automatic_choices_line_shows_what_the_engine_used(panel, qtbot):
+    viewer, widget = panel
+    assert widget.auto_label.text() == "" and widget.auto_label.toolTip()
+    _run(widget, viewer, qtbot)
+    feats = widget.state.features["synthetic photo"][1]
+    text = widget.auto_label.text()
+    stain = {"he": "hematoxylin", "none": "none"}[feats.stain]
+    assert text.startswith("used: ") and f"input scale ×{feats.input_scale:.2f} (auto" in text
+    assert f"stain: {stain} (auto)" in text and "tiles: none" in text
+    assert f"query grid {widget.state.choices['synthetic photo'].query_grid[0]}×" in text
+
+    viewer.add_image(np.zeros((64, 64), np.uint8), name="blank")
+    widget.layer_combo.setCurrentText("blank")  # no masks yet: nothing was chosen for it
+    assert widget.auto_label.text() == ""
+    widget.layer_combo.setCurrentText("synthetic photo")
+    assert widget.auto_label.text() == text
+
+
+def test_folder_view_and_folder_export_use_the_chosen_generators(make_napari_viewer, qtbot, tmp_path):
+    from PIL import Image
+
+    from engine.data.synthetic import make_sample
+    from engine.io.coco import load_image_results
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(make_sample(30 + i, (160, 160), kind="photo")[0]).save(folder / f"img{i + 1}.png")
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget("freesolo-napari", "FreeSOLO")
+    widget.controls.generator_checks[2].setChecked(True)  # classical beside Free Mask
+    widget.run_scope.set_scope("folder")
+    view = widget.run_scope.folder_view
+    assert view.open_folder(folder)
+    qtbot.waitUntil(lambda: "img1.png" in viewer.layers, timeout=30_000)
+    widget.run_button.click()  # Run whole folder
+    qtbot.waitUntil(lambda: widget.run_button.isEnabled() and "img1.png · free masks" in viewer.layers,
+                    timeout=120_000)
+    assert _sources(viewer.layers["img1.png · free masks"]) == {"freemask", "classical"}
+
+    view.next_button.click()  # from the cache: the merge again, never the network
+    qtbot.waitUntil(lambda: "img2.png · free masks" in viewer.layers, timeout=60_000)
+    assert _sources(viewer.layers["img2.png · free masks"]) == {"freemask", "classical"}
+    assert widget.backbone_calls == 2
+
+    view.prev_button.click()  # img2 is no longer shown: the export computes it from the cache
+    qtbot.waitUntil(lambda: "img1.png · free masks" in viewer.layers, timeout=60_000)
+    widget.export_controls.scope.setCurrentText("whole folder")
+    out = tmp_path / "folder.json"
+    widget.export_coco(str(out))
+    qtbot.waitUntil(lambda: widget.run_button.isEnabled() and out.exists(), timeout=60_000)
+    results = load_image_results(out)
+    assert {m.source for m in results["img2.png"].instances} == {"freemask", "classical"}

@@ -136,3 +136,30 @@ def test_folder_view_and_folder_export_use_the_chosen_generators(make_napari_vie
     qtbot.waitUntil(lambda: widget.run_button.isEnabled() and out.exists(), timeout=60_000)
     results = load_image_results(out)
     assert {m.source for m in results["img2.png"].instances} == {"freemask", "classical"}
+
+
+def test_all_open_images_run_with_maskcut(make_napari_viewer, qtbot):
+    from engine.data.synthetic import make_sample
+
+    viewer = make_napari_viewer()
+    viewer.add_image(make_sample(5, (160, 160), kind="photo")[0], name="a", rgb=True)
+    viewer.add_image(make_sample(6, (144, 160), kind="photo")[0], name="b", rgb=True)
+    _dock, widget = viewer.window.add_plugin_dock_widget("freesolo-napari", "FreeSOLO")
+    widget.controls.generator_checks[1].setChecked(True)  # MaskCut beside Free Mask
+    widget.run_scope.set_scope("all open images")
+    widget.run_button.click()
+    qtbot.waitUntil(lambda: widget.run_button.isEnabled() and not widget.run_scope.busy
+                    and "b · free masks" in viewer.layers, timeout=120_000)
+    for name in ("a", "b"):
+        assert _sources(viewer.layers[f"{name} · free masks"]) == {"freemask", "maskcut"}
+        assert widget.state.generators_shown[name].generators == ("freemask", "maskcut")
+    assert widget.backbone_calls == 2
+
+    widget.run_scope.set_scope("current image")
+    widget.layer_combo.setCurrentText("a")
+    widget.controls.generator_checks[1].setChecked(False)  # Free Mask alone: 'a' updates now ...
+    qtbot.waitUntil(lambda: _sources(viewer.layers["a · free masks"]) == {"freemask"}, timeout=60_000)
+    assert _sources(viewer.layers["b · free masks"]) == {"freemask", "maskcut"}
+    widget.layer_combo.setCurrentText("b")  # ... and 'b' catches up when picked
+    qtbot.waitUntil(lambda: _sources(viewer.layers["b · free masks"]) == {"freemask"}, timeout=60_000)
+    assert widget.backbone_calls == 2

@@ -119,7 +119,8 @@ def test_train_with_my_corrections_then_next_image_to_fix(loop_panel, qtbot):
     assert np.array_equal(viewer.layers[f"{names[1]} · free masks"].data, second)
     assert view.round is not None and view.round[0] == 1
     _show(qtbot, view, viewer, 3, names[3])
-    assert _sources(viewer.layers[f"{names[3]} · free masks"]) <= {"model round 1"}
+    shown = viewer.layers[f"{names[3]} · free masks"]
+    assert shown.data.max() >= 1 and _sources(shown) == {"model round 1"}
     assert "model round 1" in widget.status.text()
     _show(qtbot, view, viewer, 0, names[0])  # back to the first corrected image: its edits, not the round's
     assert np.array_equal(viewer.layers[f"{names[0]} · free masks"].data, first)
@@ -135,11 +136,27 @@ def test_train_with_my_corrections_then_next_image_to_fix(loop_panel, qtbot):
     qtbot.waitUntil(lambda: f"{picked.file_name} · free masks" in viewer.layers, timeout=30_000)
 
     # correcting it makes the next click pick the other one (the saved ranking, no new process)
-    _edit(viewer, picked.file_name, 70, (48, 48))
+    third = _edit(viewer, picked.file_name, 70, (48, 48))
     loop.picked = None
     assert loop.next_image() is not proc and loop.ranker is proc
     qtbot.waitUntil(lambda: loop.picked is not None, timeout=30_000)
     assert loop.picked.file_name in names[2:] and loop.picked.rank > picked.rank  # ranked below the corrected one
+
+    # a second round with the three corrected images; round 1 is kept, the round on screen loads
+    assert loop.train_with_corrections() is not None
+    qtbot.waitUntil(lambda: t.is_running() or t.state == "failed", timeout=30_000)
+    round_1 = {p: p.read_bytes() for p in (run.model(1), run.predictions(1), run.trusted(1))}
+    qtbot.waitUntil(lambda: not t.is_running(), timeout=300_000)
+    qtbot.waitUntil(lambda: view.round is not None and view.round[0] == 2, timeout=30_000)
+    assert t.state == "finished" and "--resume" in t.log_view.toPlainText(), t.log_view.toPlainText()
+    assert {p: p.read_bytes() for p in round_1} == round_1
+    assert set(load_image_results(run.trusted(2))) == {*names[:2], picked.file_name}
+    assert run.model(2).is_file() and run.predictions(2).is_file()
+    # on screen: the image picked second (not corrected), which gets round 2's masks
+    assert view.shown == loop.picked.file_name and t.rounds_view.kept == [] and t.shown_round == (2, 1)
+    assert _sources(viewer.layers[f"{loop.picked.file_name} · free masks"]) <= {"model round 2"}
+    _show(qtbot, view, viewer, names.index(picked.file_name), picked.file_name)  # corrected: its own masks
+    assert np.array_equal(viewer.layers[f"{picked.file_name} · free masks"].data, third)
 
 
 def test_the_loop_plans_the_next_round_and_refuses_an_unfinished_one(loop_panel, qtbot):
@@ -165,3 +182,21 @@ def test_the_loop_plans_the_next_round_and_refuses_an_unfinished_one(loop_panel,
     assert loop.trusted.path is None and not t.is_running() and t.process is None
     assert "no corrected image" in widget.status.text() and not run.corrections(2).exists()
     assert loop.train_button.isEnabled()
+
+
+def test_corrections_are_named_as_the_training_folder_names_its_images(tmp_path):
+    from PIL import Image
+
+    from engine.structures import ImageResult
+    from freesolo_napari.corrections import match_training_names, next_to_fix
+
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    results = [ImageResult(n, 8, 8, []) for n in ("a.png", "elsewhere/b.png", "z.png")]
+    matched, left_out = match_training_names(results, tmp_path)
+    assert [r.file_name for r in matched] == ["a.png", "b.png"]  # the same file name in the training folder
+    assert left_out == ["z.png"]
+    rows = [{"file_name": n, "uncertainty": u} for n, u in (("x", 0.9), ("y", 0.5), ("z", 0.1))]
+    pick = next_to_fix(rows, {"x"})
+    assert (pick.file_name, pick.rank, pick.total, pick.uncertainty, pick.skipped) == ("y", 2, 3, 0.5, 1)
+    assert next_to_fix(rows, {"x", "y", "z"}) is None

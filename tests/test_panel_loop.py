@@ -176,6 +176,8 @@ def test_the_loop_plans_the_next_round_and_refuses_an_unfinished_one(loop_panel,
     assert args[args.index("--labels") + 1] == str(run.corrections(2))
     run.round_dir(2).mkdir()  # round 2 was stopped: Resume first
     assert loop.train_with_corrections() is None and "Resume" in widget.status.text()
+    resume = t.command(resume=True)  # Resume finishes round 2 although the rounds field says 1
+    assert t.rounds.value() == 1 and resume[resume.index("--rounds") + 1] == "2" and "--labels" not in resume
     run.round_dir(2).rmdir()
     assert loop.train_with_corrections() is not None  # nothing was corrected: one notice, nothing starts
     qtbot.waitUntil(lambda: loop.trusted is not None, timeout=30_000)

@@ -106,6 +106,30 @@ def test_more_rounds_on_a_finished_run_keep_each_rounds_labels(data, tmp_path, c
     assert [(r["round"], r["trusted"]) for r in rows] == [(0, ""), (1, ""), (2, "round_2/trusted.json")]
 
 
+def test_a_resumed_round_keeps_the_labels_it_started_with(tmp_path):
+    """Resuming a stopped round without --labels (the panel's Resume) still trains with the labels it
+    started with; new labels given on a resume do not replace them either."""
+    from engine.selftrain.config import SelfTrainConfig
+    from engine.selftrain.layout import RunLayout
+    from engine.selftrain.rounds import _record_trusted, _Run
+    from engine.solo.config import TrainConfig
+
+    layout = RunLayout(tmp_path / "run")
+
+    def run(labels):
+        return _Run(tmp_path, layout, SelfTrainConfig(), TrainConfig(), None, "cpu", print, None, None, None, labels)
+
+    assert _record_trusted(run(None), 2) is None
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    first.write_text('{"first": 1}')
+    second.write_text('{"second": 2}')
+    layout.round_dir(2).mkdir(parents=True)
+    assert _record_trusted(run(first), 2) == layout.trusted(2)  # the round starts: its copy is written
+    assert _record_trusted(run(None), 2) == layout.trusted(2)  # resumed without --labels
+    assert _record_trusted(run(second), 2) == layout.trusted(2)
+    assert layout.trusted(2).read_text() == first.read_text()
+
+
 def test_run_layout_knows_unfinished_rounds(tmp_path):
     from engine.selftrain.layout import RunLayout
 

@@ -187,10 +187,10 @@ def _training_round(run: _Run, k: int, masks: Path) -> None:
 
 def _record_trusted(run: _Run, k: int) -> Path | None:
     """Round ``k``'s copy of the trusted labels (kept as first written, so a resumed round uses the
-    labels it started with), or None without trusted labels."""
-    if run.labels is None:
-        return None
+    labels it started with, given again or not), or None when the round has none."""
     target = run.layout.trusted(k)
+    if run.labels is None:
+        return target if target.is_file() else None
     if not target.exists():
         atomic_write_bytes(target, run.labels.read_bytes())
     return target

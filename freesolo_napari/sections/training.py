@@ -174,6 +174,8 @@ class TrainingSection(Section):
             raise ValueError(f"{out} already holds a run: press Resume to continue it, or choose another output folder")
         device = self.model.device_name() if self.model is not None else "auto"
         rounds = self.rounds.value() if rounds is None else rounds
+        if resume:  # never fewer rounds than the run holds (the correction loop may have added some)
+            rounds = max([rounds, *run.rounds_started()])
         args = ["-m", "engine.cli", "selftrain", str(images), "--out", str(out), "--rounds", str(rounds),
                 "--iters", str(self.iters.value()), "--size", str(self.size.value()),
                 "--keep-thr", f"{self.keep_thr.value():g}", "--preset", self.preset.currentText(),

@@ -82,6 +82,7 @@ def _show(qtbot, view, viewer, index: int, name: str) -> None:
 def test_train_with_my_corrections_then_next_image_to_fix(loop_panel, qtbot):
     from engine.io.coco import load_image_results
     from engine.selftrain.layout import RunLayout
+    from freesolo_napari.sections.trainer_process import is_running
 
     viewer, widget, names, run_dir = loop_panel
     view, t = widget.run_scope.folder_view, widget.training
@@ -125,7 +126,14 @@ def test_train_with_my_corrections_then_next_image_to_fix(loop_panel, qtbot):
     _show(qtbot, view, viewer, 0, names[0])  # back to the first corrected image: its edits, not the round's
     assert np.array_equal(viewer.layers[f"{names[0]} · free masks"].data, first)
 
-    # next image to fix: ranked by round 1's model in a process, corrected images skipped
+    # next image to fix: ranked by round 1's model in a process (which the button stops) ...
+    first_try = loop.next_image()
+    assert is_running(first_try) and loop.next_button.text() == "Stop ranking"
+    loop.next_button.click()
+    qtbot.waitUntil(lambda: not is_running(first_try), timeout=30_000)
+    assert loop.status.text() == "Ranking stopped." and loop.picked is None
+    assert loop.next_button.text() == "Next image to fix"
+    # ... corrected images skipped
     proc = loop.next_image()
     assert proc is not None and loop.next_button.text() == "Stop ranking"
     qtbot.waitUntil(lambda: loop.picked is not None, timeout=120_000)

@@ -34,6 +34,7 @@ class CorrectionLoop(QWidget):
         self.trusted: Trusted | None = None  # what the last Train with my corrections wrote
         self.picked = None  # corrections.NextToFix of the last Next image to fix
         self.ranker: QProcess | None = None
+        self._stop_asked = False  # the ranking was stopped by the button, not failed
         self._workers: list = []
         self.train_button = QPushButton("Train with my corrections", toolTip="Train the next round with the images "
                                         "you edited or imported as trusted labels; the others keep learning "
@@ -168,7 +169,7 @@ class CorrectionLoop(QWidget):
         proc = launch(self, args)
         self.destroyed.connect(lambda *_a, p=proc: stop_process(p, 2000))  # the panel goes away: so does the ranking
         proc.finished.connect(lambda code, _status=None: self._ranked(proc, k, ranking, code))
-        self.ranker = proc
+        self.ranker, self._stop_asked = proc, False
         self.next_button.setText("Stop ranking")
         self._say(f"Ranking {len(session)} image(s) by how unsure round {k}'s model is…")
         proc.start()
@@ -187,6 +188,9 @@ class CorrectionLoop(QWidget):
 
     def _ranked(self, proc: QProcess, k: int, ranking: Path, code: int) -> None:
         self.next_button.setText("Next image to fix")
+        if self._stop_asked:
+            self._say("Ranking stopped.")
+            return
         if code != 0 or not ranking.is_file():
             why = bytes(proc.readAllStandardError()).decode("utf-8", "replace").strip().splitlines()
             self.ctx.notify(f"Next image to fix: ranking failed ({why[-1] if why else f'exit code {code}'})")
@@ -212,6 +216,7 @@ class CorrectionLoop(QWidget):
 
     def stop_ranking(self) -> None:
         if is_running(self.ranker):
+            self._stop_asked = True
             stop_process(self.ranker, 2000, block=False)
 
 

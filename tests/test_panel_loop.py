@@ -107,6 +107,7 @@ def test_train_with_my_corrections_then_next_image_to_fix(loop_panel, qtbot):
     trusted = load_image_results(run.corrections(1))
     assert set(trusted) == set(names[:2])
     for name, painted in ((names[0], first), (names[1], second)):
+        assert "edited" in {m.source for m in trusted[name].instances}  # provenance: the painted mask
         got = np.zeros(painted.shape, int)
         for i, m in enumerate(trusted[name].instances, 1):
             got[m.mask] = i
@@ -167,13 +168,14 @@ def test_train_with_my_corrections_then_next_image_to_fix(loop_panel, qtbot):
     assert np.array_equal(viewer.layers[f"{picked.file_name} · free masks"].data, third)
 
 
-def test_the_loop_plans_the_next_round_and_refuses_an_unfinished_one(loop_panel, qtbot):
+def test_the_loop_plans_rounds_refuses_an_unfinished_one_and_takes_imports(loop_panel, qtbot, tmp_path):
     from engine.selftrain.layout import RunLayout
 
-    _viewer, widget, _names, run_dir = loop_panel
+    _viewer, widget, names, run_dir = loop_panel
     t = widget.training
     loop, run = t.loop, RunLayout(run_dir)
-    t.images_edit.setText(str(widget.run_scope.folder_view.session.folder))
+    folder = widget.run_scope.folder_view.session.folder
+    t.images_edit.setText(str(folder))
     run.round_dir(0).mkdir(parents=True)
     run.coarse().write_text("[]")
     run.round_dir(1).mkdir()
@@ -192,6 +194,22 @@ def test_the_loop_plans_the_next_round_and_refuses_an_unfinished_one(loop_panel,
     assert loop.trusted.path is None and not t.is_running() and t.process is None
     assert "no corrected image" in widget.status.text() and not run.corrections(2).exists()
     assert loop.train_button.isEnabled()
+
+    # imported masks count as a correction: the image on screen, complete, as imported
+    from engine.io.coco import build_coco_dataset, load_image_results, write_coco
+    from engine.structures import ImageResult, InstanceMask
+    from freesolo_napari.corrections import write_trusted
+
+    box = np.zeros((96, 96), bool)
+    box[10:30, 40:70] = True
+    write_coco(tmp_path / "mine.json", build_coco_dataset([ImageResult(names[0], 96, 96, [InstanceMask(box, 1.0)])]))
+    widget.import_coco(str(tmp_path / "mine.json"))
+    edited = loop._edited_open_results()
+    assert [r.file_name for r in edited] == [names[0]]
+    trusted = write_trusted(tmp_path / "trusted.json", edited, widget.run_scope.folder_view.session, folder)
+    assert trusted.names == [names[0]] and trusted.left_out == []
+    (mask,) = load_image_results(trusted.path)[names[0]].instances
+    assert np.array_equal(mask.mask, box)
 
 
 def test_corrections_are_named_as_the_training_folder_names_its_images(tmp_path):

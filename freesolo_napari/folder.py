@@ -119,9 +119,13 @@ class FolderSession:
         data = buf.getvalue()
         return atomic_save(self._edits_path(path), lambda tmp: Path(tmp).write_bytes(data), overwrite=True, backup=False)
 
+    def has_edits(self, path: Path) -> bool:
+        """Whether the user's edits of ``path`` are stored (the image was corrected)."""
+        return self._edits_path(path).is_file()
+
     def load_edits(self, path: Path) -> Edits | None:
         target = self._edits_path(path)
-        if not target.is_file():
+        if not self.has_edits(path):
             return None
         try:
             with np.load(target, allow_pickle=False) as z:

@@ -92,7 +92,7 @@ class FreeSoloPanel(QWidget):
         self.export_button = self.export_controls.coco_button
         self.inspector = QueryInspector(self.context, self.controls.tau.value)  # histogram, click-to-inspect
         self.model = ModelControls(self.context)  # backbone (+ weights file), device, SOLO model to predict with
-        self.training = TrainingSection(self.context, self.model)  # self-training in a separate process
+        self.training = TrainingSection(self.context, self.model, self.run_scope.folder_view)  # in a separate process
         self.import_button = QPushButton("Import COCO…", toolTip="Show a COCO file's masks on the open images to review them")
         self.import_button.clicked.connect(self._ask_import)
         self._lay_out()

@@ -83,6 +83,69 @@ def test_selftrain_records_the_trusted_labels_of_each_round(data, tmp_path, caps
     assert state["train_config"]["trusted_weight"] == 2.0
 
 
+def test_more_rounds_on_a_finished_run_keep_each_rounds_labels(data, tmp_path, capsys):
+    """The panel's loop: a finished run gets one more round with new corrections; every round keeps its
+    model, predictions and the trusted labels it trained with, and the summary names them."""
+    from engine.selftrain.layout import RunLayout
+
+    images, root, names = data
+    run = RunLayout(tmp_path / "st")
+    args = ["selftrain", str(images), "--out", str(run.root), "--iters", "3", "--size", str(SIZE), "--device", "cpu"]
+    assert main(args + ["--rounds", "1"]) == 0, capsys.readouterr().err
+    assert run.latest_model() == 1 and run.unfinished_round() is None
+    first = {p: p.read_bytes() for p in (run.model(1), run.predictions(1))}
+    later = np.zeros((SIZE, SIZE), bool)
+    later[30:50, 30:50] = True
+    write_coco(run.corrections(2), build_coco_dataset([ImageResult(names[1], SIZE, SIZE, [InstanceMask(later, 1.0)])]))
+    assert main(args + ["--rounds", "2", "--resume", "--labels", str(run.corrections(2))]) == 0, capsys.readouterr().err
+    assert {p: p.read_bytes() for p in first} == first  # round 1 was kept, not retrained
+    assert not run.trusted(1).exists()
+    assert json.loads(run.trusted(2).read_text()) == json.loads(run.corrections(2).read_text())
+    assert run.model(2).is_file() and run.predictions(2).is_file() and run.latest_model() == 2
+    rows = json.loads(run.summary().read_text())
+    assert [(r["round"], r["trusted"]) for r in rows] == [(0, ""), (1, ""), (2, "round_2/trusted.json")]
+
+
+def test_a_resumed_round_keeps_the_labels_it_started_with(tmp_path):
+    """Resuming a stopped round without --labels (the panel's Resume) still trains with the labels it
+    started with; new labels given on a resume do not replace them either."""
+    from engine.selftrain.config import SelfTrainConfig
+    from engine.selftrain.layout import RunLayout
+    from engine.selftrain.rounds import _record_trusted, _Run
+    from engine.solo.config import TrainConfig
+
+    layout = RunLayout(tmp_path / "run")
+
+    def run(labels):
+        return _Run(tmp_path, layout, SelfTrainConfig(), TrainConfig(), None, "cpu", print, None, None, None, labels)
+
+    assert _record_trusted(run(None), 2) is None
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    first.write_text('{"first": 1}')
+    second.write_text('{"second": 2}')
+    layout.round_dir(2).mkdir(parents=True)
+    assert _record_trusted(run(first), 2) == layout.trusted(2)  # the round starts: its copy is written
+    assert _record_trusted(run(None), 2) == layout.trusted(2)  # resumed without --labels
+    assert _record_trusted(run(second), 2) == layout.trusted(2)
+    assert layout.trusted(2).read_text() == first.read_text()
+
+
+def test_run_layout_knows_unfinished_rounds(tmp_path):
+    from engine.selftrain.layout import RunLayout
+
+    run = RunLayout(tmp_path / "run")
+    assert not run.has_run() and run.unfinished_round() is None and run.latest_model() is None
+    run.round_dir(0).mkdir(parents=True)
+    assert run.has_run() and run.unfinished_round() == 0
+    run.coarse().write_text("[]")
+    run.round_dir(1).mkdir()
+    assert run.unfinished_round() == 1 and run.latest_model() is None  # round 1 was stopped in training
+    run.predictions(1).write_text("[]")
+    run.model(1).write_bytes(b"")
+    assert run.unfinished_round() is None and run.latest_model() == 1
+    assert run.corrections(2).parent.parent == run.root and run.ranking(1).parent == run.round_dir(1)
+
+
 def test_export_backbone_writes_the_trained_backbone(data, tmp_path, capsys):
     """With --train-backbone the backbone learns, is saved with the model and exported in its own layout."""
     from engine.backbones import build_backbone

@@ -9,6 +9,9 @@ RUN_DIR/round_K/log.jsonl             one JSON line per training iteration
 RUN_DIR/round_K/predictions.json      round K's predictions on the folder
 RUN_DIR/round_K/eval_predictions.json predictions on the evaluation folder (with --gt)
 RUN_DIR/round_K/seconds.txt           wall time of the round
+RUN_DIR/round_K/next_to_fix.json      round K's model's uncertainty per image (``freesolo next-to-fix``)
+RUN_DIR/corrections/round_K_trusted.json  the corrections the panel wrote for round K (round_K/trusted.json
+                                      is the copy the round trained with)
 RUN_DIR/summary.json                  one row per round
 """
 
@@ -64,6 +67,15 @@ class RunLayout:
     def seconds(self, k: int) -> Path:
         return self.round_dir(k) / "seconds.txt"
 
+    def ranking(self, k: int) -> Path:
+        """Round ``k``'s model's uncertainty ranking of the images (most uncertain first)."""
+        return self.round_dir(k) / "next_to_fix.json"
+
+    def corrections(self, k: int) -> Path:
+        """The trusted labels a front end wrote for round ``k`` (outside the round folder, which the
+        engine owns; the round copies them into :meth:`trusted`)."""
+        return self.root / "corrections" / f"round_{k}_trusted.json"
+
     def summary(self) -> Path:
         return self.root / "summary.json"
 
@@ -77,6 +89,15 @@ class RunLayout:
     def finished_rounds(self) -> list[int]:
         """Rounds whose masks exist (round 0 = Free Mask's coarse masks)."""
         return [k for k in self.rounds_started() if self.masks(k).is_file()]
+
+    def unfinished_round(self) -> int | None:
+        """The first started round without its masks (an interrupted run), or None."""
+        done = set(self.finished_rounds())
+        return next((k for k in self.rounds_started() if k not in done), None)
+
+    def latest_model(self) -> int | None:
+        """The newest round with a finished model (K >= 1), or None."""
+        return max((k for k in self.finished_rounds() if k >= 1 and self.model(k).is_file()), default=None)
 
     def has_run(self) -> bool:
         """Whether the folder holds an earlier run (its round 0 was started)."""

@@ -6,7 +6,8 @@ RUN_DIR/round_K/  for K >= 2, a SOLO retrained (from the pretrained backbone) on
                   selected predictions (score >= keep_thr, at most max_keep plausible ones per image)
 
 Every round is skipped when its outputs exist, and a round's training resumes from its last
-checkpoint, so an interrupted run continues where it stopped. ``should_stop`` ends a run
+checkpoint, so an interrupted run continues where it stopped, and the same call with more
+``rounds`` (and, say, new trusted labels) adds rounds to a finished run, keeping the earlier ones. ``should_stop`` ends a run
 cleanly (the current round's training saves its checkpoint first) by raising
 ``SelfTrainStopped``; ``events`` receives a dict at each phase change and finished round, for
 front ends that show progress (the napari panel reads them as JSON lines).
@@ -49,6 +50,7 @@ class RoundSummary:
     masks: int
     seconds: float = 0.0
     metrics: dict = field(default_factory=dict)
+    trusted: str = ""  # the trusted labels the round trained with (relative to the run folder), if any
 
 
 def keep_predictions(path: Path, keep_thr: float, max_keep: int,
@@ -185,10 +187,10 @@ def _training_round(run: _Run, k: int, masks: Path) -> None:
 
 def _record_trusted(run: _Run, k: int) -> Path | None:
     """Round ``k``'s copy of the trusted labels (kept as first written, so a resumed round uses the
-    labels it started with), or None without trusted labels."""
-    if run.labels is None:
-        return None
+    labels it started with, given again or not), or None when the round has none."""
     target = run.layout.trusted(k)
+    if run.labels is None:
+        return target if target.is_file() else None
     if not target.exists():
         atomic_write_bytes(target, run.labels.read_bytes())
     return target
@@ -200,6 +202,8 @@ def _summary(k: int, what: str, layout: RunLayout, eval_images: Path | None, gt:
     results = load_image_results(pred)
     seconds = float(layout.seconds(k).read_text()) if layout.seconds(k).exists() else 0.0
     s = RoundSummary(k, what, len(results), sum(len(r.instances) for r in results.values()), seconds)
+    if layout.trusted(k).is_file():
+        s.trusted = layout.trusted(k).relative_to(layout.root).as_posix()
     if gt is not None:
         ev_path = layout.eval_predictions(k) if eval_images is not None else pred
         if eval_images is not None and not ev_path.exists():

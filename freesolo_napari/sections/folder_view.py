@@ -5,6 +5,8 @@ feature cache plus post-processing, so an image computed once — in this sessio
 one, or by ``freesolo freemask`` — reopens without the network. Edits of the image on screen
 are stored on disk a moment after each paint, fill or erase stroke (and when you move to another
 image or napari quits), so closing napari never loses them (see ``freesolo_napari.folder``).
+Once a self-training round is loaded (``set_round``), images without edits show that round's
+masks instead of Free Mask's.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class FolderView(QWidget):
         self.batch = batch  # start_batch / step: progress and Cancel of 'Run whole folder'
         self.session: FolderSession | None = None
         self.shown: str | None = None  # name of the image layer showing the current folder image
+        self.round: tuple[int, dict] | None = None  # (K, {file name: ImageResult}) of the round loaded last
         self._loaders: list = []  # running load workers (kept referenced)
         self.open_button = QPushButton("Open folder…", toolTip="Choose a folder of images to browse and segment")
         self.open_button.clicked.connect(self._ask_folder)
@@ -107,6 +110,22 @@ class FolderView(QWidget):
         self.show_image(0)
         return True
 
+    def set_round(self, k: int, results: dict) -> None:
+        """Round ``k``'s masks become what unedited folder images show (file names as the run names them)."""
+        self.round = (k, results)
+
+    def _round_result(self, name: str):
+        if self.round is None:
+            return None
+        results = self.round[1]
+        return results.get(name) or next((r for n, r in results.items() if Path(n).name == Path(name).name), None)
+
+    def show_name(self, name: str):
+        """Show the folder image with file name ``name``; None if the folder has no such image."""
+        if self.session is None or name not in self.session.names:
+            return None
+        return self.show_image(self.session.names.index(name))
+
     def show_image(self, index: int):
         """Show image ``index`` of the folder (loaded in a worker); returns the load worker."""
         from freesolo_napari.workers import create_worker
@@ -117,7 +136,7 @@ class FolderView(QWidget):
         index = self.session.go(index)
         self._update_nav()
         worker = create_worker(self, _load, self.session, index, self.ctx.feature_config(), *self._settings(),
-                               _ignore_errors=True)
+                               self._round_result(self.session.names[index]), _ignore_errors=True)
         worker.returned.connect(self._on_loaded)
         worker.errored.connect(self.ctx.report_error)
         worker.finished.connect(lambda: self._loaders.remove(worker) if worker in self._loaders else None)
@@ -142,7 +161,7 @@ class FolderView(QWidget):
         self.next_button.setEnabled(bool(s) and s.index < len(s) - 1)
 
     def _on_loaded(self, loaded) -> None:
-        index, image, feats, update, edits, error = loaded
+        index, image, feats, update, edits, error, from_round = loaded
         session, ctx, viewer = self.session, self.ctx, self.ctx.viewer
         if session is None or index != session.index or self.shown is not None:
             return  # the user moved on while this image loaded
@@ -165,6 +184,9 @@ class FolderView(QWidget):
                 ctx.state.automatic[layer.name] = edits.automatic
             ctx.review.after_update(labels)
             ctx.set_status(f"'{name}': your edited masks (from the cache)")
+        elif from_round is not None:
+            ctx.show_instances(layer.name, from_round.instances)
+            ctx.set_status(f"'{name}': masks of model round {self.round[0]}")
         elif update is not None:
             ctx.show_update(replace(update, name=layer.name))
         else:
@@ -271,9 +293,9 @@ def _masks_from_cache(session: FolderSession, path: Path, name: str, image: np.n
     return feats, freemask_update(name, feats, params, image, generators=generators)
 
 
-def _load(session: FolderSession, index: int, config, params, generators):
+def _load(session: FolderSession, index: int, config, params, generators, from_round=None):
     """Worker body: image, cached features, stored edits and (if no edits) the masks update of the
-    chosen generators."""
+    chosen generators, or ``from_round`` (a loaded round's ImageResult) when it fits the image."""
     from engine.io.images import ImageLoadError, load_image
 
     path = session.paths[index]
@@ -283,11 +305,13 @@ def _load(session: FolderSession, index: int, config, params, generators):
         edits = session.load_edits(path)
         if edits is not None and edits.labels.shape != image.shape[:2]:
             edits = None
+        if from_round is not None and (edits is not None or (from_round.height, from_round.width) != image.shape[:2]):
+            from_round = None
         update = (freemask_update(session.names[index], feats, params, image, generators=generators)
-                  if feats is not None and edits is None else None)
+                  if feats is not None and edits is None and from_round is None else None)
     except (ImageLoadError, OSError, RuntimeError, ValueError) as exc:
-        return index, None, None, None, None, str(exc)
-    return index, image, feats, update, edits, None
+        return index, None, None, None, None, str(exc), None
+    return index, image, feats, update, edits, None, from_round
 
 
 def _run_folder(source, session: FolderSession):

@@ -1,4 +1,9 @@
-"""Finished rounds of a self-training run folder, loaded onto the open images whose file names match."""
+"""Finished rounds of a self-training run folder, loaded onto the open images whose file names match.
+
+``on_loaded(k, results)`` hears of every loaded round (the folder browser shows its masks on the
+folder's images as you move to them). With ``keep_edited`` (the correction loop) images whose
+masks the user edited keep them, without a question.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +21,13 @@ from freesolo_napari.sections.trainer_process import read_round
 class RoundLoader(QWidget):
     """The finished rounds of ``run_folder()`` and 'Load round K predictions' (source "model round K")."""
 
-    def __init__(self, ctx, run_folder: Callable[[], RunLayout | None]):
+    def __init__(self, ctx, run_folder: Callable[[], RunLayout | None],
+                 on_loaded: Callable[[int, dict], None] | None = None):
         super().__init__()
         self.ctx = ctx
         self.run_folder = run_folder
+        self.on_loaded = on_loaded
+        self.kept: list[str] = []  # images of the last load that kept the user's edited masks
         self.shown_round: tuple[int, int] | None = None  # (round, images shown) of the last load
         self._workers: list = []
         self.combo = QComboBox(toolTip="A finished round of the run folder (0 = Free Mask's coarse masks)")
@@ -54,8 +62,9 @@ class RoundLoader(QWidget):
         if k is not None:
             self.load_button.setText(f"Load round {k} predictions")
 
-    def load(self, k: int | None = None):
-        """Decode round ``k``'s COCO file in a worker, then show it on the matching open images."""
+    def load(self, k: int | None = None, keep_edited: bool = False):
+        """Decode round ``k``'s COCO file in a worker, then show it on the matching open images
+        (``keep_edited``: not on those whose masks the user edited)."""
         from freesolo_napari.workers import create_worker
 
         k = self.combo.currentData() if k is None else k
@@ -66,23 +75,30 @@ class RoundLoader(QWidget):
             return None
         source = "freemask round 0" if k == 0 else f"model round {k}"
         worker = create_worker(self, read_round, path, source, _ignore_errors=True)
-        worker.returned.connect(lambda payload: self._show(int(k), *payload))
+        worker.returned.connect(lambda payload: self._show(int(k), *payload, keep_edited=keep_edited))
         worker.errored.connect(lambda exc: self.ctx.notify(f"Cannot read {path}: {exc}"))
         self._workers.append(worker)
         worker.finished.connect(lambda: self._workers.remove(worker) if worker in self._workers else None)
         worker.start()
         return worker
 
-    def _show(self, k: int, results: dict, problems: list[str]) -> None:
+    def _show(self, k: int, results: dict, problems: list[str], keep_edited: bool = False) -> None:
         layers = _image_layers_by_file(self.ctx.viewer)
-        shown = 0
+        shown, self.kept = 0, []
         for name, res in results.items():
             layer = layers.get(name) or layers.get(Path(name).name) or layers.get(Path(name).stem)
             if layer is None or np.asarray(layer.data).shape[:2] != (res.height, res.width):
                 continue
+            if keep_edited and self.ctx.review.is_edited(layer.name):
+                self.kept.append(layer.name)
+                continue
             shown += int(self.ctx.show_instances(layer.name, res.instances))
+        if self.on_loaded is not None:
+            self.on_loaded(k, results)
         text = f"Round {k}: masks shown on {shown} of {len(results)} image(s) of the run"
-        if not shown:
+        if self.kept:
+            text += f"; your corrected masks kept on {len(self.kept)}"
+        if not shown and not self.kept:
             text += " (open the training images to see them)"
         if problems:
             text += f"; {len(problems)} entries skipped"

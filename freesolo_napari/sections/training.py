@@ -9,7 +9,8 @@ sends SIGINT (the trainer finishes its iteration and saves a checkpoint), then k
 if it has not ended after a timeout; Resume reruns the same command with ``--resume`` on the
 same output folder. Finished rounds can be loaded onto the open images whose file names match
 (``source`` "model round K" in the masks' table). The run folder's layout is the engine's
-(``engine.selftrain.layout.RunLayout``).
+(``engine.selftrain.layout.RunLayout``). Below, the correction loop (``correction_loop``): train the
+next round with your corrections, and open the image the student is least sure about.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from qtpy.QtCore import QProcess, QTimer
+from qtpy.QtCore import QProcess, QTimer, Signal
 from qtpy.QtWidgets import (
     QApplication,
     QComboBox,
@@ -40,6 +41,7 @@ from engine.selftrain.layout import RunLayout
 from engine.selftrain.config import SelfTrainConfig
 from engine.solo.config import TrainConfig
 from freesolo_napari.sections.collapsible import Section
+from freesolo_napari.sections.correction_loop import CorrectionLoop
 from freesolo_napari.sections.loss_curve import LossCurve
 from freesolo_napari.sections.round_loader import RoundLoader
 from freesolo_napari.sections.trainer_process import KILL_AFTER_MS, is_running, launch, stop_process
@@ -51,15 +53,19 @@ LOG_LINES = 200
 class TrainingSection(Section):
     """Folder, rounds, iterations, keep threshold, preset, output; Start / Cancel / Resume; live progress.
 
-    ``model`` (the Model section, optional) gives the device and receives the finished run's model.
+    ``model`` (the Model section, optional) gives the device and receives the finished run's model;
+    ``folder`` (the folder browser, optional) shows loaded rounds and corrections come from it.
     """
 
-    def __init__(self, ctx, model=None):
+    ended = Signal(str)  # the process ended: "finished", "stopped" or "failed"
+
+    def __init__(self, ctx, model=None, folder=None):
         body = QWidget()
         super().__init__("Self-training", body, "Show or hide self-training (Free Mask -> SOLO rounds, "
                          "run in a separate process)")
         self.ctx = ctx
         self.model = model
+        self.folder = folder
         self.process: QProcess | None = None
         self.state = "idle"  # idle | running | stopping | stopped | finished | failed
         self.round = self.rounds_total = self.iteration = self.iters_total = 0
@@ -108,7 +114,9 @@ class TrainingSection(Section):
         self.log_view = QPlainTextEdit(readOnly=True, toolTip="The last lines the training process wrote")
         self.log_view.setMaximumBlockCount(LOG_LINES)
         self.log_view.setMaximumHeight(90)
-        self.rounds_view = RoundLoader(self.ctx, self._run_folder)  # finished rounds onto the open images
+        self.rounds_view = RoundLoader(self.ctx, self.run_folder,  # finished rounds onto the open images
+                                       self.folder.set_round if self.folder is not None else None)
+        self.loop = CorrectionLoop(self.ctx, self, self.folder)
         self.round_combo, self.load_button = self.rounds_view.combo, self.rounds_view.load_button
         self._poll = QTimer(self, interval=POLL_MS)
 
@@ -131,6 +139,7 @@ class TrainingSection(Section):
         layout.addWidget(self.curve)
         layout.addWidget(self.log_view)
         layout.addWidget(self.rounds_view)
+        layout.addWidget(self.loop)
 
     def _connect(self) -> None:
         self._poll.timeout.connect(self.curve.poll)
@@ -142,13 +151,19 @@ class TrainingSection(Section):
         self.resume_button.clicked.connect(lambda: self.start(resume=True))
 
     # ---- starting -------------------------------------------------------------------------
-    def command(self, resume: bool = False) -> list[str]:
-        """The ``engine.cli selftrain`` arguments for the current fields (validated)."""
+    def images_folder(self) -> Path:
+        """The training images folder of the field (ValueError: none, or not a folder)."""
         images = Path(self.images_edit.text().strip()).expanduser()
-        out_text = self.out_edit.text().strip()
         if not self.images_edit.text().strip() or not images.is_dir():
             raise ValueError(f"training images: {images} is not a folder" if self.images_edit.text().strip()
                              else "choose the folder of training images")
+        return images
+
+    def command(self, resume: bool = False, rounds: int | None = None, labels: Path | None = None) -> list[str]:
+        """The ``engine.cli selftrain`` arguments for the current fields (validated); ``rounds`` (all of
+        the run's rounds) and ``labels`` (trusted labels) override the fields for the correction loop."""
+        images = self.images_folder()
+        out_text = self.out_edit.text().strip()
         if not out_text:
             raise ValueError("choose an output (run) folder")
         out = Path(out_text).expanduser()
@@ -158,25 +173,28 @@ class TrainingSection(Section):
         if not resume and run.rounds_started():
             raise ValueError(f"{out} already holds a run: press Resume to continue it, or choose another output folder")
         device = self.model.device_name() if self.model is not None else "auto"
-        args = ["-m", "engine.cli", "selftrain", str(images), "--out", str(out), "--rounds", str(self.rounds.value()),
+        rounds = self.rounds.value() if rounds is None else rounds
+        if resume:  # never fewer rounds than the run holds (the correction loop may have added some)
+            rounds = max([rounds, *run.rounds_started()])
+        args = ["-m", "engine.cli", "selftrain", str(images), "--out", str(out), "--rounds", str(rounds),
                 "--iters", str(self.iters.value()), "--size", str(self.size.value()),
                 "--keep-thr", f"{self.keep_thr.value():g}", "--preset", self.preset.currentText(),
                 "--device", device, "--progress", "json"]
-        return args + (["--resume"] if resume else [])
+        return args + (["--resume"] if resume else []) + (["--labels", str(labels)] if labels is not None else [])
 
-    def start(self, resume: bool = False) -> bool:
+    def start(self, resume: bool = False, rounds: int | None = None, labels: Path | None = None) -> bool:
         """Launch the training process; a bad field is one notification and nothing starts."""
         if self.is_running():
             return False
         try:
-            args = self.command(resume)
+            args = self.command(resume, rounds, labels)
         except ValueError as exc:
             self.ctx.notify(f"Self-training: {exc}")
             return False
         self._layout = RunLayout(args[args.index("--out") + 1])
         self.events, self._buffer, self._stderr_tail = [], b"", []
         self.round = self.iteration = 0
-        self.rounds_total, self.iters_total = self.rounds.value(), self.iters.value()
+        self.rounds_total, self.iters_total = int(args[args.index("--rounds") + 1]), self.iters.value()
         proc = launch(self, args)
         proc.readyReadStandardOutput.connect(self._read_stdout)
         proc.readyReadStandardError.connect(self._read_stderr)
@@ -302,6 +320,7 @@ class TrainingSection(Section):
             self.ctx.notify(f"Self-training failed: {why}")
         self.refresh_rounds()
         self._set_running(False)
+        self.ended.emit(self.state)
 
     def _process_error(self, error) -> None:
         if error == QProcess.ProcessError.FailedToStart:
@@ -309,6 +328,7 @@ class TrainingSection(Section):
             self._poll.stop()
             self._set_running(False)
             self.ctx.notify(f"Self-training could not start {sys.executable}: {self.process.errorString()}")
+            self.ended.emit(self.state)
 
     def _offer_model(self) -> None:
         """After a finished run, the last round's model is the one 'Predict with model' uses."""
@@ -320,12 +340,13 @@ class TrainingSection(Section):
         self.start_button.setEnabled(not running)
         self.resume_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
+        self.loop.train_button.setEnabled(not running)
         for w in (self.images_edit, self.images_button, self.out_edit, self.out_button, self.rounds, self.iters,
                   self.size, self.keep_thr, self.preset):
             w.setEnabled(not running)
 
     # ---- finished rounds ------------------------------------------------------------------
-    def _run_folder(self) -> RunLayout | None:
+    def run_folder(self) -> RunLayout | None:
         text = self.out_edit.text().strip()
         return RunLayout(Path(text).expanduser()) if text else None
 

@@ -1,0 +1,230 @@
+"""The correction loop in the panel: train with my corrections, then the next image to fix.
+
+A real viewer, a real ``freesolo selftrain`` process and a real ``freesolo next-to-fix`` process
+on a tiny synthetic folder (4 images of 96 px, a few iterations, cpu-small).
+"""
+
+import time
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+ITERS = 20
+STALL_LIMIT_MS = 1500  # generous on a shared 2-core machine; a GUI-thread training round would take minutes
+
+
+def _sources(layer) -> set:
+    return set(layer.features["source"][1:])
+
+
+class Heartbeat:
+    """The longest gap between ticks of a 10 ms GUI-thread timer (how long the viewer could not react)."""
+
+    def __init__(self):
+        from qtpy.QtCore import QTimer
+
+        self.timer = QTimer(interval=10)
+        self.timer.timeout.connect(self._tick)
+        self.gaps, self._last = [], None
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        if self._last is not None:
+            self.gaps.append((now - self._last) * 1000)
+        self._last = now
+
+    def __enter__(self):
+        self.timer.start()
+        return self
+
+    def __exit__(self, *_exc):
+        self.timer.stop()
+
+
+@pytest.fixture
+def loop_panel(make_napari_viewer, qtbot, tmp_path):
+    """The panel with a folder of 4 synthetic images open, Free Mask computed for all of them."""
+    from engine.data.synthetic import write_synthetic_dataset
+
+    images, _gt = write_synthetic_dataset(tmp_path / "data", 4, seed=5, size=(96, 96), kind="cartoon")
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget("freesolo-napari", "FreeSOLO")
+    view = widget.run_scope.folder_view
+    assert view.open_folder(images)
+    names = list(view.session.names)
+    qtbot.waitUntil(lambda: view.shown == names[0], timeout=30_000)
+    view.run_folder()
+    qtbot.waitUntil(lambda: not widget.run_scope.busy and f"{names[0]} · free masks" in viewer.layers, timeout=120_000)
+    t = widget.training
+    t.out_edit.setText(str(tmp_path / "run"))
+    t.rounds.setValue(1)
+    t.iters.setValue(ITERS)
+    t.size.setValue(96)
+    t.preset.setCurrentText("cpu-small")
+    return viewer, widget, names, tmp_path / "run"
+
+
+def _edit(viewer, name: str, label: int, at: tuple[int, int]) -> np.ndarray:
+    """Paint a square of a new label with napari's brush; the labels as painted."""
+    layer = viewer.layers[f"{name} · free masks"]
+    layer.brush_size = 9
+    layer.paint(at, label)
+    return np.asarray(layer.data).copy()
+
+
+def _show(qtbot, view, viewer, index: int, name: str) -> None:
+    view.show_image(index)
+    qtbot.waitUntil(lambda: view.shown == name and f"{name} · free masks" in viewer.layers, timeout=30_000)
+
+
+def test_train_with_my_corrections_then_next_image_to_fix(loop_panel, qtbot):
+    from engine.io.coco import load_image_results
+    from engine.selftrain.layout import RunLayout
+    from freesolo_napari.sections.trainer_process import is_running
+
+    viewer, widget, names, run_dir = loop_panel
+    view, t = widget.run_scope.folder_view, widget.training
+    loop, run = t.loop, RunLayout(run_dir)
+    assert _sources(viewer.layers[f"{names[0]} · free masks"]) <= {"freemask"}
+
+    first = _edit(viewer, names[0], 50, (20, 20))  # corrected, then left: its edits are stored
+    _show(qtbot, view, viewer, 1, names[1])
+    second = _edit(viewer, names[1], 60, (70, 70))  # corrected and on screen when the round ends
+
+    assert loop.train_with_corrections() is not None
+    assert t.images_edit.text() == str(view.session.folder)  # the open folder is what gets trained on
+    qtbot.waitUntil(lambda: t.is_running() or t.state == "failed", timeout=30_000)
+    with Heartbeat() as beat:
+        qtbot.waitUntil(lambda: not t.is_running(), timeout=300_000)
+        qtbot.waitUntil(lambda: t.shown_round is not None, timeout=30_000)
+    assert t.state == "finished", t.log_view.toPlainText()
+    assert len(beat.gaps) > 100 and max(beat.gaps) < STALL_LIMIT_MS, max(beat.gaps)
+
+    # the trusted labels: the two corrected images, complete, with the masks as painted
+    assert loop.trusted.path == run.corrections(1) and sorted(loop.trusted.names) == sorted(names[:2])
+    trusted = load_image_results(run.corrections(1))
+    assert set(trusted) == set(names[:2])
+    for name, painted in ((names[0], first), (names[1], second)):
+        assert "edited" in {m.source for m in trusted[name].instances}  # provenance: the painted mask
+        got = np.zeros(painted.shape, int)
+        for i, m in enumerate(trusted[name].instances, 1):
+            got[m.mask] = i
+        assert len(trusted[name].instances) == len(np.unique(painted)) - 1
+        assert np.array_equal(got > 0, painted > 0)
+    assert run.trusted(1).read_bytes() == run.corrections(1).read_bytes()  # the round recorded what it used
+    assert run.model(1).is_file() and run.predictions(1).is_file()
+
+    # the corrected image on screen kept its masks; unedited images get the round's masks
+    assert loop.pending_round is None and t.rounds_view.kept == [names[1]]
+    assert np.array_equal(viewer.layers[f"{names[1]} · free masks"].data, second)
+    assert view.round is not None and view.round[0] == 1
+    _show(qtbot, view, viewer, 3, names[3])
+    shown = viewer.layers[f"{names[3]} · free masks"]
+    assert shown.data.max() >= 1 and _sources(shown) == {"model round 1"}
+    assert "model round 1" in widget.status.text()
+    _show(qtbot, view, viewer, 0, names[0])  # back to the first corrected image: its edits, not the round's
+    assert np.array_equal(viewer.layers[f"{names[0]} · free masks"].data, first)
+
+    # next image to fix: ranked by round 1's model in a process (which the button stops) ...
+    first_try = loop.next_image()
+    assert is_running(first_try) and loop.next_button.text() == "Stop ranking"
+    loop.next_button.click()
+    qtbot.waitUntil(lambda: not is_running(first_try), timeout=30_000)
+    assert loop.status.text() == "Ranking stopped." and loop.picked is None
+    assert loop.next_button.text() == "Next image to fix"
+    # ... corrected images skipped
+    proc = loop.next_image()
+    assert proc is not None and loop.next_button.text() == "Stop ranking"
+    qtbot.waitUntil(lambda: loop.picked is not None, timeout=120_000)
+    picked = loop.picked
+    assert picked.file_name in names[2:] and run.ranking(1).is_file()
+    assert f"rank {picked.rank} of 4" in loop.status.text() and "uncertainty" in loop.status.text()
+    qtbot.waitUntil(lambda: view.shown == picked.file_name, timeout=30_000)
+    qtbot.waitUntil(lambda: f"{picked.file_name} · free masks" in viewer.layers, timeout=30_000)
+
+    # correcting it makes the next click pick the other one (the saved ranking, no new process)
+    third = _edit(viewer, picked.file_name, 70, (48, 48))
+    loop.picked = None
+    assert loop.next_image() is not proc and loop.ranker is proc
+    qtbot.waitUntil(lambda: loop.picked is not None, timeout=30_000)
+    assert loop.picked.file_name in names[2:] and loop.picked.rank > picked.rank  # ranked below the corrected one
+
+    # a second round with the three corrected images; round 1 is kept, the round on screen loads
+    assert loop.train_with_corrections() is not None
+    qtbot.waitUntil(lambda: t.is_running() or t.state == "failed", timeout=30_000)
+    round_1 = {p: p.read_bytes() for p in (run.model(1), run.predictions(1), run.trusted(1))}
+    qtbot.waitUntil(lambda: not t.is_running(), timeout=300_000)
+    qtbot.waitUntil(lambda: view.round is not None and view.round[0] == 2, timeout=30_000)
+    assert t.state == "finished" and "--resume" in t.log_view.toPlainText(), t.log_view.toPlainText()
+    assert {p: p.read_bytes() for p in round_1} == round_1
+    assert set(load_image_results(run.trusted(2))) == {*names[:2], picked.file_name}
+    assert run.model(2).is_file() and run.predictions(2).is_file()
+    # on screen: the image picked second (not corrected), which gets round 2's masks
+    assert view.shown == loop.picked.file_name and t.rounds_view.kept == [] and t.shown_round == (2, 1)
+    assert _sources(viewer.layers[f"{loop.picked.file_name} · free masks"]) <= {"model round 2"}
+    _show(qtbot, view, viewer, names.index(picked.file_name), picked.file_name)  # corrected: its own masks
+    assert np.array_equal(viewer.layers[f"{picked.file_name} · free masks"].data, third)
+
+
+def test_the_loop_plans_rounds_refuses_an_unfinished_one_and_takes_imports(loop_panel, qtbot, tmp_path):
+    from engine.selftrain.layout import RunLayout
+
+    _viewer, widget, names, run_dir = loop_panel
+    t = widget.training
+    loop, run = t.loop, RunLayout(run_dir)
+    folder = widget.run_scope.folder_view.session.folder
+    t.images_edit.setText(str(folder))
+    run.round_dir(0).mkdir(parents=True)
+    run.coarse().write_text("[]")
+    run.round_dir(1).mkdir()
+    run.predictions(1).write_text("[]")
+    assert loop._plan()[1:4] == (2, True, 2)  # round 2, continuing the run, 2 rounds in all
+    args = t.command(resume=True, rounds=2, labels=run.corrections(2))
+    assert args[args.index("--rounds") + 1] == "2" and "--resume" in args
+    assert args[args.index("--labels") + 1] == str(run.corrections(2))
+    run.round_dir(2).mkdir()  # round 2 was stopped: Resume first
+    assert loop.train_with_corrections() is None and "Resume" in widget.status.text()
+    resume = t.command(resume=True)  # Resume finishes round 2 although the rounds field says 1
+    assert t.rounds.value() == 1 and resume[resume.index("--rounds") + 1] == "2" and "--labels" not in resume
+    run.round_dir(2).rmdir()
+    assert loop.train_with_corrections() is not None  # nothing was corrected: one notice, nothing starts
+    qtbot.waitUntil(lambda: loop.trusted is not None, timeout=30_000)
+    assert loop.trusted.path is None and not t.is_running() and t.process is None
+    assert "no corrected image" in widget.status.text() and not run.corrections(2).exists()
+    assert loop.train_button.isEnabled()
+
+    # imported masks count as a correction: the image on screen, complete, as imported
+    from engine.io.coco import build_coco_dataset, load_image_results, write_coco
+    from engine.structures import ImageResult, InstanceMask
+    from freesolo_napari.corrections import write_trusted
+
+    box = np.zeros((96, 96), bool)
+    box[10:30, 40:70] = True
+    write_coco(tmp_path / "mine.json", build_coco_dataset([ImageResult(names[0], 96, 96, [InstanceMask(box, 1.0)])]))
+    widget.import_coco(str(tmp_path / "mine.json"))
+    edited = loop._edited_open_results()
+    assert [r.file_name for r in edited] == [names[0]]
+    trusted = write_trusted(tmp_path / "trusted.json", edited, widget.run_scope.folder_view.session, folder)
+    assert trusted.names == [names[0]] and trusted.left_out == []
+    (mask,) = load_image_results(trusted.path)[names[0]].instances
+    assert np.array_equal(mask.mask, box)
+
+
+def test_corrections_are_named_as_the_training_folder_names_its_images(tmp_path):
+    from PIL import Image
+
+    from engine.structures import ImageResult
+    from freesolo_napari.corrections import match_training_names, next_to_fix
+
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    results = [ImageResult(n, 8, 8, []) for n in ("a.png", "elsewhere/b.png", "z.png")]
+    matched, left_out = match_training_names(results, tmp_path)
+    assert [r.file_name for r in matched] == ["a.png", "b.png"]  # the same file name in the training folder
+    assert left_out == ["z.png"]
+    rows = [{"file_name": n, "uncertainty": u} for n, u in (("x", 0.9), ("y", 0.5), ("z", 0.1))]
+    pick = next_to_fix(rows, {"x"})
+    assert (pick.file_name, pick.rank, pick.total, pick.uncertainty, pick.skipped) == ("y", 2, 3, 0.5, 1)
+    assert next_to_fix(rows, {"x", "y", "z"}) is None

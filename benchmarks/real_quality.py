@@ -17,6 +17,7 @@ only: tune on a separate split.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -58,17 +59,21 @@ def _params(text: str) -> dict:
 
 def run_generators(name: str, images: Path, gt: Path, generators: tuple[str, ...], backbone: str,
                    tile: int | None, cache: Path, params: str = "", input_scale: float | None = None,
-                   stain: str = "auto") -> dict:
+                   stain: str = "auto", merge_score: str = "features",
+                   classical: tuple[str, ...] = ("watershed", "felzenszwalb")) -> dict:
     t0 = time.perf_counter()
     fconf = FeatureConfig(backbone=backbone, input_scale=input_scale, stain=stain)
     report = run_freemask_batch([images], feature_config=fconf, device="cpu",
                                 params=FreeMaskParams(**_params(params)), cache_dir=cache,
-                                generators=GeneratorConfig(generators=generators), tile=tile)
+                                generators=GeneratorConfig(generators=generators, score=merge_score, classical=classical),
+                                tile=tile)
     seconds = (time.perf_counter() - t0) / max(1, len(report.results))
     extras = [params] if params else []
     extras += [f"input scale {input_scale}"] if input_scale else []
     extras += [f"tile {tile}"] if tile else []
     extras += [f"stain {stain}"] if stain != "auto" else []
+    extras += [f"merge score {merge_score}"] if merge_score != "features" and generators != ("freemask",) else []
+    extras += [f"classical {'+'.join(classical)}"] if "classical" in generators else []
     method = "+".join(generators) + (f" ({'; '.join(extras)})" if extras else "")
     return {"set": name, "method": method, "backbone": backbone, **_score(gt, report.results),
             "sec_per_image": round(seconds, 2), "failures": len(report.failures)}
@@ -111,6 +116,10 @@ def main() -> None:
     ap.add_argument("--stain", default="auto", choices=("auto", "he", "none"), help="see freesolo freemask --stain")
     ap.add_argument("--params", nargs="+", default=[""], metavar="K=V,...",
                     help="Free Mask parameter variants, e.g. 'tau=0.5,query_stride=16' (default: the defaults)")
+    ap.add_argument("--merge-score", nargs="+", default=["features"], choices=("features", "image", "both"),
+                    help="how merged generators' masks are ranked (engine/generators/merge.py)")
+    ap.add_argument("--classical", default="watershed,felzenszwalb",
+                    help="the classical generator's methods, comma-separated")
     ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out/real"))
     ap.add_argument("--json", type=Path, default=None)
@@ -119,9 +128,11 @@ def main() -> None:
     for name, images, gt in args.sets:
         for backbone in args.backbone:
             for gens in args.generators:
-                for params in args.params:
+                scores = args.merge_score if gens != "freemask" else ["features"]
+                for params, score in itertools.product(args.params, scores):
                     rows.append(run_generators(name, images, gt, parse_generators(gens), backbone, args.tile,
-                                               args.out / "cache", params, args.input_scale, args.stain))
+                                               args.out / "cache", params, args.input_scale, args.stain, score,
+                                               tuple(args.classical.split(","))))
                     print(format_table(rows[-1:]).splitlines()[-1], flush=True)
         if not args.no_baselines:
             rows += run_baselines(name, images, gt)

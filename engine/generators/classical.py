@@ -31,6 +31,9 @@ __all__ = [
     "felzenszwalb_segments",
     "otsu_components",
     "otsu_watershed",
+    "grey_contrast_view",
+    "ring_contrast",
+    "ring_width",
 ]
 
 _MIN_SCORE = 1e-3
@@ -56,18 +59,22 @@ def _otsu_foreground(gray: np.ndarray, sigma: float) -> np.ndarray:
     return ndi.binary_fill_holes(fg)
 
 
-def _ring_contrast(feat: np.ndarray, mask: np.ndarray, width: int, gap: int = 2) -> float:
-    """Distance between the mean feature inside ``mask`` and in a ring around it.
+def ring_contrast(feat: np.ndarray, crop: np.ndarray, box: tuple[int, int, int, int], width: int,
+                  gap: int = 2) -> float:
+    """Distance between the mean feature inside a mask (a bool ``crop`` placed at ``box`` =
+    (y0, y1, x0, x1) in ``feat``'s image) and in a ring around it.
 
     The ring starts ``gap`` px out: the pixels right at an edge are a blur of both
     sides and would understate the contrast of a clean object.
     """
-    ys, xs = np.nonzero(mask)
-    h, w = mask.shape
+    h, w = feat.shape[:2]
+    by0, by1, bx0, bx1 = box
     pad = gap + width + 1
-    y0, y1 = max(ys.min() - pad, 0), min(ys.max() + pad + 1, h)
-    x0, x1 = max(xs.min() - pad, 0), min(xs.max() + pad + 1, w)
-    m = mask[y0:y1, x0:x1]
+    y0, y1, x0, x1 = max(by0 - pad, 0), min(by1 + pad, h), max(bx0 - pad, 0), min(bx1 + pad, w)
+    m = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+    m[by0 - y0: by1 - y0, bx0 - x0: bx1 - x0] = crop
+    if not m.any():
+        return 0.0
     inner = ndi.binary_dilation(m, iterations=gap) if gap > 0 else m
     ring = ndi.binary_dilation(inner, iterations=width) & ~inner
     if not ring.any():  # the mask fills its whole window (e.g. the image)
@@ -77,13 +84,32 @@ def _ring_contrast(feat: np.ndarray, mask: np.ndarray, width: int, gap: int = 2)
     return float(np.sqrt(np.sum(np.square(diff))))
 
 
+def _ring_contrast(feat: np.ndarray, mask: np.ndarray, width: int, gap: int = 2) -> float:
+    """``ring_contrast`` of a full-size mask."""
+    ys, xs = np.nonzero(mask)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    return ring_contrast(feat, mask[y0:y1, x0:x1], (y0, y1, x0, x1), width, gap)
+
+
+def ring_width(shape: tuple[int, ...]) -> int:
+    """The ring the contrast scores look at: ~1% of the short image side, at least 3 px."""
+    return max(3, int(round(min(shape[:2]) / 100)))
+
+
+def grey_contrast_view(image: np.ndarray) -> tuple[np.ndarray, float]:
+    """Grey in [0, 1] (H, W, 1) and its robust range: what ``ring_contrast`` is divided by so a
+    contrast score does not depend on exposure."""
+    gray = _gray(to_unit_rgb(image))
+    return gray[..., None], _gray_scale(gray)
+
+
 def _instances_from_labels(
     labels: np.ndarray, feat: np.ndarray, source: str, min_area: int, contrast_scale: float
 ) -> list[InstanceMask]:
     """One InstanceMask per label >= ``min_area``; scores as in the module docstring."""
     h, w = labels.shape
     a0 = 1e-3 * h * w
-    width = max(3, int(round(min(h, w) / 100)))
+    width = ring_width(labels.shape)
     out: list[InstanceMask] = []
     for mask in label_image_to_masks(labels):
         area = int(mask.sum())

@@ -1,9 +1,14 @@
 """Several mask generators, one ranking: every mask scored by one measure, one Matrix NMS, top-k.
 
-score(mask) = its feature contrast (``feature_contrast``): with the mask's own query (the normalised
-mean key inside it) and Free Mask's soft mask for that query, the mean soft value inside the mask
-minus the mean in the ring of cells around it, on the key grid -- the same measure for every
-generator's masks.
+The measure is the same for every generator's masks (``GeneratorConfig.score``):
+
+- ``features``: the feature contrast (``feature_contrast``): with the mask's own query (the
+  normalised mean key inside it) and Free Mask's soft mask for that query, the mean soft value
+  inside the mask minus the mean in the ring of cells around it, on the key grid;
+- ``image``: the grey contrast (``image_contrast``): mean grey inside the mask minus the mean in
+  a ring a few pixels around it, over the image's robust grey range, at most 1 -- on the image
+  the network sees (the hematoxylin channel of a stained slide);
+- ``both``: the mean of the two.
 All masks then go through one Matrix NMS (exact IoU from crops, no full-size arrays) and the
 best ``top_k`` are kept, each with its ``source``. Every generator's work depends on the features
 and the image only, not on τ or the filters, so a slider move reuses it (memoised on ``features``).
@@ -22,13 +27,21 @@ from engine.freemask.postprocess import FreeMaskParams, FreeMaskResult, Refiner,
 from engine.freemask.refine import passes_filters
 from engine.freemask.soft_masks import soft_masks
 from engine.freemask.stain import stain_view
-from engine.generators.classical import felzenszwalb_segments, otsu_watershed
+from engine.generators.classical import (
+    felzenszwalb_segments,
+    grey_contrast_view,
+    otsu_watershed,
+    ring_contrast,
+    ring_width,
+)
 from engine.generators.maskcut import MaskCutParams, maskcut_ranked
 from engine.ops.masks import crop_iou_matrix
 from engine.ops.nms import matrix_nms_from_iou
 from engine.structures import InstanceMask
 
 GENERATORS = ("freemask", "maskcut", "classical")
+MERGE_SCORES = ("features", "image", "both")
+MAX_AUTO_TOP_K = 100  # COCO's AR100 and AP count the best 100 masks
 CLASSICAL = {"watershed": otsu_watershed, "felzenszwalb": felzenszwalb_segments}
 
 
@@ -37,7 +50,8 @@ class GeneratorConfig:
     generators: tuple[str, ...] = ("freemask",)
     maskcut: MaskCutParams = field(default_factory=MaskCutParams)
     classical: tuple[str, ...] = ("watershed", "felzenszwalb")
-    classical_top: int = 50  # per classical method, its best masks (by its own score) enter the merge
+    classical_top: int = 100  # per classical method, its best masks (by its own score) enter the merge
+    score: str = "features"  # the one measure every mask is ranked by (module docstring)
 
     def validated(self) -> "GeneratorConfig":
         unknown = [g for g in self.generators if g not in GENERATORS]
@@ -46,6 +60,8 @@ class GeneratorConfig:
         bad = [c for c in self.classical if c not in CLASSICAL]
         if bad:
             raise ValueError(f"classical methods must be some of {', '.join(CLASSICAL)}; got {', '.join(bad)}")
+        if self.score not in MERGE_SCORES:
+            raise ValueError(f"the merge score must be one of {', '.join(MERGE_SCORES)}; got {self.score!r}")
         return self
 
 
@@ -129,13 +145,36 @@ def nms_rank(instances: list[InstanceMask], crops: list[tuple[np.ndarray, tuple[
     return [replace(instances[i], score=float(decayed[i]), box=crops[i][1]) for i in order[:top_k]]
 
 
-def merge(features: Features, instances: list[InstanceMask], params: FreeMaskParams, top_k: int) -> list[InstanceMask]:
-    """Every generator's masks scored by ``feature_contrast``, one Matrix NMS, the best ``top_k``."""
+def image_contrast(image: np.ndarray, stain: str,
+                   crops: list[tuple[np.ndarray, tuple[int, int, int, int]]]) -> torch.Tensor:
+    """How much each mask (crop, box) stands out in grey from the ring around it, in [0, 1] (M,),
+    on the image the network sees (``stain_view``)."""
+    grey, scale = grey_contrast_view(stain_view(image, stain))
+    width, a0 = ring_width(grey.shape), 1e-3 * grey.shape[0] * grey.shape[1]
+    return torch.tensor([min(ring_contrast(grey, c, b, width) / scale, 1.0) * (a := float(c.sum())) / (a + a0)
+                         for c, b in crops], dtype=torch.float32)
+
+
+def merge_scores(features: Features, instances: list[InstanceMask],
+                 crops: list[tuple[np.ndarray, tuple[int, int, int, int]]], image: np.ndarray | None,
+                 score: str) -> torch.Tensor:
+    """The measure ``score`` (module docstring) of every mask; without the image, the feature contrast."""
+    if score == "features" or image is None:
+        return feature_contrast(features, [m.mask for m in instances])
+    grey = image_contrast(image, features.stain, crops)
+    if score == "image":
+        return grey
+    return 0.5 * (grey + feature_contrast(features, [m.mask for m in instances]))
+
+
+def merge(features: Features, instances: list[InstanceMask], params: FreeMaskParams, top_k: int,
+          image: np.ndarray | None = None, score: str = "features") -> list[InstanceMask]:
+    """Every generator's masks scored by one measure (``merge_scores``), one Matrix NMS, the best ``top_k``."""
     pool = [(m, c) for m, c in zip(instances, map(_crop, instances)) if c is not None]
     if not pool:
         return []
-    kept = [m for m, _c in pool]
-    return nms_rank(kept, [c for _m, c in pool], feature_contrast(features, [m.mask for m in kept]), params, top_k)
+    kept, crops = [m for m, _c in pool], [c for _m, c in pool]
+    return nms_rank(kept, crops, merge_scores(features, kept, crops, image, score), params, top_k)
 
 
 def generate(features: Features, params: FreeMaskParams | None = None, image: np.ndarray | None = None,
@@ -153,8 +192,11 @@ def generate(features: Features, params: FreeMaskParams | None = None, image: np
                                    lambda: maskcut_ranked(features, p, config.maskcut))
         pool += [inst for _row, inst in Refiner(features, ranked, p, image, top_k, source="maskcut").first(top_k, threads)]
     if "classical" in config.generators and image is not None:
-        pool += classical_instances(features, image, p, config)
-    kept = merge(features, pool, p, top_k)
+        classical = classical_instances(features, image, p, config)
+        pool += classical
+        if not p.top_k:  # the classical proposals count the objects: room for every one of them
+            top_k = max(top_k, min(MAX_AUTO_TOP_K, len(classical)))
+    kept = merge(features, pool, p, top_k, image, config.score)
     grid = features.grid_size
     return FreeMaskResult(instances=kept, candidate_maskness=base.candidate_maskness, n_queries=base.n_queries,
                           refine_radius=base.refine_radius, top_k=top_k, _soft=torch.zeros(len(kept), *grid),

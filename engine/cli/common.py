@@ -102,6 +102,9 @@ def add_freemask_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--generators", type=generators_arg, default=("freemask",), metavar="LIST",
                    help="mask generators merged into one ranking, among freemask, maskcut, classical "
                    "(default: freemask)")
+    g.add_argument("--merge-score", choices=("features", "image", "both"), default="features",
+                   help="what ranks merged generators' masks: their feature contrast, their grey contrast in the "
+                   "image, or the mean of both (default: %(default)s; Free Mask alone keeps its own maskness)")
     g.add_argument("--tau", type=float, default=d.tau, help="soft-mask threshold τ (default: %(default)s; paper: 0.5)")
     g.add_argument("--query-stride", type=query_stride_arg, default=d.query_stride, metavar="auto|PX",
                    help="input pixels per query cell at pyramid scale 1 (default: %(default)s); 'auto' sizes the grid "
@@ -145,7 +148,7 @@ def feature_config_from_args(args: argparse.Namespace):
 def generator_config_from_args(args: argparse.Namespace):
     from engine.generators.merge import GeneratorConfig
 
-    return GeneratorConfig(generators=tuple(args.generators))
+    return GeneratorConfig(generators=tuple(args.generators), score=args.merge_score)
 
 
 def params_from_args(args: argparse.Namespace):

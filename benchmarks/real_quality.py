@@ -60,20 +60,22 @@ def _params(text: str) -> dict:
 def run_generators(name: str, images: Path, gt: Path, generators: tuple[str, ...], backbone: str,
                    tile: int | None, cache: Path, params: str = "", input_scale: float | None = None,
                    stain: str = "auto", merge_score: str = "features",
-                   classical: tuple[str, ...] = ("watershed", "felzenszwalb")) -> dict:
+                   classical: tuple[str, ...] = ("watershed", "felzenszwalb"), auto_classical: bool = True) -> dict:
     t0 = time.perf_counter()
     fconf = FeatureConfig(backbone=backbone, input_scale=input_scale, stain=stain)
     report = run_freemask_batch([images], feature_config=fconf, device="cpu",
                                 params=FreeMaskParams(**_params(params)), cache_dir=cache,
-                                generators=GeneratorConfig(generators=generators, score=merge_score, classical=classical),
+                                generators=GeneratorConfig(generators=generators, score=merge_score, classical=classical,
+                                                           classical_on_microscopy=auto_classical),
                                 tile=tile)
     seconds = (time.perf_counter() - t0) / max(1, len(report.results))
     extras = [params] if params else []
     extras += [f"input scale {input_scale}"] if input_scale else []
     extras += [f"tile {tile}"] if tile else []
     extras += [f"stain {stain}"] if stain != "auto" else []
-    extras += [f"merge score {merge_score}"] if merge_score != "features" and generators != ("freemask",) else []
-    extras += [f"classical {'+'.join(classical)}"] if "classical" in generators else []
+    extras += [f"merge score {merge_score}"] if merge_score != "both" else []
+    extras += [f"classical {'+'.join(classical)}"] if classical != ("watershed", "felzenszwalb") else []
+    extras += [] if auto_classical else ["no classical on microscopy"]
     method = "+".join(generators) + (f" ({'; '.join(extras)})" if extras else "")
     return {"set": name, "method": method, "backbone": backbone, **_score(gt, report.results),
             "sec_per_image": round(seconds, 2), "failures": len(report.failures)}
@@ -116,7 +118,9 @@ def main() -> None:
     ap.add_argument("--stain", default="auto", choices=("auto", "he", "none"), help="see freesolo freemask --stain")
     ap.add_argument("--params", nargs="+", default=[""], metavar="K=V,...",
                     help="Free Mask parameter variants, e.g. 'tau=0.5,query_stride=16' (default: the defaults)")
-    ap.add_argument("--merge-score", nargs="+", default=["features"], choices=("features", "image", "both"),
+    ap.add_argument("--auto-classical", nargs="+", default=["on"], choices=("on", "off"),
+                    help="classical proposals join on microscopy (on: the default) or not (off: Free Mask alone)")
+    ap.add_argument("--merge-score", nargs="+", default=["both"], choices=("features", "image", "both"),
                     help="how merged generators' masks are ranked (engine/generators/merge.py)")
     ap.add_argument("--classical", default="watershed,felzenszwalb",
                     help="the classical generator's methods, comma-separated")
@@ -128,11 +132,10 @@ def main() -> None:
     for name, images, gt in args.sets:
         for backbone in args.backbone:
             for gens in args.generators:
-                scores = args.merge_score if gens != "freemask" else ["features"]
-                for params, score in itertools.product(args.params, scores):
+                for params, score, auto in itertools.product(args.params, args.merge_score, args.auto_classical):
                     rows.append(run_generators(name, images, gt, parse_generators(gens), backbone, args.tile,
                                                args.out / "cache", params, args.input_scale, args.stain, score,
-                                               tuple(args.classical.split(","))))
+                                               tuple(args.classical.split(",")), auto == "on"))
                     print(format_table(rows[-1:]).splitlines()[-1], flush=True)
         if not args.no_baselines:
             rows += run_baselines(name, images, gt)

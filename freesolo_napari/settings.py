@@ -62,6 +62,7 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("controls.radius", "controls.radius", _P.refine_radius or 0),
     *(Setting(f"controls.generators.{g}", f"controls.generator_checks.{i}", g in _G.generators)
       for i, g in enumerate(GENERATORS)),
+    Setting("controls.generators.on_microscopy", "controls.on_microscopy", _G.classical_on_microscopy),
     Setting("run_scope.combo", "run_scope.combo", "current image"),
     Setting("export_controls.scope", "export_controls.scope", "all open images"),
     Setting("export_controls.format", "export_controls.format", "RLE"),

@@ -61,3 +61,16 @@ def test_a_tiled_run_reports_its_window_grid():
     assert "objects ≈30 px" in c.text()
     single = plan_tiles((100, 100), 1.0, 256, 32)
     assert automatic_choices(feats, FreeMaskParams(), plan=single).tiles is None
+
+
+def test_classical_added_on_microscopy_is_an_automatic_choice(extractor):
+    from engine.data.synthetic import make_sample
+    from engine.generators.merge import GeneratorConfig, generate
+
+    nuclei, _ = make_sample(5, (128, 128), kind="microscopy")
+    feats = extractor.extract(nuclei)
+    params = FreeMaskParams()
+    auto = automatic_choices(feats, params, generate(feats, params, nuclei))
+    assert auto.auto_generators == ("classical",) and "+ classical (auto: microscopy)" in auto.text()
+    off = generate(feats, params, nuclei, GeneratorConfig(classical_on_microscopy=False))
+    assert "classical" not in automatic_choices(feats, params, off).text()

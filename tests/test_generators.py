@@ -172,3 +172,18 @@ def test_cli_generators_option(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["freemask", str(images), "--out", str(tmp_path / "x.json"), "--generators", "magic"])
     assert "magic" in capsys.readouterr().err
+
+
+def test_classical_proposals_join_on_microscopy_only(extractor):
+    from engine.data.synthetic import make_sample
+
+    nuclei, _ = make_sample(3, (160, 160), kind="microscopy")
+    feats = extractor.extract(nuclei)
+    result = generate(feats, FreeMaskParams(), nuclei)
+    assert result.generators == ("freemask", "classical") and result.auto_generators == ("classical",)
+    assert {m.source for m in result.instances} <= {"freemask", "classical"}
+    alone = generate(feats, FreeMaskParams(), nuclei, GeneratorConfig(classical_on_microscopy=False))
+    assert alone.generators == ("freemask",) and alone.auto_generators == ()
+    assert [m.score for m in alone.instances] == [m.score for m in postprocess(feats, FreeMaskParams(), nuclei).instances]
+    photo, _masks = _blocks_image()
+    assert generate(extractor.extract(photo), FreeMaskParams(), photo).auto_generators == ()

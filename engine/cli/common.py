@@ -102,7 +102,10 @@ def add_freemask_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--generators", type=generators_arg, default=("freemask",), metavar="LIST",
                    help="mask generators merged into one ranking, among freemask, maskcut, classical "
                    "(default: freemask)")
-    g.add_argument("--merge-score", choices=("features", "image", "both"), default="features",
+    g.add_argument("--classical-on-microscopy", action=argparse.BooleanOptionalAction, default=True,
+                   help="on grey-level and stained (H&E) images the classical proposals join the generators "
+                   "(default: on)")
+    g.add_argument("--merge-score", choices=("features", "image", "both"), default="both",
                    help="what ranks merged generators' masks: their feature contrast, their grey contrast in the "
                    "image, or the mean of both (default: %(default)s; Free Mask alone keeps its own maskness)")
     g.add_argument("--tau", type=float, default=d.tau, help="soft-mask threshold τ (default: %(default)s; paper: 0.5)")
@@ -148,7 +151,8 @@ def feature_config_from_args(args: argparse.Namespace):
 def generator_config_from_args(args: argparse.Namespace):
     from engine.generators.merge import GeneratorConfig
 
-    return GeneratorConfig(generators=tuple(args.generators), score=args.merge_score)
+    return GeneratorConfig(generators=tuple(args.generators), score=args.merge_score,
+                           classical_on_microscopy=args.classical_on_microscopy)
 
 
 def params_from_args(args: argparse.Namespace):

@@ -27,7 +27,7 @@ from engine.io.atomic import atomic_save
 from engine.freemask.input_scale import estimate_object_size, is_single_channel_like
 from engine.freemask.stain import resolve_stain, stain_view
 
-FEATURE_FORMAT_VERSION = 2
+FEATURE_FORMAT_VERSION = 3  # 3: H&E detection also fits two dyes (the stain "auto" resolves to is cached)
 DEFAULT_LEVELS = ("s8", "s16", "s32")
 # Objects should span about this many input pixels for the stride-32 query grid to see them.
 TARGET_OBJECT_SIZE = 96.0

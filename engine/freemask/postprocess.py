@@ -122,6 +122,8 @@ class FreeMaskResult:
     n_queries: int
     refine_radius: int
     top_k: int = 20
+    generators: tuple[str, ...] = ("freemask",)  # what made the masks (engine/generators/merge.py)
+    auto_generators: tuple[str, ...] = ()  # those of them added automatically (classical on microscopy)
     _soft: torch.Tensor = field(repr=False, default_factory=lambda: torch.zeros(0))
     _features: Features | None = field(repr=False, default=None)
 

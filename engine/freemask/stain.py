@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.freemask.input_scale import is_single_channel_like
+
 STAINS = ("auto", "he", "none")
 HE_MIN_FRACTION = 0.5  # share of magenta-ish pixels from which an image counts as H&E
 # measured 2026-12-01: residual share 0.20-0.33 on 224 MoNuSeg tiles (eosin median down to 0.019),
@@ -99,23 +101,7 @@ def stain_view(image: np.ndarray, stain: str) -> np.ndarray:
     return hematoxylin(image) if stain == "he" else image
 
 
-GREY_MAX_CHANNEL_SPREAD = 0.01  # mean |R − G| + |G − B| over the robust value range, up to which an image is grey
-
-
-def is_grey_level(image: np.ndarray) -> bool:
-    """One channel, or colour channels that (nearly) agree, whatever the dtype or exposure:
-    fluorescence and brightfield exports."""
-    if image.ndim == 2 or image.shape[2] < 3:
-        return True
-    sample = image[:: max(1, image.shape[0] // 256), :: max(1, image.shape[1] // 256), :3].astype(np.float64)
-    lo, hi = np.percentile(sample, [1, 99])
-    if hi - lo <= 0:
-        return True
-    spread = np.abs(sample[..., 0] - sample[..., 1]) + np.abs(sample[..., 1] - sample[..., 2])
-    return float(spread.mean()) <= GREY_MAX_CHANNEL_SPREAD * float(hi - lo)
-
-
 def looks_like_microscopy(image: np.ndarray, stain: str) -> bool:
-    """Stained (H&E, seen through its hematoxylin channel) or grey-level: the images on which the
-    classical proposals join Free Mask by default (``GeneratorConfig.classical_on_microscopy``)."""
-    return stain == "he" or is_grey_level(image)
+    """Stained (H&E, seen through its hematoxylin channel), grey-level or one-dye: the images on
+    which the classical proposals join Free Mask by default (``GeneratorConfig.classical_on_microscopy``)."""
+    return stain == "he" or is_single_channel_like(image)

@@ -3,7 +3,8 @@
 Free Mask decides several things per image when they are left on automatic: the input scale
 (``engine/freemask/input_scale.py``, from the estimated object size), the view the network sees
 (``engine/freemask/stain.py``: the hematoxylin channel of H&E images), the query grid
-(``FreeMaskParams.query_stride`` None: sized to the key map), top-k and the refinement radius;
+(``FreeMaskParams.query_stride`` None: sized to the key map), top-k, the refinement radius and
+the generators added on microscopy (``engine/generators/merge.py``, ``chosen``);
 a tiled run (``engine/generators/tiling.py``) also chooses its windows. ``automatic_choices``
 reads them back from what a run produced (its ``Features``, parameters, result and tile plan),
 never recomputes them.
@@ -33,6 +34,7 @@ class AutoChoices:
     tiles: tuple[int, int] | None  # (rows, columns) of windows; None: the whole image at once
     top_k: int | None = None  # masks kept, when chosen automatically
     refine_radius: int | None = None  # px, when chosen automatically
+    auto_generators: tuple[str, ...] = ()  # generators added for this image (classical on microscopy)
 
     def text(self) -> str:
         """'used: input scale ×1.26 (auto, objects ≈40 px) · stain: hematoxylin (auto) · query grid 12×12
@@ -47,6 +49,8 @@ class AutoChoices:
             parts.append(f"top-k {self.top_k} (auto)")
         if self.refine_radius is not None:
             parts.append(f"refine radius {self.refine_radius} px (auto)")
+        if self.auto_generators:
+            parts.append(f"+ {' + '.join(self.auto_generators)} (auto: microscopy)")
         return "used: " + " · ".join(parts)
 
 
@@ -65,4 +69,5 @@ def automatic_choices(features: Features, params: FreeMaskParams, result: FreeMa
         stain=features.stain, stain_auto=features.config.stain == "auto",
         query_grid=query_grid(features.grid_size, params.query_stride), query_stride=params.query_stride,
         tiles=None if plan is None or len(plan.windows) == 1 else tile_grid(plan),
-        top_k=result.top_k if auto_top else None, refine_radius=result.refine_radius if auto_radius else None)
+        top_k=result.top_k if auto_top else None, refine_radius=result.refine_radius if auto_radius else None,
+        auto_generators=result.auto_generators if result is not None else ())

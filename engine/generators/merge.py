@@ -26,7 +26,7 @@ from engine.freemask.features import Features
 from engine.freemask.postprocess import FreeMaskParams, FreeMaskResult, Refiner, auto_top_k, postprocess
 from engine.freemask.refine import passes_filters
 from engine.freemask.soft_masks import soft_masks
-from engine.freemask.stain import stain_view
+from engine.freemask.stain import looks_like_microscopy, stain_view
 from engine.generators.classical import (
     felzenszwalb_segments,
     grey_contrast_view,
@@ -51,7 +51,9 @@ class GeneratorConfig:
     maskcut: MaskCutParams = field(default_factory=MaskCutParams)
     classical: tuple[str, ...] = ("watershed", "felzenszwalb")
     classical_top: int = 100  # per classical method, its best masks (by its own score) enter the merge
-    score: str = "features"  # the one measure every mask is ranked by (module docstring)
+    score: str = "both"  # the one measure every mask is ranked by (module docstring)
+    # classical proposals join the chosen generators on grey-level and stained images (``chosen``)
+    classical_on_microscopy: bool = True
 
     def validated(self) -> "GeneratorConfig":
         unknown = [g for g in self.generators if g not in GENERATORS]
@@ -177,27 +179,40 @@ def merge(features: Features, instances: list[InstanceMask], params: FreeMaskPar
     return nms_rank(kept, crops, merge_scores(features, kept, crops, image, score), params, top_k)
 
 
+def chosen(config: GeneratorConfig, image: np.ndarray | None, stain: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the generators that run on this image, those of them added automatically). Classical
+    proposals join on microscopy (``looks_like_microscopy``: grey-level or H&E) when
+    ``classical_on_microscopy``: on the real microscopy sets they add the nuclei Free Mask merges or
+    misses (docs/measurements.md); on colour photos they do not help, so they stay out there."""
+    if (config.classical_on_microscopy and image is not None and "classical" not in config.generators
+            and looks_like_microscopy(image, stain)):
+        return config.generators + ("classical",), ("classical",)
+    return config.generators, ()
+
+
 def generate(features: Features, params: FreeMaskParams | None = None, image: np.ndarray | None = None,
              config: GeneratorConfig | None = None, threads: int | None = None) -> FreeMaskResult:
-    """Free Mask alone (``postprocess``, unchanged), or every chosen generator merged into one ranking."""
+    """Free Mask alone (``postprocess``, unchanged), or every generator ``chosen`` for the image merged
+    into one ranking."""
     p = (params or FreeMaskParams()).validated()
     config = (config or GeneratorConfig()).validated()
-    if config.generators == ("freemask",):
-        return postprocess(features, p, image, threads)
-    top_k = p.top_k or auto_top_k(features)
+    generators, added = chosen(config, image, features.stain)
     base = postprocess(features, p, image, threads)
-    pool = list(base.instances) if "freemask" in config.generators else []
-    if "maskcut" in config.generators:
+    if generators == ("freemask",):
+        return base
+    top_k = p.top_k or auto_top_k(features)
+    pool = list(base.instances) if "freemask" in generators else []
+    if "maskcut" in generators:
         ranked = features.memo.get("maskcut", (p.score_stride, config.maskcut),
                                    lambda: maskcut_ranked(features, p, config.maskcut))
         pool += [inst for _row, inst in Refiner(features, ranked, p, image, top_k, source="maskcut").first(top_k, threads)]
-    if "classical" in config.generators and image is not None:
+    if "classical" in generators and image is not None:
         classical = classical_instances(features, image, p, config)
         pool += classical
         if not p.top_k:  # the classical proposals count the objects: room for every one of them
             top_k = max(top_k, min(MAX_AUTO_TOP_K, len(classical)))
     kept = merge(features, pool, p, top_k, image, config.score)
-    grid = features.grid_size
     return FreeMaskResult(instances=kept, candidate_maskness=base.candidate_maskness, n_queries=base.n_queries,
-                          refine_radius=base.refine_radius, top_k=top_k, _soft=torch.zeros(len(kept), *grid),
+                          refine_radius=base.refine_radius, top_k=top_k, generators=generators,
+                          auto_generators=added, _soft=torch.zeros(len(kept), *features.grid_size),
                           _features=features)

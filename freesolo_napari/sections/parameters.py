@@ -88,11 +88,17 @@ class FreeMaskControls(QWidget):
                       "(one score, one Matrix NMS). At least one stays on")
             for g in GENERATORS]
         self.generator_checks[0].setEnabled(False)  # the only one on
+        self.on_microscopy = QCheckBox(
+            "+ classical on microscopy", checked=GeneratorConfig().classical_on_microscopy,
+            toolTip="On grey-level, one-dye and stained (H&E) images the classical proposals join the chosen "
+            "generators (the line under Run says when they did)")
 
         generators_row = QHBoxLayout()
         for box in self.generator_checks:
             generators_row.addWidget(box)
             box.toggled.connect(self._generator_toggled)
+        generators_row.addWidget(self.on_microscopy)
+        self.on_microscopy.toggled.connect(lambda *_: self.changed.emit())
 
         scales_row = QHBoxLayout()
         for box in self.scale_checks:
@@ -138,7 +144,7 @@ class FreeMaskControls(QWidget):
         chosen = tuple(g for g, box in zip(GENERATORS, self.generator_checks) if box.isChecked())
         if not chosen:
             raise ValueError("choose at least one generator (Free Mask, MaskCut or classical)")
-        return GeneratorConfig(generators=chosen).validated()
+        return GeneratorConfig(generators=chosen, classical_on_microscopy=self.on_microscopy.isChecked()).validated()
 
     def _checks_to_text(self, *_args) -> None:
         chosen = [s for s, box in zip(COMMON_SCALES, self.scale_checks) if box.isChecked()]

@@ -16,6 +16,7 @@ from engine.generators.maskcut import MaskCutParams, maskcut_ranked
 from engine.generators.merge import GeneratorConfig, feature_contrast, generate, parse_generators
 from engine.ops.masks import crop_iou_matrix
 from engine.ops.nms import mask_iou_matrix, matrix_nms, matrix_nms_from_iou
+from engine.structures import InstanceMask
 
 
 def _blocks_image(size: int = 160) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -106,7 +107,7 @@ def test_feature_contrast_prefers_whole_objects_to_fragments(blocks):
     whole = masks[0]
     fragment = np.zeros_like(whole)
     fragment[110:150, 110:150] = True  # a patch of the textured background
-    scores = feature_contrast(feats, [whole, fragment])
+    scores = feature_contrast(feats, [InstanceMask(whole, 1.0), InstanceMask(fragment, 1.0)])
     assert float(scores[0]) > float(scores[1])
 
 

@@ -23,7 +23,7 @@ from skimage.filters import threshold_otsu
 from skimage.segmentation import felzenszwalb, watershed
 
 from engine.io.images import to_unit_rgb
-from engine.io.masks import label_image_to_masks
+from engine.io.masks import label_image_to_crops
 from engine.structures import InstanceMask
 
 __all__ = [
@@ -56,18 +56,19 @@ def _otsu_foreground(gray: np.ndarray, sigma: float) -> np.ndarray:
     return ndi.binary_fill_holes(fg)
 
 
-def _ring_contrast(feat: np.ndarray, mask: np.ndarray, width: int, gap: int = 2) -> float:
-    """Distance between the mean feature inside ``mask`` and in a ring around it.
+def _ring_contrast(feat: np.ndarray, crop: np.ndarray, box: tuple[int, int, int, int], width: int,
+                   gap: int = 2) -> float:
+    """Distance between the mean feature inside the mask (``crop`` at its tight ``box``) and in a ring around it.
 
     The ring starts ``gap`` px out: the pixels right at an edge are a blur of both
     sides and would understate the contrast of a clean object.
     """
-    ys, xs = np.nonzero(mask)
-    h, w = mask.shape
+    h, w = feat.shape[:2]
     pad = gap + width + 1
-    y0, y1 = max(ys.min() - pad, 0), min(ys.max() + pad + 1, h)
-    x0, x1 = max(xs.min() - pad, 0), min(xs.max() + pad + 1, w)
-    m = mask[y0:y1, x0:x1]
+    y0, y1 = max(box[0] - pad, 0), min(box[1] + pad, h)
+    x0, x1 = max(box[2] - pad, 0), min(box[3] + pad, w)
+    m = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+    m[box[0] - y0: box[1] - y0, box[2] - x0: box[3] - x0] = crop
     inner = ndi.binary_dilation(m, iterations=gap) if gap > 0 else m
     ring = ndi.binary_dilation(inner, iterations=width) & ~inner
     if not ring.any():  # the mask fills its whole window (e.g. the image)
@@ -85,15 +86,14 @@ def _instances_from_labels(
     a0 = 1e-3 * h * w
     width = max(3, int(round(min(h, w) / 100)))
     out: list[InstanceMask] = []
-    for mask in label_image_to_masks(labels):
-        area = int(mask.sum())
+    for _label, crop, box in label_image_to_crops(labels):
+        area = int(np.count_nonzero(crop))
         if area < min_area:
             continue
-        contrast = min(_ring_contrast(feat, mask, width) / contrast_scale, 1.0)
+        contrast = min(_ring_contrast(feat, crop, box, width) / contrast_scale, 1.0)
         score = max(contrast * area / (area + a0), _MIN_SCORE)
-        out.append(
-            InstanceMask(mask=mask, score=float(score), source=source, extra={"contrast": contrast})
-        )
+        out.append(InstanceMask(crop, score=float(score), source=source, extra={"contrast": contrast},
+                                box=box, shape=(h, w)))
     out.sort(key=lambda m: -m.score)
     return out
 

@@ -24,7 +24,7 @@ from engine.freemask.soft_masks import soft_masks
 from engine.freemask.stain import stain_view
 from engine.generators.classical import felzenszwalb_segments, otsu_watershed
 from engine.generators.maskcut import MaskCutParams, maskcut_ranked
-from engine.ops.masks import crop_iou_matrix
+from engine.ops.masks import crop_cell_means, crop_iou_matrix
 from engine.ops.nms import matrix_nms_from_iou
 from engine.structures import InstanceMask
 
@@ -56,22 +56,7 @@ def parse_generators(text: str) -> tuple[str, ...]:
     return names
 
 
-def _tight(mask: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return None
-    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    return mask[y0:y1, x0:x1], (y0, y1, x0, x1)
-
-
-def _crop(inst: InstanceMask) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
-    if inst.box is not None:
-        y0, y1, x0, x1 = inst.box
-        return inst.mask[y0:y1, x0:x1], inst.box
-    return _tight(inst.mask)
-
-
-def feature_contrast(features: Features, masks: list[np.ndarray], ring: int = 1) -> torch.Tensor:
+def feature_contrast(features: Features, masks: list[InstanceMask], ring: int = 1) -> torch.Tensor:
     """How much each full-resolution mask stands out in feature space, on the key grid (M,).
 
     contrast = maskness inside - mean soft value in the ``ring`` cells around the mask, where the
@@ -83,8 +68,7 @@ def feature_contrast(features: Features, masks: list[np.ndarray], ring: int = 1)
         return torch.zeros(0)
     keys = features.keys
     h, w = features.grid_size
-    full = torch.from_numpy(np.stack(masks)).float()[:, None]
-    cells = F.adaptive_avg_pool2d(full, (h, w))[:, 0]
+    cells = torch.from_numpy(np.stack([crop_cell_means(m.crop, m.box, m.shape, (h, w)) for m in masks]))
     on = (cells >= 0.5).reshape(len(masks), -1)
     on[torch.arange(len(masks)), cells.reshape(len(masks), -1).argmax(dim=1)] = True  # keep the main cell
     grown = F.max_pool2d(on.reshape(-1, 1, h, w).float(), 2 * ring + 1, stride=1, padding=ring).reshape(len(masks), -1)
@@ -112,30 +96,28 @@ def classical_instances(features: Features, image: np.ndarray, params: FreeMaskP
     margin = round(16 / max(features.input_scale, 1e-6))
     kept = []
     for inst in proposals:
-        tight = _tight(inst.mask)
-        if tight is not None and passes_filters(*tight, params, (H, W), margin=margin):
-            kept.append(replace(inst, box=tight[1], extra={**inst.extra, "own_score": inst.score, "method": inst.source},
+        if inst.area and passes_filters(inst.crop, inst.box, params, (H, W), margin=margin):
+            kept.append(replace(inst, extra={**inst.extra, "own_score": inst.score, "method": inst.source},
                                 source="classical"))
     return kept
 
 
-def nms_rank(instances: list[InstanceMask], crops: list[tuple[np.ndarray, tuple[int, int, int, int]]],
-             scores: torch.Tensor, params: FreeMaskParams, top_k: int | None = None) -> list[InstanceMask]:
-    """One Matrix NMS over masks held as (crop, box), best decayed score first, at least
-    ``params.min_score``; each kept mask gets its decayed score and its box."""
-    iou = crop_iou_matrix([c for c, _b in crops], [b for _c, b in crops])
+def nms_rank(instances: list[InstanceMask], scores: torch.Tensor, params: FreeMaskParams,
+             top_k: int | None = None) -> list[InstanceMask]:
+    """One Matrix NMS over masks (exact IoU of their crops), best decayed score first, at least
+    ``params.min_score``; each kept mask gets its decayed score."""
+    iou = crop_iou_matrix([m.crop for m in instances], [m.box for m in instances])
     decayed = matrix_nms_from_iou(iou, scores, kernel=params.nms_kernel, sigma=params.nms_sigma)
     order = [int(i) for i in torch.argsort(decayed, descending=True) if float(decayed[i]) >= params.min_score]
-    return [replace(instances[i], score=float(decayed[i]), box=crops[i][1]) for i in order[:top_k]]
+    return [replace(instances[i], score=float(decayed[i])) for i in order[:top_k]]
 
 
 def merge(features: Features, instances: list[InstanceMask], params: FreeMaskParams, top_k: int) -> list[InstanceMask]:
     """Every generator's masks scored by ``feature_contrast``, one Matrix NMS, the best ``top_k``."""
-    pool = [(m, c) for m, c in zip(instances, map(_crop, instances)) if c is not None]
-    if not pool:
+    kept = [m for m in instances if m.area]
+    if not kept:
         return []
-    kept = [m for m, _c in pool]
-    return nms_rank(kept, [c for _m, c in pool], feature_contrast(features, [m.mask for m in kept]), params, top_k)
+    return nms_rank(kept, feature_contrast(features, kept), params, top_k)
 
 
 def generate(features: Features, params: FreeMaskParams | None = None, image: np.ndarray | None = None,

@@ -57,9 +57,8 @@ def guide_stats(features: Features, image: np.ndarray, radius: int, eps: float) 
     fingerprint = hash(np.ascontiguousarray(image[::7, ::5]).tobytes())
 
     def compute() -> GuideStats:
-        seen = stain_view(image, features.stain)
-        guide = torch.from_numpy(np.array(seen, dtype=np.float32)).permute(2, 0, 1) / 255.0
-        return GuideStats.compute(guide, radius, eps)
+        seen = np.asarray(stain_view(image, features.stain), dtype=np.uint8)
+        return GuideStats.compute(seen, radius, eps)
 
     return features.memo.get("guide", (radius, eps, fingerprint), compute)
 
@@ -81,10 +80,9 @@ def full_resolution_mask(
     H, W = image_size
     y0, y1, x0, x1 = _crop_box(binary_q, grid, image_size, radius if guide is not None else 0)
     if guide is not None:
-        crop = guide.filter_soft(soft_q.reshape(grid), (y0, y1, x0, x1)).clamp_(0.0, 1.0)
+        inside = guide.filter_soft(soft_q.reshape(grid), (y0, y1, x0, x1), tau=p.tau).numpy()
     else:
-        crop = upsample_crop(soft_q.reshape(grid), image_size, (y0, y1, x0, x1))
-    inside = crop.numpy() >= p.tau
+        inside = upsample_crop(soft_q.reshape(grid), image_size, (y0, y1, x0, x1)).numpy() >= p.tau
     rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
     if rows.size == 0:
         return None

@@ -85,3 +85,20 @@ def test_masks_filtered_band_by_band_equal_one_piece(shape, max_side):
         assert torch.equal(stats.filter_soft(soft, box, band_px=50), one)
         for tau in (0.3, 0.5):
             assert torch.equal(stats.filter_soft(soft, box, tau=tau, band_px=70), one.clamp(0, 1) >= tau)
+
+
+def test_largest_part_of_a_mask_with_more_than_65535_parts():
+    """16-bit labels are tried first; a mask with more parts falls back to 32-bit and gives the same answer."""
+    from scipy import ndimage
+
+    from engine.ops.masks import largest_part
+
+    mask = np.zeros((600, 600), bool)
+    mask[::2, ::2] = True  # 90,000 single pixels
+    mask[100:104, 200:203] = True  # ... and one 12-pixel part
+    labels, _n = ndimage.label(mask, structure=np.ones((3, 3)))
+    assert labels.max() > 65535
+    assert np.array_equal(largest_part(mask), labels == labels[101, 201])
+    few = np.zeros((50, 50), bool)
+    few[1:4, 1:4] = few[10:30, 10:12] = True
+    assert np.array_equal(largest_part(few), ndimage.label(few)[0] == 2)

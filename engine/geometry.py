@@ -35,13 +35,27 @@ def cell_span(c0: int, c1: int, cells: int, pixels: int, margin: int = 0) -> tup
     return start, stop
 
 
-def resize_image(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 (H, W, 3) -> uint8-range float tensor (1, 3, h, w), bilinear, antialiased when shrinking."""
-    t = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None].float()
-    if tuple(t.shape[-2:]) != tuple(size):
-        shrink = size[0] < t.shape[-2] or size[1] < t.shape[-1]
-        t = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=shrink)
-    return t.clamp(0, 255)
+def resize_image(image: np.ndarray, size: tuple[int, int], rows_per_band: int = 1024) -> torch.Tensor:
+    """uint8 (H, W, 3) -> uint8-range float tensor (1, 3, h, w), bilinear, antialiased when shrinking.
+
+    Shrinking resizes the width band by band (``rows_per_band`` image rows), then the height: the
+    same numbers as one antialiased resize (torch resizes the two axes one after the other), but
+    a slide-sized image never gets a full-size float copy.
+    """
+    H, W = image.shape[:2]
+    size = (int(size[0]), int(size[1]))
+
+    def band(r0: int, r1: int) -> torch.Tensor:
+        return torch.from_numpy(np.array(image[r0:r1], dtype=np.uint8, copy=True)).permute(2, 0, 1)[None].float()
+
+    if (H, W) == size:
+        return band(0, H).clamp(0, 255)
+    if size[0] >= H and size[1] >= W:
+        return F.interpolate(band(0, H), size=size, mode="bilinear", align_corners=False).clamp(0, 255)
+    narrow = torch.cat([F.interpolate(band(r0, min(H, r0 + rows_per_band)), size=(min(H, r0 + rows_per_band) - r0, size[1]),
+                                      mode="bilinear", align_corners=False, antialias=True)
+                        for r0 in range(0, H, rows_per_band)], dim=2)
+    return F.interpolate(narrow, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 255)
 
 
 def letterbox(image: np.ndarray, size: int) -> tuple[torch.Tensor, float, tuple[int, int]]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.io.coco import build_coco_dataset, load_image_results, write_coco
-from engine.io.masks import label_image_to_masks
+from engine.io.masks import label_image_to_crops
 from engine.structures import ImageResult, InstanceMask
 from freesolo_napari.layers import instance_table, labels_name, show_instances
 
@@ -30,6 +30,13 @@ def layer_result(image_layer, labels_layer, automatic: np.ndarray | None = None)
     return labels_result(image_file_name(image_layer), np.asarray(labels_layer.data), labels_layer.features, automatic)
 
 
+def _unchanged(automatic: np.ndarray, auto_areas: np.ndarray, label_id: int, crop: np.ndarray, box) -> bool:
+    """Whether label ``label_id`` of ``automatic`` (pixel counts ``auto_areas``) is exactly ``crop`` at ``box``."""
+    y0, y1, x0, x1 = box
+    area = int(auto_areas[label_id]) if label_id < auto_areas.size else 0
+    return area == int(np.count_nonzero(crop)) and np.array_equal(automatic[y0:y1, x0:x1] == label_id, crop)
+
+
 def labels_result(file_name: str, data: np.ndarray, table, automatic: np.ndarray | None = None) -> ImageResult:
     """A label image with its ``features`` table as an ImageResult.
 
@@ -39,14 +46,15 @@ def labels_result(file_name: str, data: np.ndarray, table, automatic: np.ndarray
     h, w = data.shape[:2]
     rows = {int(i): k for k, i in enumerate(table["index"])} if "index" in getattr(table, "columns", []) else {}
     instances = []
-    for label_id, mask in label_image_to_masks(data, with_ids=True):
+    auto_areas = np.bincount(np.clip(automatic, 0, None).ravel()) if automatic is not None else None
+    for label_id, crop, box in label_image_to_crops(data):
         row = rows.get(int(label_id))
         score = float(table["score"].iloc[row]) if row is not None else 1.0
         mness = float(table["maskness"].iloc[row]) if row is not None else None
         source = str(table["source"].iloc[row]) if row is not None else "edited"
-        if automatic is not None and not np.array_equal(mask, automatic == label_id):
+        if auto_areas is not None and not _unchanged(automatic, auto_areas, label_id, crop, box):
             source = "edited"
-        instances.append(InstanceMask(mask=mask, score=score, maskness=mness, source=source))
+        instances.append(InstanceMask(crop, score=score, maskness=mness, source=source, box=box, shape=(h, w)))
     return ImageResult(file_name, h, w, instances)
 
 

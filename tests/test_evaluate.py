@@ -65,9 +65,8 @@ def test_empty_predictions_score_zero() -> None:
 
 def test_shift_lowers_ap75_but_keeps_ap50() -> None:
     shifted = _with_scores(_gt_results())
-    for res in shifted:
-        for inst in res.instances:
-            inst.mask = np.roll(inst.mask, 3, axis=1)  # IoU = 17/23 ~ 0.74
+    for res in shifted:  # IoU = 17/23 ~ 0.74
+        res.instances = [InstanceMask(np.roll(inst.mask, 3, axis=1), inst.score) for inst in res.instances]
     m = evaluate_segm(_gt_dataset(), build_coco_dataset(shifted))
     assert m["AP50"] == pytest.approx(1.0)
     assert m["AP75"] == pytest.approx(0.0)

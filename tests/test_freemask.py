@@ -258,7 +258,7 @@ def test_tau_change_reuses_the_ranked_soft_masks(photo_features, photo_sample):
 
 
 def test_instances_carry_a_box_that_holds_the_whole_mask(photo_features, photo_sample):
-    """The box hint lets sums, centres and painting look at a window: it must never cut a mask."""
+    """Masks are held as crops in their box: the box must never cut a mask, and it is tight."""
     image, _ = photo_sample
     for refine in (False, True):
         for inst in postprocess(photo_features, FreeMaskParams(refine=refine), image).instances:
@@ -266,6 +266,7 @@ def test_instances_carry_a_box_that_holds_the_whole_mask(photo_features, photo_s
             outside = inst.mask.copy()
             outside[y0:y1, x0:x1] = False
             assert not outside.any() and inst.area == int(inst.mask.sum()) > 0
+            assert inst.crop[0].any() and inst.crop[-1].any() and inst.crop[:, 0].any() and inst.crop[:, -1].any()
 
 
 def test_refining_masks_on_threads_gives_the_one_thread_result(photo_features, photo_sample):

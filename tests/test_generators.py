@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 import torch
 
 from engine.cli import main
@@ -13,11 +14,12 @@ from engine.data.synthetic import write_synthetic_dataset
 from engine.freemask.postprocess import FreeMaskParams, postprocess
 from engine.generators import merge as merge_mod
 from engine.generators.maskcut import MaskCutParams, maskcut_ranked
-from engine.generators.classical import _ring_contrast, otsu_watershed, ring_contrast
+from engine.generators.classical import otsu_watershed, ring_contrast
 from engine.generators.merge import GeneratorConfig, feature_contrast, generate, image_contrast, merge_scores, parse_generators
 from engine.ops.masks import crop_iou_matrix
 from engine.structures import InstanceMask
 from engine.ops.nms import mask_iou_matrix, matrix_nms, matrix_nms_from_iou
+from engine.structures import InstanceMask
 
 
 def _blocks_image(size: int = 160) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -108,7 +110,7 @@ def test_feature_contrast_prefers_whole_objects_to_fragments(blocks):
     whole = masks[0]
     fragment = np.zeros_like(whole)
     fragment[110:150, 110:150] = True  # a patch of the textured background
-    scores = feature_contrast(feats, [whole, fragment])
+    scores = feature_contrast(feats, [InstanceMask(whole, 1.0), InstanceMask(fragment, 1.0)])
     assert float(scores[0]) > float(scores[1])
 
 
@@ -119,7 +121,11 @@ def test_ring_contrast_of_a_crop_equals_that_of_the_full_mask():
     mask[0:12, 40:61] = True  # touches the top border: the ring is clipped there
     mask[5, 39] = True
     crop = mask[0:12, 39:61]
-    assert ring_contrast(feat, crop, (0, 12, 39, 61), 3) == pytest.approx(_ring_contrast(feat, mask, 3))
+    assert ring_contrast(feat, crop, (0, 12, 39, 61), 3) == pytest.approx(ring_contrast(feat, mask, (0, 60, 0, 70), 3))
+    inside, ring = mask, ndi.binary_dilation(ndi.binary_dilation(mask, iterations=2), iterations=3)
+    ring &= ~ndi.binary_dilation(mask, iterations=2)
+    expected = np.linalg.norm(feat[inside].mean(0) - feat[ring].mean(0))
+    assert ring_contrast(feat, crop, (0, 12, 39, 61), 3) == pytest.approx(expected)
     assert ring_contrast(feat, np.ones((60, 70), bool), (0, 60, 0, 70), 3) == 0.0  # no ring around the image
 
 
@@ -127,16 +133,14 @@ def test_image_contrast_ranks_objects_above_background_and_is_bounded(blocks):
     image, masks, feats = blocks
     fragment = np.zeros_like(masks[0])
     fragment[110:150, 110:150] = True
-    crops = [(m[y0:y1, x0:x1], (y0, y1, x0, x1)) for m in (masks[0], fragment)
-             for y0, y1, x0, x1 in [_box(m)]]
-    grey = image_contrast(image, feats.stain, crops)
+    instances = [InstanceMask(m, score=1.0) for m in (masks[0], fragment)]
+    grey = image_contrast(image, feats.stain, instances)
     assert 0.0 <= float(grey.min()) and float(grey.max()) <= 1.0
     assert float(grey[0]) > 0.3 > float(grey[1])
-    instances = [InstanceMask(mask=m, score=1.0) for m in (masks[0], fragment)]
-    both = merge_scores(feats, instances, crops, image, "both")
-    features = merge_scores(feats, instances, crops, image, "features")
+    both = merge_scores(feats, instances, image, "both")
+    features = merge_scores(feats, instances, image, "features")
     assert torch.allclose(both, 0.5 * (grey + features))
-    assert torch.equal(merge_scores(feats, instances, crops, None, "both"), features)  # no image: features
+    assert torch.equal(merge_scores(feats, instances, None, "both"), features)  # no image: features
 
 
 def test_merge_score_is_checked_and_classical_proposals_get_room(blocks):
@@ -148,11 +152,6 @@ def test_merge_score_is_checked_and_classical_proposals_get_room(blocks):
     assert result.top_k >= 20 and {m.source for m in result.instances} == {"classical"}
     own = otsu_watershed(image)  # alone through the merge, the method's masks come out unchanged
     assert sorted(m.area for m in result.instances) == sorted(m.area for m in own) and len(own) >= 2
-
-
-def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    ys, xs = np.nonzero(mask)
-    return int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
 
 
 def test_generator_names_are_checked():

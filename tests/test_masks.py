@@ -201,19 +201,20 @@ def test_label_image_uses_uint32_past_65535() -> None:
     assert labels.dtype == np.uint32
 
 
-def test_label_image_painted_from_windows_equals_full_painting() -> None:
+def test_label_image_painted_from_crops_equals_full_painting() -> None:
     from engine.structures import InstanceMask
 
     rng = np.random.default_rng(4)
-    masks, windows = [], []
+    masks = []
     for _ in range(6):
         m = np.zeros((40, 50), bool)
         y, x = rng.integers(0, 30), rng.integers(0, 40)
         m[y: y + 10, x: x + 10] = rng.random((10, 10)) > 0.3
         masks.append(m)
-        windows.append(InstanceMask(m, 1.0, box=(y, y + 10, x, x + 10)).window())
+    insts = [InstanceMask(m, 1.0) for m in masks]
     scores = rng.random(6).tolist()
     full = masks_to_label_image(masks, scores)
-    assert np.array_equal(masks_to_label_image(masks, scores, windows=windows), full)
-    inst = InstanceMask(masks[0], 1.0, box=(0, 40, 0, 50))
-    assert inst.area == int(masks[0].sum()) == InstanceMask(masks[0], 1.0).area
+    painted = masks_to_label_image([i.crop for i in insts], scores, shape=(40, 50), boxes=[i.box for i in insts])
+    assert np.array_equal(painted, full)
+    with pytest.raises(ValueError, match="shape"):
+        masks_to_label_image([i.crop for i in insts], scores, boxes=[i.box for i in insts])

@@ -66,7 +66,7 @@ def test_shards_are_disjoint_and_cover_the_listing():
 def _square(i: int) -> InstanceMask:
     m = np.zeros((8, 8), bool)
     m[i: i + 3, 1:4] = True
-    return InstanceMask(mask=m, score=0.5 + i / 10)
+    return InstanceMask(m, score=0.5 + i / 10)
 
 
 def test_merge_renumbers_keeps_listing_order_and_refuses_to_overwrite(tmp_path):

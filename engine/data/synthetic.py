@@ -29,7 +29,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.draw import polygon as draw_polygon
 
-from engine.io.masks import label_image_to_masks
+from engine.io.masks import label_image_to_crops
 from engine.ops.masks import largest_part
 from engine.structures import ImageResult, InstanceMask
 
@@ -680,8 +680,9 @@ def make_sample(
 
 def label_map_to_masks(label_map: np.ndarray, source: str = "gt") -> list[InstanceMask]:
     """One ``InstanceMask`` (score 1.0) per non-zero label, in label order."""
-    return [InstanceMask(mask=mask, score=1.0, maskness=1.0, source=source, extra={"label": lab})
-            for lab, mask in label_image_to_masks(label_map, with_ids=True)]
+    return [InstanceMask(crop, score=1.0, maskness=1.0, source=source, extra={"label": lab}, box=box,
+                         shape=label_map.shape)
+            for lab, crop, box in label_image_to_crops(label_map)]
 
 
 def sample_seed(seed: int, index: int) -> int:

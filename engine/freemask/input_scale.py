@@ -15,11 +15,17 @@ from scipy import ndimage
 ANALYSIS_SIDE = 256  # the estimate runs on a copy whose long side is at most this
 
 
-def _gray_small(image: np.ndarray) -> tuple[np.ndarray, float]:
-    gray = image.astype(np.float32).mean(axis=2) / 255.0 if image.ndim == 3 else image.astype(np.float32) / 255.0
+def _gray_small(image: np.ndarray, rows_per_band: int = 1024) -> tuple[np.ndarray, float]:
+    """The image in grey, box-filtered and shrunk to ``ANALYSIS_SIDE``; converted ``rows_per_band`` rows
+    at a time and filtered in place, so a slide-sized image gets one float copy of one channel only."""
+    gray = np.empty(image.shape[:2], dtype=np.float32)
+    for r0 in range(0, gray.shape[0], rows_per_band):
+        band = image[r0: r0 + rows_per_band].astype(np.float32)
+        gray[r0: r0 + rows_per_band] = (band.mean(axis=2) if image.ndim == 3 else band) / 255.0
     f = max(1.0, max(gray.shape) / ANALYSIS_SIDE)
     if f > 1.0:
-        gray = ndimage.zoom(ndimage.uniform_filter(gray, size=int(round(f))), 1.0 / f, order=1)
+        ndimage.uniform_filter(gray, size=int(round(f)), output=gray)
+        gray = ndimage.zoom(gray, 1.0 / f, order=1)
     return gray, f
 
 

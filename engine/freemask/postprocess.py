@@ -215,16 +215,14 @@ class Refiner:
         H, W = self.features.image_size
         ci = int(self.shortlist[row])
         qi = int(self.ranked.cands.query[ci])
-        y0, y1, x0, x1 = box
-        mask = np.zeros((H, W), dtype=bool)
-        mask[y0:y1, x0:x1] = crop
         qy, qx = self.ranked.queries.yx[qi].tolist()
         return InstanceMask(
-            mask=mask,
+            crop,
             score=float(self.ranked.decayed[ci]),
             maskness=float(self.ranked.cands.maskness[ci]),
             source=self.source,
             box=box,
+            shape=(H, W),
             extra={
                 "scale": float(self.ranked.queries.scale[qi]),
                 "query_yx": [round(cell_centre(qy, self.grid[0], H), 1), round(cell_centre(qx, self.grid[1], W), 1)],

@@ -9,6 +9,7 @@ connected object. The area, border and official filters then judge the crop in i
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Protocol
@@ -25,6 +26,8 @@ from engine.runtime.device import available_cpu_count
 
 REFINE_RADIUS_AT_SCALE_1 = 12  # px; measured best on photo-like images at native resolution
 MAX_MASK_THREADS = 4  # masks refined at once by default (capped by the usable cores)
+LARGE_CROP_PX = 16_000_000  # masks whose box is larger are refined one at a time (each costs ~7 bytes a pixel)
+_one_large_mask = threading.Lock()
 
 
 class MaskFilters(Protocol):
@@ -57,9 +60,8 @@ def guide_stats(features: Features, image: np.ndarray, radius: int, eps: float) 
     fingerprint = hash(np.ascontiguousarray(image[::7, ::5]).tobytes())
 
     def compute() -> GuideStats:
-        seen = stain_view(image, features.stain)
-        guide = torch.from_numpy(np.array(seen, dtype=np.float32)).permute(2, 0, 1) / 255.0
-        return GuideStats.compute(guide, radius, eps)
+        seen = np.asarray(stain_view(image, features.stain), dtype=np.uint8)
+        return GuideStats.compute(seen, radius, eps)
 
     return features.memo.get("guide", (radius, eps, fingerprint), compute)
 
@@ -78,13 +80,21 @@ def full_resolution_mask(
     Returns the mask crop and its box (y0, y1, x0, x1). With ``split_components`` only the
     largest full-resolution part is kept, so every instance is one connected object.
     """
-    H, W = image_size
-    y0, y1, x0, x1 = _crop_box(binary_q, grid, image_size, radius if guide is not None else 0)
+    box = _crop_box(binary_q, grid, image_size, radius if guide is not None else 0)
+    if (box[1] - box[0]) * (box[3] - box[2]) > LARGE_CROP_PX:
+        with _one_large_mask:
+            return _refined(soft_q, grid, image_size, p, guide, box)
+    return _refined(soft_q, grid, image_size, p, guide, box)
+
+
+def _refined(soft_q: torch.Tensor, grid: tuple[int, int], image_size: tuple[int, int], p: MaskFilters,
+             guide: GuideStats | None, box: tuple[int, int, int, int]) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
+    """``full_resolution_mask`` inside ``box``."""
+    y0, y1, x0, x1 = box
     if guide is not None:
-        crop = guide.filter_soft(soft_q.reshape(grid), (y0, y1, x0, x1)).clamp_(0.0, 1.0)
+        inside = guide.filter_soft(soft_q.reshape(grid), (y0, y1, x0, x1), tau=p.tau).numpy()
     else:
-        crop = upsample_crop(soft_q.reshape(grid), image_size, (y0, y1, x0, x1))
-    inside = crop.numpy() >= p.tau
+        inside = upsample_crop(soft_q.reshape(grid), image_size, (y0, y1, x0, x1)).numpy() >= p.tau
     rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
     if rows.size == 0:
         return None

@@ -23,7 +23,7 @@ from skimage.filters import threshold_otsu
 from skimage.segmentation import felzenszwalb, watershed
 
 from engine.io.images import to_unit_rgb
-from engine.io.masks import label_image_to_masks
+from engine.io.masks import label_image_to_crops
 from engine.structures import InstanceMask
 
 __all__ = [
@@ -84,13 +84,6 @@ def ring_contrast(feat: np.ndarray, crop: np.ndarray, box: tuple[int, int, int, 
     return float(np.sqrt(np.sum(np.square(diff))))
 
 
-def _ring_contrast(feat: np.ndarray, mask: np.ndarray, width: int, gap: int = 2) -> float:
-    """``ring_contrast`` of a full-size mask."""
-    ys, xs = np.nonzero(mask)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    return ring_contrast(feat, mask[y0:y1, x0:x1], (y0, y1, x0, x1), width, gap)
-
-
 def ring_width(shape: tuple[int, ...]) -> int:
     """The ring the contrast scores look at: ~1% of the short image side, at least 3 px."""
     return max(3, int(round(min(shape[:2]) / 100)))
@@ -111,15 +104,14 @@ def _instances_from_labels(
     a0 = 1e-3 * h * w
     width = ring_width(labels.shape)
     out: list[InstanceMask] = []
-    for mask in label_image_to_masks(labels):
-        area = int(mask.sum())
+    for _label, crop, box in label_image_to_crops(labels):
+        area = int(np.count_nonzero(crop))
         if area < min_area:
             continue
-        contrast = min(_ring_contrast(feat, mask, width) / contrast_scale, 1.0)
+        contrast = min(ring_contrast(feat, crop, box, width) / contrast_scale, 1.0)
         score = max(contrast * area / (area + a0), _MIN_SCORE)
-        out.append(
-            InstanceMask(mask=mask, score=float(score), source=source, extra={"contrast": contrast})
-        )
+        out.append(InstanceMask(crop, score=float(score), source=source, extra={"contrast": contrast},
+                                box=box, shape=(h, w)))
     out.sort(key=lambda m: -m.score)
     return out
 

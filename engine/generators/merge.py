@@ -35,7 +35,7 @@ from engine.generators.classical import (
     ring_width,
 )
 from engine.generators.maskcut import MaskCutParams, maskcut_ranked
-from engine.ops.masks import crop_iou_matrix
+from engine.ops.masks import crop_cell_means, crop_iou_matrix
 from engine.ops.nms import matrix_nms_from_iou
 from engine.structures import InstanceMask
 
@@ -74,22 +74,7 @@ def parse_generators(text: str) -> tuple[str, ...]:
     return names
 
 
-def _tight(mask: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return None
-    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    return mask[y0:y1, x0:x1], (y0, y1, x0, x1)
-
-
-def _crop(inst: InstanceMask) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
-    if inst.box is not None:
-        y0, y1, x0, x1 = inst.box
-        return inst.mask[y0:y1, x0:x1], inst.box
-    return _tight(inst.mask)
-
-
-def feature_contrast(features: Features, masks: list[np.ndarray], ring: int = 1) -> torch.Tensor:
+def feature_contrast(features: Features, masks: list[InstanceMask], ring: int = 1) -> torch.Tensor:
     """How much each full-resolution mask stands out in feature space, on the key grid (M,).
 
     contrast = maskness inside - mean soft value in the ``ring`` cells around the mask, where the
@@ -101,8 +86,7 @@ def feature_contrast(features: Features, masks: list[np.ndarray], ring: int = 1)
         return torch.zeros(0)
     keys = features.keys
     h, w = features.grid_size
-    full = torch.from_numpy(np.stack(masks)).float()[:, None]
-    cells = F.adaptive_avg_pool2d(full, (h, w))[:, 0]
+    cells = torch.from_numpy(np.stack([crop_cell_means(m.crop, m.box, m.shape, (h, w)) for m in masks]))
     on = (cells >= 0.5).reshape(len(masks), -1)
     on[torch.arange(len(masks)), cells.reshape(len(masks), -1).argmax(dim=1)] = True  # keep the main cell
     grown = F.max_pool2d(on.reshape(-1, 1, h, w).float(), 2 * ring + 1, stride=1, padding=ring).reshape(len(masks), -1)
@@ -130,58 +114,54 @@ def classical_instances(features: Features, image: np.ndarray, params: FreeMaskP
     margin = round(16 / max(features.input_scale, 1e-6))
     kept = []
     for inst in proposals:
-        tight = _tight(inst.mask)
-        if tight is not None and passes_filters(*tight, params, (H, W), margin=margin):
-            kept.append(replace(inst, box=tight[1], extra={**inst.extra, "own_score": inst.score, "method": inst.source},
+        if inst.area and passes_filters(inst.crop, inst.box, params, (H, W), margin=margin):
+            kept.append(replace(inst, extra={**inst.extra, "own_score": inst.score, "method": inst.source},
                                 source="classical"))
     return kept
 
 
-def nms_rank(instances: list[InstanceMask], crops: list[tuple[np.ndarray, tuple[int, int, int, int]]],
-             scores: torch.Tensor, params: FreeMaskParams, top_k: int | None = None) -> list[InstanceMask]:
-    """One Matrix NMS over masks held as (crop, box), best decayed score first, at least
-    ``params.min_score``; each kept mask gets its decayed score and its box."""
-    iou = crop_iou_matrix([c for c, _b in crops], [b for _c, b in crops])
+def nms_rank(instances: list[InstanceMask], scores: torch.Tensor, params: FreeMaskParams,
+             top_k: int | None = None) -> list[InstanceMask]:
+    """One Matrix NMS over masks (exact IoU of their crops), best decayed score first, at least
+    ``params.min_score``; each kept mask gets its decayed score."""
+    iou = crop_iou_matrix([m.crop for m in instances], [m.box for m in instances])
     decayed = matrix_nms_from_iou(iou, scores, kernel=params.nms_kernel, sigma=params.nms_sigma)
     order = [int(i) for i in torch.argsort(decayed, descending=True) if float(decayed[i]) >= params.min_score]
-    return [replace(instances[i], score=float(decayed[i]), box=crops[i][1]) for i in order[:top_k]]
+    return [replace(instances[i], score=float(decayed[i])) for i in order[:top_k]]
 
 
-def image_contrast(image: np.ndarray, stain: str,
-                   crops: list[tuple[np.ndarray, tuple[int, int, int, int]]]) -> torch.Tensor:
-    """How much each mask (crop, box) stands out in grey from the ring around it, in [0, 1] (M,),
-    on the image the network sees (``stain_view``)."""
+def image_contrast(image: np.ndarray, stain: str, instances: list[InstanceMask]) -> torch.Tensor:
+    """How much each mask stands out in grey from the ring around it, in [0, 1] (M,), on the image
+    the network sees (``stain_view``), times area / (area + 0.1 % of the image) so specks rank low."""
     grey, scale = grey_contrast_view(stain_view(image, stain))
     width, a0 = ring_width(grey.shape), 1e-3 * grey.shape[0] * grey.shape[1]
-    return torch.tensor([min(ring_contrast(grey, c, b, width) / scale, 1.0) * (a := float(c.sum())) / (a + a0)
-                         for c, b in crops], dtype=torch.float32)
+    return torch.tensor([min(ring_contrast(grey, m.crop, m.box, width) / scale, 1.0) * m.area / (m.area + a0)
+                         for m in instances], dtype=torch.float32)
 
 
-def merge_scores(features: Features, instances: list[InstanceMask],
-                 crops: list[tuple[np.ndarray, tuple[int, int, int, int]]], image: np.ndarray | None,
+def merge_scores(features: Features, instances: list[InstanceMask], image: np.ndarray | None,
                  score: str) -> torch.Tensor:
     """The measure ``score`` (module docstring) of every mask; without the image, the feature contrast."""
     if score == "features" or image is None:
-        return feature_contrast(features, [m.mask for m in instances])
-    grey = image_contrast(image, features.stain, crops)
+        return feature_contrast(features, instances)
+    grey = image_contrast(image, features.stain, instances)
     if score == "image":
         return grey
-    return 0.5 * (grey + feature_contrast(features, [m.mask for m in instances]))
+    return 0.5 * (grey + feature_contrast(features, instances))
 
 
 def merge(features: Features, instances: list[InstanceMask], params: FreeMaskParams, top_k: int,
           image: np.ndarray | None = None, score: str = "features") -> list[InstanceMask]:
     """Every generator's masks scored by one measure (``merge_scores``), one Matrix NMS, the best ``top_k``."""
-    pool = [(m, c) for m, c in zip(instances, map(_crop, instances)) if c is not None]
-    if not pool:
+    kept = [m for m in instances if m.area]
+    if not kept:
         return []
-    kept, crops = [m for m, _c in pool], [c for _m, c in pool]
-    return nms_rank(kept, crops, merge_scores(features, kept, crops, image, score), params, top_k)
+    return nms_rank(kept, merge_scores(features, kept, image, score), params, top_k)
 
 
 def chosen(config: GeneratorConfig, image: np.ndarray | None, stain: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(the generators that run on this image, those of them added automatically). Classical
-    proposals join on microscopy (``looks_like_microscopy``: grey-level or H&E) when
+    proposals join on microscopy (``looks_like_microscopy``: grey-level, one-dye or H&E) when
     ``classical_on_microscopy``: on the real microscopy sets they add the nuclei Free Mask merges or
     misses (docs/measurements.md); on colour photos they do not help, so they stay out there."""
     if (config.classical_on_microscopy and image is not None and "classical" not in config.generators

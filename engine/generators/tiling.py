@@ -87,20 +87,17 @@ def extract_tiles(extractor: FeatureExtractor, image: np.ndarray, plan: TilePlan
 
 
 def _place(inst: InstanceMask, window: Box, image_size: tuple[int, int]) -> InstanceMask:
+    """A window's mask in image coordinates (the same crop, its box moved)."""
     y0, _y1, x0, _x1 = window
-    by0, by1, bx0, bx1 = inst.box or (0, inst.mask.shape[0], 0, inst.mask.shape[1])
-    mask = np.zeros(image_size, bool)
-    mask[y0 + by0: y0 + by1, x0 + bx0: x0 + bx1] = inst.mask[by0:by1, bx0:bx1]
+    by0, by1, bx0, bx1 = inst.box
     extra = dict(inst.extra)
     if "query_yx" in extra:
         extra["query_yx"] = [extra["query_yx"][0] + y0, extra["query_yx"][1] + x0]
-    return replace(inst, mask=mask, box=(y0 + by0, y0 + by1, x0 + bx0, x0 + bx1), extra=extra)
+    return replace(inst, box=(y0 + by0, y0 + by1, x0 + bx0, x0 + bx1), shape=tuple(image_size), extra=extra)
 
 
-def _centre_in(inst: InstanceMask, window: Box, core: Box) -> bool:
-    by0, by1, bx0, bx1 = inst.box or (0, inst.mask.shape[0], 0, inst.mask.shape[1])
-    ys, xs = np.nonzero(inst.mask[by0:by1, bx0:bx1])
-    cy, cx = window[0] + by0 + ys.mean(), window[2] + bx0 + xs.mean()
+def _centre_in(inst: InstanceMask, core: Box) -> bool:
+    cy, cx = inst.centre()
     return core[0] <= cy < core[1] and core[2] <= cx < core[3]
 
 
@@ -112,8 +109,8 @@ def postprocess_tiles(tiles: list[Features], plan: TilePlan, image: np.ndarray, 
     for feats, window, core in zip(tiles, plan.windows, plan.cores):
         y0, y1, x0, x1 = window
         found = generate(feats, p, np.ascontiguousarray(image[y0:y1, x0:x1]), generators).instances
-        kept += [_place(m, window, image.shape[:2]) for m in found if m.area and _centre_in(m, window, core)]
+        placed = (_place(m, window, image.shape[:2]) for m in found if m.area)
+        kept += [m for m in placed if _centre_in(m, core)]
     if len(plan.windows) == 1 or not kept:
         return kept
-    crops = [(m.mask[m.box[0]:m.box[1], m.box[2]:m.box[3]], m.box) for m in kept]
-    return nms_rank(kept, crops, torch.tensor([m.score for m in kept], dtype=torch.float32), params)
+    return nms_rank(kept, torch.tensor([m.score for m in kept], dtype=torch.float32), params)

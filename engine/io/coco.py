@@ -24,10 +24,10 @@ from PIL import Image
 from engine import __version__
 from engine.io.atomic import OutputExistsError, atomic_save, atomic_write_json, to_jsonable
 from engine.io.masks import (
+    box_to_bbox,
     check_rle,
-    mask_to_bbox,
+    crop_to_rle,
     mask_to_polygons,
-    mask_to_rle,
     masks_to_label_image,
     polygons_to_mask,
     rle_to_mask,
@@ -95,22 +95,18 @@ class CocoDataset:
 def _annotation(
     inst: InstanceMask, ann_id: int, image_id: int, segmentation: str
 ) -> dict[str, Any] | None:
-    mask = np.asarray(inst.mask, dtype=bool)
-    area = int(mask.sum())
+    area = inst.area
     if area == 0:
         return None
-    if segmentation == "polygon":
-        polys = mask_to_polygons(mask)
-        seg: Any = polys if polys else mask_to_rle(mask)
-    else:
-        seg = mask_to_rle(mask)
+    polys = mask_to_polygons(inst.crop, offset=(inst.box[0], inst.box[2])) if segmentation == "polygon" else []
+    seg: Any = polys if polys else crop_to_rle(inst.crop, inst.box, inst.shape)
     ann: dict[str, Any] = {
         "id": ann_id,
         "image_id": image_id,
         "category_id": CATEGORY["id"],
         "segmentation": seg,
         "area": area,
-        "bbox": mask_to_bbox(mask),
+        "bbox": box_to_bbox(inst.box),
         "iscrowd": 0,
         "score": float(inst.score),
     }
@@ -153,7 +149,7 @@ def build_coco_dataset(
              "width": int(res.width), "height": int(res.height)}
         )
         for k, inst in enumerate(res.instances):
-            shape = np.shape(inst.mask)
+            shape = inst.shape
             if shape != (res.height, res.width):
                 raise ValueError(
                     f"{res.file_name}: instance {k} mask has shape {shape}, "
@@ -182,13 +178,12 @@ def build_results(
             raise KeyError(f"no image id for file_name {res.file_name!r}")
         image_id = int(image_ids[res.file_name])
         for inst in res.instances:
-            mask = np.asarray(inst.mask, dtype=bool)
-            if not mask.any():
+            if inst.area == 0:
                 continue
             out.append(
                 {"image_id": image_id, "category_id": CATEGORY["id"],
-                 "segmentation": mask_to_rle(mask), "score": float(inst.score),
-                 "bbox": mask_to_bbox(mask), "area": int(mask.sum())}
+                 "segmentation": crop_to_rle(inst.crop, inst.box, inst.shape), "score": float(inst.score),
+                 "bbox": box_to_bbox(inst.box), "area": inst.area}
             )
     return out
 
@@ -466,7 +461,7 @@ def load_image_results(
         maskness = ann.get("maskness")
         res.instances.append(
             InstanceMask(
-                mask=mask,
+                mask,
                 score=float(ann.get("score", 1.0)),
                 maskness=float(maskness) if _is_number(maskness) else None,
                 source=source if source is not None else str(ann.get("source", "coco")),
@@ -524,9 +519,10 @@ def write_label_images(
     written: list[Path] = []
     for res, target in zip(results, targets):
         labels = masks_to_label_image(
-            [inst.mask for inst in res.instances],
+            [inst.crop for inst in res.instances],
             [inst.score for inst in res.instances],
             shape=(res.height, res.width),
+            boxes=[inst.box for inst in res.instances],
         )
         if ext == ".png":
             if labels.dtype != np.uint16:

@@ -40,10 +40,13 @@ def readable_subset(instances, limit: int = 30, max_overlap: float = 0.5):
     """
     shown, covered = [], None
     for inst in sorted(instances, key=lambda m: m.score, reverse=True):
-        if covered is not None and (inst.mask & covered).sum() > max_overlap * max(inst.area, 1):
+        if covered is None:
+            covered = np.zeros(inst.shape, dtype=bool)
+        win = covered[inst.window()]
+        if np.count_nonzero(inst.crop & win) > max_overlap * max(inst.area, 1):
             continue
         shown.append(inst)
-        covered = inst.mask.copy() if covered is None else covered | inst.mask
+        win |= inst.crop
         if len(shown) >= limit:
             break
     return shown

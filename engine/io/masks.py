@@ -15,8 +15,13 @@ from pycocotools import mask as mask_utils
 from scipy import ndimage as ndi
 from skimage import measure
 
+from engine.structures import paste
+
 __all__ = [
+    "box_to_bbox",
     "check_rle",
+    "crop_to_rle",
+    "label_image_to_crops",
     "label_image_to_masks",
     "mask_to_bbox",
     "mask_to_polygons",
@@ -38,12 +43,47 @@ def _as_2d_bool(mask: np.ndarray) -> np.ndarray:
 def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
     """Compressed COCO RLE with ``counts`` as ``str`` so it can go straight into JSON."""
     m = _as_2d_bool(mask)
-    rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+    return crop_to_rle(m, (0, m.shape[0], 0, m.shape[1]), m.shape)
+
+
+def crop_to_rle(crop: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, int]) -> dict[str, Any]:
+    """Compressed COCO RLE of the (H, W) = ``shape`` image holding ``crop`` at ``box`` (y0, y1, x0, x1).
+
+    COCO runs go down the columns of the whole image; they are computed from the crop alone
+    (the crop with a false row above and below, read column by column, gives each run's first and
+    past-the-end pixel, which map to image positions; a run that ends at the bottom of the image
+    and goes on at the top of the next column is joined), so no image-sized array is made.
+    """
+    c = _as_2d_bool(crop)
+    H, W = int(shape[0]), int(shape[1])
+    y0, y1, x0, x1 = (int(v) for v in box)
+    if c.shape != (y1 - y0, x1 - x0) or not (0 <= y0 <= y1 <= H and 0 <= x0 <= x1 <= W):
+        raise ValueError(f"crop {c.shape} does not fit box {box} in an image of {(H, W)}")
+    tall = c.shape[0] + 2
+    padded = np.zeros((c.shape[1], tall), dtype=np.int8)  # one row per crop column
+    padded[:, 1:-1] = c.T
+    steps = np.diff(padded.ravel())
+    at = np.flatnonzero(steps) + 1  # flat positions where a run starts or ends (alternately)
+    pos = (x0 + at // tall).astype(np.int64) * H + (y0 - 1) + at % tall
+    starts, ends = pos[0::2], pos[1::2]
+    if starts.size:
+        apart = ends[:-1] != starts[1:]
+        starts, ends = starts[np.concatenate([[True], apart])], ends[np.concatenate([apart, [True]])]
+    bounds = np.empty(2 * starts.size + 2, dtype=np.int64)
+    bounds[0], bounds[-1] = 0, H * W
+    bounds[1:-1:2], bounds[2:-1:2] = starts, ends
+    counts = np.diff(bounds)
+    if counts.size > 1 and counts[-1] == 0:
+        counts = counts[:-1]  # a mask ending on the last pixel ends on a foreground run, as pycocotools writes it
+    rle = mask_utils.frPyObjects({"counts": counts.tolist(), "size": [H, W]}, H, W)
     counts = rle["counts"]
-    return {
-        "size": [int(m.shape[0]), int(m.shape[1])],
-        "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
-    }
+    return {"size": [H, W], "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+
+
+def box_to_bbox(box: tuple[int, int, int, int]) -> list[float]:
+    """COCO ``[x, y, width, height]`` of a tight box (y0, y1, x0, x1)."""
+    y0, y1, x0, x1 = box
+    return [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
 
 
 def _decode_uncompressed(counts: Sequence[int], h: int, w: int) -> np.ndarray:
@@ -167,22 +207,24 @@ def _drop_collinear(points: np.ndarray) -> np.ndarray:
     return points[keep] if keep.sum() >= 3 else points
 
 
-def mask_to_polygons(mask: np.ndarray, tolerance: float = 0.0) -> list[list[float]]:
+def mask_to_polygons(mask: np.ndarray, tolerance: float = 0.0, offset: tuple[int, int] = (0, 0)) -> list[list[float]]:
     """COCO polygons (flat ``[x0, y0, x1, y1, ...]``), one per 8-connected part.
 
     Coordinates are on pixel edges (pixel ``(r, c)`` spans ``[c, c+1] x [r, r+1]``),
     which is how pycocotools rasterises them. Holes are filled, because COCO merges
     polygons by union and cannot express them. Parts too small for a contour
     (single pixels, thin slivers) become their pixel bounding square so no part is
-    lost. ``tolerance`` > 0 simplifies with Douglas-Peucker (in pixels).
+    lost. ``tolerance`` > 0 simplifies with Douglas-Peucker (in pixels). ``mask`` may be a crop
+    whose top-left pixel sits at ``offset`` (y, x) in the image; coordinates are the image's.
     """
     m = _as_2d_bool(mask)
     polygons: list[list[float]] = []
+    oy, ox = int(offset[0]), int(offset[1])
     for part in split_components(m):
         rows, cols = np.nonzero(part)
         r0, r1, c0, c1 = rows.min(), rows.max(), cols.min(), cols.max()
         if rows.size == 1:
-            polygons.append(_square(int(r0), int(c0)))
+            polygons.append(_square(int(r0) + oy, int(c0) + ox))
             continue
         # Crop (1-pixel zero border) so contour finding costs the part's size only.
         crop = ndi.binary_fill_holes(part[r0 : r1 + 1, c0 : c1 + 1])
@@ -203,13 +245,14 @@ def mask_to_polygons(mask: np.ndarray, tolerance: float = 0.0) -> list[list[floa
                 if len(simple) >= 3 and _ring_area(simple[:, 1], simple[:, 0]) >= 0.5 * area:
                     contour = simple
             # padded (row, col) of pixel centres -> COCO edge coordinates
-            ys = contour[:, 0] - 1.0 + 0.5 + r0
-            xs = contour[:, 1] - 1.0 + 0.5 + c0
+            ys = contour[:, 0] - 1.0 + 0.5 + r0 + oy
+            xs = contour[:, 1] - 1.0 + 0.5 + c0 + ox
             if area > best_area:
                 best_area = area
                 best = np.round(np.stack([xs, ys], axis=1), 2).reshape(-1).tolist()
         if best is None or best_area < 1.0:
             # Degenerate contour: cover the part's bounding box instead of dropping it.
+            r0, r1, c0, c1 = r0 + oy, r1 + oy, c0 + ox, c1 + ox
             best = [float(c0), float(r0), float(c1 + 1), float(r0),
                     float(c1 + 1), float(r1 + 1), float(c0), float(r1 + 1)]
         polygons.append(best)
@@ -250,21 +293,24 @@ def masks_to_label_image(
     scores: Sequence[float] | None = None,
     *,
     shape: tuple[int, int] | None = None,
-    windows: Sequence[tuple[slice, slice]] | None = None,
+    boxes: Sequence[tuple[int, int, int, int]] | None = None,
 ) -> np.ndarray:
     """Paint masks into one label image; label ``k + 1`` is ``masks[k]``.
 
     Where masks overlap, the higher score wins (painted last). Without scores the
     given order decides (later masks on top). uint16, or uint32 past 65535 masks.
-    ``shape`` is needed only when ``masks`` is empty. ``windows`` (one pair of slices per
-    mask, holding all of it) lets each mask be painted from its window only.
+    With ``boxes`` (y0, y1, x0, x1), each mask is a crop placed at its box and ``shape`` (H, W)
+    is required; without, every mask is the whole image and ``shape`` is needed only when
+    ``masks`` is empty.
     """
-    if len(masks) == 0:
+    if boxes is not None and len(boxes) != len(masks):
+        raise ValueError(f"{len(boxes)} boxes for {len(masks)} masks")
+    if len(masks) == 0 or boxes is not None:
         if shape is None:
-            raise ValueError("no masks given; pass shape=(H, W) for an empty label image")
-        return np.zeros(tuple(shape), dtype=np.uint16)
-    first = _as_2d_bool(masks[0])
-    out_shape = tuple(shape) if shape is not None else first.shape
+            raise ValueError("pass shape=(H, W) for an empty label image or for masks given as crops")
+        out_shape = tuple(shape)
+    else:
+        out_shape = tuple(shape) if shape is not None else _as_2d_bool(masks[0]).shape
     dtype = np.uint16 if len(masks) <= np.iinfo(np.uint16).max else np.uint32
     labels = np.zeros(out_shape, dtype=dtype)
     if scores is None:
@@ -275,21 +321,18 @@ def masks_to_label_image(
         order = np.argsort(np.asarray(scores, dtype=np.float64), kind="stable")
     for k in order:
         m = _as_2d_bool(masks[k])
-        if m.shape != out_shape:
-            raise ValueError(f"mask {k} has shape {m.shape}, expected {out_shape}")
-        if windows is None:
-            labels[m] = k + 1
-        else:
-            win = windows[k]
-            labels[win][m[win]] = k + 1
+        y0, y1, x0, x1 = boxes[k] if boxes is not None else (0, out_shape[0], 0, out_shape[1])
+        if m.shape != (y1 - y0, x1 - x0) or y1 > out_shape[0] or x1 > out_shape[1] or min(y0, x0) < 0:
+            raise ValueError(f"mask {k} has shape {m.shape}, which does not fit {(y0, y1, x0, x1)} in {out_shape}")
+        labels[y0:y1, x0:x1][m] = k + 1
     return labels
 
 
-def label_image_to_masks(labels: np.ndarray, *, with_ids: bool = False) -> list:
-    """One full-size bool mask per label > 0, in increasing label order (``with_ids``: (label, mask) pairs).
+def label_image_to_crops(labels: np.ndarray) -> list[tuple[int, np.ndarray, tuple[int, int, int, int]]]:
+    """(label, bool crop, box (y0, y1, x0, x1)) per label > 0, in increasing label order.
 
     Each label is compared only inside its bounding box (``find_objects``), so the cost follows
-    the objects, not labels × image size.
+    the objects, not labels × image size, and no full-size mask is made.
     """
     lab = np.asarray(labels)
     if lab.ndim != 2:
@@ -302,8 +345,16 @@ def label_image_to_masks(labels: np.ndarray, *, with_ids: bool = False) -> list:
     for value, window in enumerate(ndi.find_objects(np.clip(lab, 0, None)), start=1):
         if window is None:
             continue
-        mask = np.zeros(lab.shape, dtype=bool)
-        mask[window] = lab[window] == value
-        out.append((value, mask) if with_ids else mask)
+        box = (window[0].start, window[0].stop, window[1].start, window[1].stop)
+        out.append((value, lab[window] == value, box))
     return out
 
+
+def label_image_to_masks(labels: np.ndarray, *, with_ids: bool = False) -> list:
+    """One full-size bool mask per label > 0, in increasing label order (``with_ids``: (label, mask) pairs)."""
+    shape = np.shape(labels)
+    out = []
+    for value, crop, box in label_image_to_crops(labels):
+        mask = paste(crop, box, shape)
+        out.append((value, mask) if with_ids else mask)
+    return out

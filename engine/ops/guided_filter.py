@@ -24,6 +24,7 @@ from scipy import ndimage
 
 MAX_FILTER_SIDE = 512  # guide statistics are computed at most at this resolution
 MIN_FILTER_RADIUS = 4  # ... and at a resolution where the radius is about this many pixels
+BAND_PX = 1 << 22  # full-resolution filtering works on bands of about this many pixels
 
 
 @lru_cache(maxsize=256)
@@ -86,7 +87,7 @@ class GuideStats:
     """Per-image, per-radius statistics of the guide, shared by every mask of that image."""
 
     guide: torch.Tensor  # (C, h, w) guide at filter resolution, values in [0, 1]
-    full_guide: torch.Tensor  # (C, H, W) guide at image resolution
+    full_guide: torch.Tensor | np.ndarray  # (C, H, W) guide at image resolution: [0, 1] floats, or uint8 0..255
     mean: torch.Tensor  # (C, h, w)
     inv_cov: torch.Tensor  # (6, h, w) symmetric inverse (rr, rg, rb, gg, gb, bb), or (1, h, w) for gray
     radius: int  # radius at filter resolution
@@ -98,22 +99,20 @@ class GuideStats:
         return float(self.factor).is_integer()
 
     @classmethod
-    def compute(cls, guide: torch.Tensor, radius: int, eps: float = 1e-3, max_side: int = MAX_FILTER_SIDE) -> "GuideStats":
-        full = guide.float()
+    def compute(cls, guide: torch.Tensor | np.ndarray, radius: int, eps: float = 1e-3,
+                max_side: int = MAX_FILTER_SIDE) -> "GuideStats":
+        """Statistics of ``guide``: a (C, H, W) tensor with values in [0, 1], or a uint8 (H, W, C) image
+        (kept as it is and converted to [0, 1] one band or one mask crop at a time, so a slide-sized
+        image never gets a float copy)."""
+        if isinstance(guide, np.ndarray):
+            full = guide.transpose(2, 0, 1)
+            band = lambda r0, r1: torch.from_numpy(np.ascontiguousarray(full[:, r0:r1], dtype=np.float32)) / 255.0
+        else:
+            full = guide.float()
+            band = lambda r0, r1: full[:, r0:r1]
         c, H, W = full.shape
         factor = max(1.0, max(H, W) / max_side, radius / MIN_FILTER_RADIUS)
-        if float(factor).is_integer() and factor > 1:
-            # aligned cells (the common 1024² case): filter px i covers exactly image px
-            # [i·f, (i+1)·f), so masks are resampled by the image's own geometry
-            k = int(factor)
-            pad = (0, (-W) % k, 0, (-H) % k)  # replicate the last row/column to whole cells
-            padded = F.pad(full[None], pad, mode="replicate") if any(pad) else full[None]
-            small = F.avg_pool2d(padded, k)[0]
-        elif factor > 1.0:
-            size = (max(1, round(H / factor)), max(1, round(W / factor)))
-            small = F.interpolate(full[None], size=size, mode="area")[0]
-        else:
-            small = full
+        small = _pooled(band, (H, W), factor)
         r = max(1, round(radius / factor))
         if c == 1:
             stats = box_mean(torch.cat([small, small * small]), r)
@@ -151,12 +150,14 @@ class GuideStats:
         fbox = self._filter_box(box)
         return self._apply(_place(src, box, fbox, self.factor), fbox, box)
 
-    def filter_soft(self, soft: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
+    def filter_soft(self, soft: torch.Tensor, box: tuple[int, int, int, int], tau: float | None = None,
+                    band_px: int = BAND_PX) -> torch.Tensor:
         """Guided-filter a low-resolution soft map ``soft`` (covering the whole image) inside ``box``.
 
         Same result as upsampling ``soft`` to the image and calling :meth:`filter` with the
         whole map as source, but the map is resampled straight to filter resolution, so no
         full-resolution copy of it is ever made: this is the per-mask cost of a slider move.
+        With ``tau`` the result is the bool mask (clamped value >= ``tau``), made band by band.
         """
         fbox = self._filter_box(box)
         if self.aligned:
@@ -164,7 +165,7 @@ class GuideStats:
             size = (H / self.factor, W / self.factor)
         else:
             size = self.guide.shape[1:]
-        return self._apply(upsample_crop(soft, size, fbox).numpy(), fbox, box)
+        return self._apply(upsample_crop(soft, size, fbox).numpy(), fbox, box, tau, band_px)
 
     def _filter_box(self, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
         """``box`` in filter pixels, grown by 2r so both box filters are exact inside it."""
@@ -175,8 +176,11 @@ class GuideStats:
         fx0, fx1 = max(0, int(x0 / f) - 2 * r), min(w, int(-(-x1 // f)) + 2 * r + 1)
         return fy0, fy1, fx0, fx1
 
-    def _apply(self, p: torch.Tensor, fbox: tuple[int, int, int, int], box: tuple[int, int, int, int]) -> torch.Tensor:
-        """The guided filter of ``p`` (filter px, covering ``fbox``), evaluated on ``box`` (image px).
+    def _apply(self, p: torch.Tensor, fbox: tuple[int, int, int, int], box: tuple[int, int, int, int],
+               tau: float | None = None, band_px: int = BAND_PX) -> torch.Tensor:
+        """The guided filter of ``p`` (filter px, covering ``fbox``), evaluated on ``box`` (image px);
+        with ``tau``, whether each value (clamped to [0, 1]) is at least ``tau`` (bool). Image-resolution
+        work goes in bands of about ``band_px`` pixels, so a mask as large as a slide costs its output only.
 
         In numpy: one mask's arrays are small (tens of filter pixels a side), where numpy's
         per-operation overhead is lower than torch's.
@@ -202,15 +206,18 @@ class GuideStats:
             ])
         b = mean_p - (a * m).sum(0)
         coef = _box_mean_np(np.concatenate([a, b[None]]), r)
-        if f > 1.0:  # fast guided filter: coefficients upsampled, applied to the full-res guide
-            coef = _upsample_window(coef, fbox, box, f)
-            full = full_guide[:, y0:y1, x0:x1]
-        else:
-            coef = coef[:, y0 - fy0: y1 - fy0, x0 - fx0: x1 - fx0]
-            full = g[:, y0 - fy0: y1 - fy0, x0 - fx0: x1 - fx0]
-        out = coef[-1] + coef[0] * full[0]
-        for c in range(1, full.shape[0]):
-            out += coef[c] * full[c]
+        if f <= 1.0:
+            crop = (slice(None), slice(y0 - fy0, y1 - fy0), slice(x0 - fx0, x1 - fx0))
+            return torch.from_numpy(_combine(coef[crop], g[crop], tau))
+        # fast guided filter: coefficients upsampled, applied to the full-res guide, a band of rows at a time
+        out = np.empty((y1 - y0, x1 - x0), dtype=np.float32 if tau is None else bool)
+        step = max(1, band_px // max(1, x1 - x0))
+        for b0 in range(y0, y1, step):
+            b1 = min(y1, b0 + step)
+            full = full_guide[:, b0:b1, x0:x1]
+            if full.dtype == np.uint8:
+                full = full.astype(np.float32) / np.float32(255.0)
+            out[b0 - y0: b1 - y0] = _combine(_upsample_window(coef, fbox, (b0, b1, x0, x1), f), full, tau)
         return torch.from_numpy(out)
 
     def prepare(self) -> None:
@@ -221,10 +228,47 @@ class GuideStats:
         """numpy views (no copies) of guide, mean, inverse covariance and full-resolution guide."""
         cached = getattr(self, "_np", None)
         if cached is None:
-            cached = tuple(np.ascontiguousarray(t.numpy(), dtype=np.float32)
-                           for t in (self.guide, self.mean, self.inv_cov, self.full_guide))
+            full = self.full_guide
+            cached = (*(np.ascontiguousarray(t.numpy(), dtype=np.float32) for t in (self.guide, self.mean, self.inv_cov)),
+                      full if isinstance(full, np.ndarray) else np.ascontiguousarray(full.numpy(), dtype=np.float32))
             self._np = cached
         return cached
+
+
+def _combine(coef: np.ndarray, guide: np.ndarray, tau: float | None) -> np.ndarray:
+    """The filter output coef[-1] + Σ_c coef[c]·guide[c]; with ``tau``, whether it is at least ``tau``
+    once clamped to [0, 1]."""
+    out = coef[-1] + coef[0] * guide[0]
+    for c in range(1, guide.shape[0]):
+        out += coef[c] * guide[c]
+    return out if tau is None else np.clip(out, 0.0, 1.0, out=out) >= tau
+
+
+def _pooled(band, size: tuple[int, int], factor: float, rows_per_band: int = 1024) -> torch.Tensor:
+    """The guide at filter resolution (C, h, w), read ``rows_per_band``-ish image rows at a time
+    (``band(r0, r1)`` gives rows r0..r1 as (C, rows, W) floats in [0, 1]).
+
+    An integer factor k: k × k cells (the common 1024² case: filter px i covers exactly image px
+    [i·k, (i+1)·k), so masks are resampled by the image's own geometry), the last row and
+    column repeated to whole cells. Otherwise area averaging: each band's columns are averaged
+    to the filter's width, then the rows of all bands to its height.
+    """
+    H, W = size
+    if factor <= 1.0:
+        return band(0, H)
+    if float(factor).is_integer():
+        k = int(factor)
+        step = max(1, rows_per_band // k) * k
+        parts = []
+        for r0 in range(0, H, step):
+            x = band(r0, min(H, r0 + step))[None]
+            pad = (0, (-W) % k, 0, (-x.shape[2]) % k)  # only the last band has a partial cell of rows
+            parts.append(F.avg_pool2d(F.pad(x, pad, mode="replicate") if any(pad) else x, k)[0])
+        return torch.cat(parts, dim=1)
+    h, w = max(1, round(H / factor)), max(1, round(W / factor))
+    columns = torch.cat([F.adaptive_avg_pool2d(x, (x.shape[1], w)) for x in
+                         (band(r0, min(H, r0 + rows_per_band)) for r0 in range(0, H, rows_per_band))], dim=1)
+    return F.adaptive_avg_pool2d(columns, (h, w))
 
 
 def upsample_crop(soft: torch.Tensor, out_size: tuple[float, float], box: tuple[int, int, int, int]) -> torch.Tensor:

@@ -10,9 +10,15 @@ def largest_part(mask: np.ndarray, connectivity: int = 2) -> np.ndarray:
     """The biggest connected part of a boolean mask (the mask itself when it has at most one).
 
     ``connectivity`` 2: 8-connected (diagonal neighbours join); 1: 4-connected. Ties go to the
-    lowest label (the part met first in scan order).
+    lowest label (the part met first in scan order). Labels are 16-bit when they fit (half the
+    memory of scipy's default on a slide-sized mask), 32-bit otherwise.
     """
-    labels, n = ndimage.label(mask, structure=ndimage.generate_binary_structure(2, connectivity))
+    structure = ndimage.generate_binary_structure(2, connectivity)
+    try:
+        labels = np.empty(np.shape(mask), dtype=np.uint16)
+        n = ndimage.label(mask, structure=structure, output=labels)
+    except RuntimeError:  # more than 65535 parts
+        labels, n = ndimage.label(mask, structure=structure)
     if n <= 1:
         return mask
     return labels == (np.argmax(np.bincount(labels.ravel())[1:]) + 1)
@@ -86,3 +92,32 @@ def crop_iou_matrix(crops: list[np.ndarray], boxes: list[tuple[int, int, int, in
             union = areas[i] + areas[j] - inter
             iou[i, j] = iou[j, i] = inter / union if union else 0.0
     return iou
+
+
+def _cell_edges(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end (exclusive) of each output cell's input span, as ``adaptive_avg_pool2d`` takes them."""
+    i = np.arange(n_out)
+    return (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+
+
+def crop_cell_means(crop: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, int],
+                    grid: tuple[int, int]) -> np.ndarray:
+    """The mean of the full-size mask (``crop`` at ``box`` in an image of ``shape``) over each cell of
+    ``grid`` (h, w), exactly as ``F.adaptive_avg_pool2d`` of the full mask, from the crop's integral image."""
+    (H, W), (h, w) = shape, grid
+    y0, y1, x0, x1 = box
+    out = np.zeros((h, w), dtype=np.float32)
+    rs, re = _cell_edges(H, h)
+    cs, ce = _cell_edges(W, w)
+    rows = np.flatnonzero((re > y0) & (rs < y1))
+    cols = np.flatnonzero((ce > x0) & (cs < x1))
+    if rows.size == 0 or cols.size == 0:
+        return out
+    integral = np.zeros((y1 - y0 + 1, x1 - x0 + 1), dtype=np.int64)
+    integral[1:, 1:] = np.asarray(crop, dtype=bool).cumsum(axis=0).cumsum(axis=1)
+    r0, r1 = np.clip(rs[rows], y0, y1) - y0, np.clip(re[rows], y0, y1) - y0
+    c0, c1 = np.clip(cs[cols], x0, x1) - x0, np.clip(ce[cols], x0, x1) - x0
+    sums = (integral[r1][:, c1] - integral[r0][:, c1] - integral[r1][:, c0] + integral[r0][:, c0])
+    size = (re[rows] - rs[rows])[:, None] * (ce[cols] - cs[cols])[None, :]
+    out[np.ix_(rows, cols)] = sums / size
+    return out

@@ -34,10 +34,10 @@ class SelectionConfig:
 
 
 def is_plausible_object(inst: InstanceMask, cfg: SelectionConfig) -> bool:
-    h, w = inst.mask.shape
+    h, w = inst.shape
     frac = inst.area / float(h * w)
     return (inst.score >= cfg.min_score and cfg.min_area_frac <= frac <= cfg.max_area_frac
-            and border_sides(inst.mask) <= cfg.max_border_sides)
+            and border_sides(inst.crop, 1, (inst.box[0], inst.box[2]), inst.shape) <= cfg.max_border_sides)
 
 
 def select_pseudo_labels(results: list[ImageResult], cfg: SelectionConfig | None = None) -> list[ImageResult]:

@@ -34,16 +34,11 @@ class Uncertainty:
     mean_score: float
 
 
-def _crops(masks: list[InstanceMask]) -> tuple[list[np.ndarray], list[tuple[int, int, int, int]]]:
-    crops, boxes = [], []
-    for m in masks:
-        rows, cols = np.flatnonzero(m.mask.any(axis=1)), np.flatnonzero(m.mask.any(axis=0))
-        if rows.size == 0:
-            rows = cols = np.array([0])
-        y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-        crops.append(m.mask[y0:y1, x0:x1])
-        boxes.append((y0, y1, x0, x1))
-    return crops, boxes
+def _mirrored(m: InstanceMask) -> InstanceMask:
+    """``m`` flipped left-right in its image (the crop mirrored, the box moved)."""
+    y0, y1, x0, x1 = m.box
+    w = m.shape[1]
+    return replace(m, crop=np.ascontiguousarray(m.crop[:, ::-1]), box=(y0, y1, w - x1, w - x0))
 
 
 def flip_disagreement(plain: list[InstanceMask], flipped_back: list[InstanceMask]) -> float:
@@ -51,7 +46,7 @@ def flip_disagreement(plain: list[InstanceMask], flipped_back: list[InstanceMask
     both = plain + flipped_back
     if not both:
         return 1.0
-    iou = crop_iou_matrix(*_crops(both)).numpy()
+    iou = crop_iou_matrix([m.crop for m in both], [m.box for m in both]).numpy()
     n = len(plain)
     best = np.zeros(len(both))
     if n and len(flipped_back):
@@ -71,7 +66,7 @@ def rank_uncertain(inputs: Sequence[str | Path], model_path: str | Path, *, devi
     for name, _path, image in iter_batch(inputs, report, progress):
         plain = predict_image(model, image, size, inference)
         mirrored = predict_image(model, np.ascontiguousarray(image[:, ::-1]), size, inference)
-        back = [replace(m, mask=np.ascontiguousarray(m.mask[:, ::-1]), box=None) for m in mirrored]
+        back = [_mirrored(m) for m in mirrored]
         scores = [m.score for m in plain]
         rows.append(Uncertainty(name, round(flip_disagreement(plain, back), 4), len(plain),
                                 round(float(np.mean(scores)) if scores else 0.0, 4)))

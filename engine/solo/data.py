@@ -78,9 +78,9 @@ def _sample(name: str, instances: list, image: np.ndarray, size: int, min_score:
             problems: list[str]) -> TrainSample:
     kept, ignored = [], []
     for k, inst in enumerate(instances):
-        if inst.mask.shape != image.shape[:2]:
-            problems.append(f"{name}: mask {k} is {inst.mask.shape}, image is {image.shape[:2]}; skipped")
-        elif not inst.mask.any():
+        if inst.shape != image.shape[:2]:
+            problems.append(f"{name}: mask {k} is {inst.shape}, image is {image.shape[:2]}; skipped")
+        elif not inst.area:
             continue
         elif not trusted and (is_ignored(inst) or (min_score is not None and inst.score < min_score)):
             ignored.append(inst)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from engine.ops.masks import maskness
 from engine.ops.nms import matrix_nms
-from engine.structures import InstanceMask
+from engine.structures import InstanceMask, tight_crop
 from .config import InferenceConfig
 from .model import MASK_STRIDE, SoloOutputs, dynamic_masks
 
@@ -47,20 +47,21 @@ def _flatten_levels(outputs: SoloOutputs, b: int) -> tuple[torch.Tensor, ...]:
 
 def _to_image(
     soft: torch.Tensor, image_size: tuple[int, int], input_size: tuple[int, int], thr: float, chunk: int = 16
-) -> np.ndarray:
-    """Soft masks (N, h, w) at stride 4 -> boolean (N, H, W) at image size.
+) -> list[tuple[np.ndarray, tuple[int, int, int, int]]]:
+    """Soft masks (N, h, w) at stride 4 -> (bool crop, tight box) per mask at image size.
 
     Upsample to the padded input, crop the valid region, resize to the image; done in
     chunks so 100 full-resolution float masks never sit in memory at once.
     """
     padded = (soft.shape[-2] * MASK_STRIDE, soft.shape[-1] * MASK_STRIDE)
-    out = np.zeros((soft.shape[0], *image_size), dtype=bool)
+    whole = (0, image_size[0], 0, image_size[1])
+    out = []
     for start in range(0, soft.shape[0], chunk):
         x = soft[None, start : start + chunk]
         x = F.interpolate(x, size=padded, mode="bilinear", align_corners=False)
         x = x[..., : input_size[0], : input_size[1]]
         x = F.interpolate(x, size=tuple(image_size), mode="bilinear", align_corners=False)[0]
-        out[start : start + chunk] = (x > thr).cpu().numpy()
+        out += [tight_crop(m, whole) for m in (x > thr).cpu().numpy()]
     return out
 
 
@@ -109,7 +110,9 @@ def predict_instances(
     for n, k in enumerate(kept.tolist()):  # one InstanceMask per kept mask (<= max_per_image)
         out.append(
             InstanceMask(
-                mask=masks[n],
+                masks[n][0],
+                box=masks[n][1],
+                shape=tuple(image_size),
                 score=float(decayed[k]),
                 maskness=float(mness[k]),
                 source="solo",

@@ -134,13 +134,14 @@ def test_image_contrast_ranks_objects_above_background_and_is_bounded(blocks):
     fragment = np.zeros_like(masks[0])
     fragment[110:150, 110:150] = True
     instances = [InstanceMask(m, score=1.0) for m in (masks[0], fragment)]
-    grey = image_contrast(image, feats.stain, instances)
+    grey = image_contrast(feats, image, instances)
     assert 0.0 <= float(grey.min()) and float(grey.max()) <= 1.0
     assert float(grey[0]) > 0.3 > float(grey[1])
     both = merge_scores(feats, instances, image, "both")
     features = merge_scores(feats, instances, image, "features")
     assert torch.allclose(both, 0.5 * (grey + features))
     assert torch.equal(merge_scores(feats, instances, None, "both"), features)  # no image: features
+    assert any(kind == "grey" for kind, _key in feats.memo)  # the grey view is kept for the next slider move
 
 
 def test_merge_score_is_checked_and_classical_proposals_get_room(blocks):

@@ -101,7 +101,7 @@ def feature_contrast(features: Features, masks: list[InstanceMask], ring: int = 
 def classical_instances(features: Features, image: np.ndarray, params: FreeMaskParams,
                         config: GeneratorConfig) -> list[InstanceMask]:
     """Each classical method's best masks that pass Free Mask's filters, scored by feature maskness."""
-    fingerprint = hash(np.ascontiguousarray(image[::7, ::5]).tobytes())
+    fingerprint = image_fingerprint(image)
 
     def compute() -> list[InstanceMask]:
         seen, found = stain_view(image, features.stain), []
@@ -130,10 +130,17 @@ def nms_rank(instances: list[InstanceMask], scores: torch.Tensor, params: FreeMa
     return [replace(instances[i], score=float(decayed[i])) for i in order[:top_k]]
 
 
-def image_contrast(image: np.ndarray, stain: str, instances: list[InstanceMask]) -> torch.Tensor:
+def image_fingerprint(image: np.ndarray) -> int:
+    """A cheap identity of the image for the memo of work done on it beside its features."""
+    return hash(np.ascontiguousarray(image[::7, ::5]).tobytes())
+
+
+def image_contrast(features: Features, image: np.ndarray, instances: list[InstanceMask]) -> torch.Tensor:
     """How much each mask stands out in grey from the ring around it, in [0, 1] (M,), on the image
-    the network sees (``stain_view``), times area / (area + 0.1 % of the image) so specks rank low."""
-    grey, scale = grey_contrast_view(stain_view(image, stain))
+    the network sees (``stain_view``), times area / (area + 0.1 % of the image) so specks rank low.
+    The grey view is memoised with the features: a slider move does not convert the image again."""
+    grey, scale = features.memo.get("grey", (image_fingerprint(image), features.stain),
+                                    lambda: grey_contrast_view(stain_view(image, features.stain)))
     width, a0 = ring_width(grey.shape), 1e-3 * grey.shape[0] * grey.shape[1]
     return torch.tensor([min(ring_contrast(grey, m.crop, m.box, width) / scale, 1.0) * m.area / (m.area + a0)
                          for m in instances], dtype=torch.float32)
@@ -144,7 +151,7 @@ def merge_scores(features: Features, instances: list[InstanceMask], image: np.nd
     """The measure ``score`` (module docstring) of every mask; without the image, the feature contrast."""
     if score == "features" or image is None:
         return feature_contrast(features, instances)
-    grey = image_contrast(image, features.stain, instances)
+    grey = image_contrast(features, image, instances)
     if score == "image":
         return grey
     return 0.5 * (grey + feature_contrast(features, instances))

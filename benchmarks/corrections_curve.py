@@ -1,0 +1,110 @@
+"""How much do corrected images teach the student? AP on a real folder against the number of
+images whose masks a user corrected (issue 11's curve).
+
+For a folder with ground truth (a held-out half built by ``benchmarks/real_data.py``), for each
+K in ``--corrected`` (default 0 1 3 10): the first K images by file name get their ground-truth
+masks as trusted labels (what a user's corrections become), ``freesolo selftrain`` trains one
+round on the whole folder with them, and the round's predictions are scored on the images that
+were not corrected (the same images for every K: those after the largest K). Printed beside
+them, on the same images: Free Mask's coarse masks (round 0, the teacher) and the classical
+baselines. One markdown row per run, with minutes per round::
+
+    python benchmarks/corrections_curve.py --images DIR/images --gt DIR/gt.json --out /tmp/curve \
+        [--corrected 0 1 3 10] [--iters 1500] [--rounds 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from engine.eval.coco_eval import evaluate_segm
+from engine.generators.classical import BASELINES
+from engine.io.coco import build_coco_dataset, load_image_results, read_coco
+from engine.io.images import load_image
+from engine.selftrain.layout import RunLayout
+from engine.structures import ImageResult
+
+
+def subset_gt(gt: dict, names: set[str]) -> dict:
+    """The ground truth of ``names`` only (images and their annotations)."""
+    images = [im for im in gt["images"] if im["file_name"] in names]
+    ids = {im["id"] for im in images}
+    return {**gt, "images": images, "annotations": [a for a in gt["annotations"] if a["image_id"] in ids]}
+
+
+def score(gt_path: Path, results: list[ImageResult]) -> dict:
+    m = evaluate_segm(gt_path, build_coco_dataset(results))
+    return {k: round(float(m[k]), 3) for k in ("AP", "AP50", "AR100")}
+
+
+def run_round(images: Path, trusted: Path | None, out: Path, args: argparse.Namespace) -> float:
+    """One ``freesolo selftrain`` run; its minutes per round."""
+    cmd = [sys.executable, "-m", "engine.cli", "selftrain", str(images), "--out", str(out),
+           "--rounds", str(args.rounds), "--iters", str(args.iters), "--device", "cpu", "--progress", "json"]
+    if trusted is not None:
+        cmd += ["--labels", str(trusted)]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return (time.perf_counter() - t0) / 60.0 / args.rounds
+
+
+def row(name: str, metrics: dict, minutes: float | None = None) -> str:
+    m = "" if minutes is None else f"{minutes:.1f}"
+    return f"| {name} | {metrics['AP']:.3f} | {metrics['AP50']:.3f} | {metrics['AR100']:.3f} | {m} |"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=Path, required=True)
+    ap.add_argument("--gt", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--corrected", type=int, nargs="+", default=[0, 1, 3, 10])
+    ap.add_argument("--iters", type=int, default=1500)
+    ap.add_argument("--rounds", type=int, default=1)
+    args = ap.parse_args()
+
+    gt = json.loads(args.gt.read_text())
+    names = sorted(im["file_name"] for im in gt["images"])
+    if max(args.corrected) >= len(names):
+        raise SystemExit(f"{args.gt}: {len(names)} images, too few to correct {max(args.corrected)} and score the rest")
+    scored = set(names[max(args.corrected):])
+    args.out.mkdir(parents=True, exist_ok=True)
+    scored_gt = args.out / "scored_gt.json"
+    scored_gt.write_text(json.dumps(subset_gt(gt, scored)))
+
+    print(f"scored on {len(scored)} images ({sum(1 for a in subset_gt(gt, scored)['annotations'])} objects); "
+          f"{args.rounds} round(s) of {args.iters} iterations")
+    print("| method | AP | AP50 | AR100 | min/round |\n|---|---:|---:|---:|---:|", flush=True)
+    teacher_done = False
+    for k in args.corrected:
+        trusted = None
+        if k:
+            trusted = args.out / f"trusted_{k}.json"
+            trusted.write_text(json.dumps(subset_gt(gt, set(names[:k]))))
+        run = args.out / f"run_{k}"
+        minutes = run_round(args.images, trusted, run, args)
+        layout = RunLayout(run)
+        if not teacher_done:
+            coarse = load_image_results(layout.coarse())
+            print(row("Free Mask (teacher, defaults)", score(scored_gt, [coarse[n] for n in scored if n in coarse])),
+                  flush=True)
+            teacher_done = True
+        preds = load_image_results(layout.predictions(args.rounds))
+        print(row(f"SOLO round {args.rounds}, {k} corrected", score(scored_gt, [preds[n] for n in scored if n in preds]),
+                  minutes), flush=True)
+    listed = [im for im in read_coco(scored_gt).images]
+    for method, fn in BASELINES.items():
+        results = []
+        for im in listed:
+            img = load_image(args.images / im["file_name"])
+            results.append(ImageResult(im["file_name"], img.shape[0], img.shape[1], fn(img)))
+        print(row(method, score(scored_gt, results)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

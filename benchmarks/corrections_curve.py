@@ -23,11 +23,10 @@ import time
 from pathlib import Path
 
 from engine.eval.coco_eval import evaluate_segm
-from engine.generators.classical import BASELINES
-from engine.io.coco import build_coco_dataset, load_image_results, read_coco
-from engine.io.images import load_image
+from engine.io.coco import build_coco_dataset, load_image_results
 from engine.selftrain.layout import RunLayout
 from engine.structures import ImageResult
+from real_quality import run_baselines  # this folder: the classical baselines, as that table runs them
 
 
 def subset_gt(gt: dict, names: set[str]) -> dict:
@@ -75,9 +74,10 @@ def main() -> None:
     scored = set(names[max(args.corrected):])
     args.out.mkdir(parents=True, exist_ok=True)
     scored_gt = args.out / "scored_gt.json"
-    scored_gt.write_text(json.dumps(subset_gt(gt, scored)))
+    scored_subset = subset_gt(gt, scored)
+    scored_gt.write_text(json.dumps(scored_subset))
 
-    print(f"scored on {len(scored)} images ({sum(1 for a in subset_gt(gt, scored)['annotations'])} objects); "
+    print(f"scored on {len(scored)} images ({len(scored_subset['annotations'])} objects); "
           f"{args.rounds} round(s) of {args.iters} iterations")
     print("| method | AP | AP50 | AR100 | min/round |\n|---|---:|---:|---:|---:|", flush=True)
     teacher_done = False
@@ -97,13 +97,8 @@ def main() -> None:
         preds = load_image_results(layout.predictions(args.rounds))
         print(row(f"SOLO round {args.rounds}, {k} corrected", score(scored_gt, [preds[n] for n in scored if n in preds]),
                   minutes), flush=True)
-    listed = [im for im in read_coco(scored_gt).images]
-    for method, fn in BASELINES.items():
-        results = []
-        for im in listed:
-            img = load_image(args.images / im["file_name"])
-            results.append(ImageResult(im["file_name"], img.shape[0], img.shape[1], fn(img)))
-        print(row(method, score(scored_gt, results)), flush=True)
+    for baseline in run_baselines("", args.images, scored_gt):
+        print(row(baseline["method"], baseline), flush=True)
 
 
 if __name__ == "__main__":

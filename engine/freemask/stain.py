@@ -35,12 +35,22 @@ _HER = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
 _HER_INV = np.linalg.inv(_HER / np.linalg.norm(_HER, axis=1, keepdims=True))
 
 
+def _sample(image: np.ndarray) -> np.ndarray:
+    """Every step-th row and column: about 250,000 pixels, what the image-wide statistics look at."""
+    step = max(1, int(np.sqrt(image.shape[0] * image.shape[1] / 250_000)))
+    return image[::step, ::step]
+
+
+def _optical_density(pixels: np.ndarray) -> np.ndarray:
+    """Beer–Lambert optical density of 8-bit RGB pixels (..., 3), float32."""
+    return -np.log10((pixels[..., :3].astype(np.float32) + 1.0) / 256.0)
+
+
 def he_fraction(image: np.ndarray) -> float:
     """Share of pixels whose green is below both red and blue (0 for grayscale images)."""
     if image.ndim != 3 or image.shape[2] < 3:
         return 0.0
-    step = max(1, int(np.sqrt(image.shape[0] * image.shape[1] / 250_000)))
-    px = image[::step, ::step, :3].astype(np.int32)
+    px = _sample(image)[..., :3].astype(np.int32)
     return float((px[..., 1] < np.minimum(px[..., 0], px[..., 2]) - _GREEN_MARGIN).mean())
 
 
@@ -49,8 +59,7 @@ def stain_fit(image: np.ndarray) -> tuple[float, float, float]:
     hematoxylin, median eosin). A real H&E slide is two dyes: the residual (third) component
     carries little of the optical density and both dyes are present; a magenta-ish photo or
     drawing leaves a large residual or one dye negative."""
-    step = max(1, int(np.sqrt(image.shape[0] * image.shape[1] / 250_000)))
-    od = -np.log10((image[::step, ::step, :3].astype(np.float32) + 1.0) / 256.0)
+    od = _optical_density(_sample(image))
     amounts = od[od.sum(axis=-1) > HE_MIN_OD] @ _HER_INV.astype(np.float32)
     if len(amounts) == 0:
         return 1.0, 0.0, 0.0
@@ -67,8 +76,7 @@ def looks_like_he(image: np.ndarray) -> bool:
 
 
 def _amount(pixels: np.ndarray) -> np.ndarray:
-    od = -np.log10((pixels[..., :3].astype(np.float32) + 1.0) / 256.0)
-    return od @ _HER_INV[:, 0].astype(np.float32)
+    return _optical_density(pixels) @ _HER_INV[:, 0].astype(np.float32)
 
 
 def hematoxylin(image: np.ndarray, chunk_px: int = 1 << 20) -> np.ndarray:
@@ -77,8 +85,7 @@ def hematoxylin(image: np.ndarray, chunk_px: int = 1 << 20) -> np.ndarray:
     Converted in row chunks of about ``chunk_px`` pixels: the working memory stays small on
     whole-slide-sized images (the result is as large as the input)."""
     h, w = image.shape[:2]
-    step = max(1, int(np.sqrt(h * w / 250_000)))
-    lo, hi = np.percentile(_amount(image[::step, ::step]), [1, 99.5])
+    lo, hi = np.percentile(_amount(_sample(image)), [1, 99.5])
     out = np.empty((h, w, 3), np.uint8)
     rows = max(1, chunk_px // max(w, 1))
     for y in range(0, h, rows):

@@ -100,7 +100,8 @@ def feature_contrast(features: Features, masks: list[InstanceMask], ring: int = 
 
 def classical_instances(features: Features, image: np.ndarray, params: FreeMaskParams,
                         config: GeneratorConfig) -> list[InstanceMask]:
-    """Each classical method's best masks that pass Free Mask's filters, scored by feature maskness."""
+    """Each classical method's best masks that pass Free Mask's filters (its own score kept as
+    ``own_score``; the merge ranks them with every other generator's masks)."""
     fingerprint = image_fingerprint(image)
 
     def compute() -> list[InstanceMask]:
@@ -158,7 +159,7 @@ def merge_scores(features: Features, instances: list[InstanceMask], image: np.nd
 
 
 def merge(features: Features, instances: list[InstanceMask], params: FreeMaskParams, top_k: int,
-          image: np.ndarray | None = None, score: str = "features") -> list[InstanceMask]:
+          image: np.ndarray | None = None, score: str = "both") -> list[InstanceMask]:
     """Every generator's masks scored by one measure (``merge_scores``), one Matrix NMS, the best ``top_k``."""
     kept = [m for m in instances if m.area]
     if not kept:

@@ -147,6 +147,32 @@ def test_an_export_killed_mid_write_leaves_the_old_or_the_new_file(tmp_path, env
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".export")) == []
 
 
+_KILLED_IN_BACKUP = """
+import os, signal, sys
+from pathlib import Path
+import engine.io.atomic as atomic
+real_replace = os.replace
+def replace(src, dst):
+    if str(dst).endswith(".bak"):
+        os.kill(os.getpid(), signal.SIGKILL)  # dies with the backup copy written, not yet renamed
+    real_replace(src, dst)
+atomic.os.replace = replace
+atomic.atomic_save(sys.argv[1], lambda tmp: Path(tmp).write_text("new"), overwrite=True)
+"""
+
+
+def test_a_writer_killed_while_making_the_backup_leaves_nothing_after_the_next_write(tmp_path, env):
+    out = tmp_path / "export.json"
+    out.write_text("old")
+    proc = subprocess.run([sys.executable, "-c", _KILLED_IN_BACKUP, str(out)], cwd=ROOT, env=env, timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert out.read_text() == "old"
+    from engine.io.atomic import atomic_save
+    atomic_save(out, lambda tmp: tmp.write_text("newer"), overwrite=True)
+    assert out.read_text() == "newer" and (tmp_path / "export.json.bak").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".export")) == []
+
+
 def test_two_writers_of_one_file_one_wins_the_other_is_told(tmp_path):
     from engine.io.atomic import OutputError, atomic_write_text
 

@@ -135,7 +135,8 @@ def _fsync_dir(folder: Path) -> None:
 def _make_backup(path: Path) -> None:
     """Copy (hard-link when possible) the current file to ``path.bak``, atomically."""
     bak = _backup_path(path)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".bak.tmp")
+    # named like the writer's own temp (pid inside) so that the sweep removes it after a kill
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.tmp-{os.getpid()}-", suffix=".bak")
     os.close(fd)
     tmp = Path(tmp_name)
     try:

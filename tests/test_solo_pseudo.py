@@ -69,3 +69,36 @@ def test_low_scoring_unselected_masks_are_dropped_not_ignored():
     [res] = select_pseudo_labels([ImageResult("a.png", 100, 100, masks)],
                                  SelectionConfig(top=1, min_score=0.3, ignore_min_score=0.1))
     assert [(m.score, is_ignored(m)) for m in res.instances] == [(0.9, False), (0.2, True)]
+
+
+def test_a_folder_score_floor_keeps_many_masks_where_an_image_has_many_good_ones():
+    crowded = [InstanceMask(_box(15 * i + 5, 15 * i + 13, 15 * j + 5, 15 * j + 13), score=0.8 + 0.001 * (i * 6 + j))
+               for i in range(6) for j in range(6)]  # 36 small objects, all scoring high
+    sparse = [InstanceMask(_box(10, 40, 10, 40), score=0.7)] + [
+        InstanceMask(_box(50, 60, 50, 60), score=0.0001 * k) for k in range(60)]  # one object, weak rest
+    cfg = SelectionConfig(top=100, score_quantile=0.62, min_area_frac=0.0005)
+    results = [ImageResult("a.png", 100, 100, crowded), ImageResult("b.png", 100, 100, sparse)]
+    a, b = select_pseudo_labels(results, cfg)
+    assert sum(not is_ignored(m) for m in a.instances) == 36  # every nucleus of the crowded image
+    assert [m.score for m in b.instances if not is_ignored(m)] == [0.7]  # the weak rest falls under the folder floor
+    top8 = select_pseudo_labels(results, SelectionConfig(top=8, min_area_frac=0.0005))
+    assert sum(not is_ignored(m) for m in top8[0].instances) == 8
+    assert sum(not is_ignored(m) for m in top8[1].instances) == 8
+
+
+def test_a_mask_mostly_under_a_better_positive_is_not_a_second_positive():
+    masks = [InstanceMask(_box(10, 40, 10, 40), score=0.9),
+             InstanceMask(_box(12, 38, 12, 30), score=0.8),  # inside the first one
+             InstanceMask(_box(30, 60, 30, 60), score=0.7)]  # overlaps it by a ninth: its own object
+    [res] = select_pseudo_labels([ImageResult("a.png", 100, 100, masks)], SelectionConfig(top=10, max_covered=0.5))
+    assert [(m.score, is_ignored(m)) for m in res.instances] == [(0.9, False), (0.8, True), (0.7, False)]
+    [plain] = select_pseudo_labels([ImageResult("a.png", 100, 100, masks)], SelectionConfig(top=10))
+    assert not any(is_ignored(m) for m in plain.instances)
+
+
+def test_round_one_selection_follows_the_selftrain_config():
+    from engine.selftrain.config import SelfTrainConfig
+    from engine.selftrain.rounds import coarse_selection
+
+    cfg = coarse_selection(SelfTrainConfig(coarse_top=7, coarse_quantile=0.25))
+    assert (cfg.top, cfg.score_quantile, cfg.max_covered) == (7, 0.25, 0.5)

@@ -61,8 +61,12 @@ def add_solo_commands(sub) -> None:
                     help="rounds >= 2: unselected predictions scoring at least this become ignore regions (negatives "
                     "down-weighted), lower ones background (default: none, all unselected are background)")
     st.add_argument("--coarse-top", type=int, default=s.coarse_top,
-                    help="round 1 learns from the best N plausible coarse masks per image, the others become "
-                    "ignore regions with down-weighted negatives (0: all coarse masks; default: %(default)s)")
+                    help="round 1 learns from at most N plausible coarse masks per image that score at least "
+                    "--coarse-quantile of the folder's coarse scores; the others become ignore regions with "
+                    "down-weighted negatives (0: all coarse masks; default: %(default)s)")
+    st.add_argument("--coarse-quantile", type=float, default=s.coarse_quantile,
+                    help="round 1's score floor, as a quantile of all the folder's coarse scores (0: none; "
+                    "default: %(default)s)")
     st.add_argument("--eval-images", type=Path, default=None, help="labeled images to evaluate each round on")
     st.add_argument("--gt", type=Path, default=None, help="ground truth COCO for --eval-images (or for IMAGES)")
     st.add_argument("--resume", action="store_true",
@@ -286,8 +290,8 @@ def cmd_selftrain(args) -> int:
     try:
         with stop_on_sigint() as should_stop:
             config = SelfTrainConfig(rounds=args.rounds, keep_thr=args.keep_thr, max_keep=args.max_keep,
-                                     coarse_top=args.coarse_top, positive_only=args.positive_only,
-                                     ignore_min_score=args.ignore_min_score)
+                                     coarse_top=args.coarse_top, coarse_quantile=args.coarse_quantile,
+                                     positive_only=args.positive_only, ignore_min_score=args.ignore_min_score)
             rows = selftrain(args.images, args.out, config=config, train_cfg=_train_config(args), labels=args.labels,
                              model_cfg=_model_config(args), device=str(resolve_device(args.device)), eval_images=args.eval_images, gt=args.gt,
                              say=say, progress=progress, should_stop=should_stop, events=events)

@@ -144,6 +144,15 @@ def _coarse_round(run: _Run) -> None:
     run.layout.seconds(0).write_text(f"{time.perf_counter() - t0:.1f}")
 
 
+def coarse_selection(cfg: SelfTrainConfig) -> SelectionConfig:
+    """Round 1's rule for Free Mask's masks: a folder-level score floor (the ``coarse_quantile`` of
+    all coarse scores), at most ``coarse_top`` per image, objects down to 0.05 % of the image, and
+    no positive mostly (> 50 %) under a better one (see ``engine/selftrain/pseudo.py`` for the
+    measurement that chose it)."""
+    return SelectionConfig(top=cfg.coarse_top, score_quantile=cfg.coarse_quantile, min_area_frac=0.0005,
+                           max_covered=0.5)
+
+
 def _write_train_masks(run: _Run, k: int) -> Path:
     """The masks round ``k`` learns from: round 1 the selected coarse masks (all of them with
     ``coarse_top`` 0), later rounds the selected predictions of round ``k - 1``."""
@@ -154,7 +163,7 @@ def _write_train_masks(run: _Run, k: int) -> Path:
     if not target.exists():
         if k == 1:
             coarse = list(load_image_results(layout.coarse()).values())
-            selected = select_pseudo_labels(coarse, SelectionConfig(top=cfg.coarse_top))
+            selected = select_pseudo_labels(coarse, coarse_selection(cfg))
         else:
             selected = keep_predictions(layout.predictions(k - 1), cfg.keep_thr, cfg.max_keep, cfg.ignore_min_score)
         write_coco(target, build_coco_dataset(selected))

@@ -27,7 +27,9 @@ from engine.io.export import FREEMASK_INFO, write_outputs, write_overlays
 def add_freemask_commands(sub) -> None:
     fm = sub.add_parser("freemask", help="coarse instance masks for a folder of images (COCO JSON out)",
                         description="Run Free Mask on images and write a COCO dataset of the masks found. "
-                        "Resumable: features are cached, so a rerun skips the backbone for images already seen. "
+                        "One line per image says what was chosen automatically (input scale, stain view, query "
+                        "grid, tiles, top-k, generators added on microscopy); each COCO images entry keeps it "
+                        "as 'automatic'. Resumable: features are cached, so a rerun skips the backbone for images already seen. "
                         "Bad files are reported and skipped; the exit code is 1 if any failed.")
     fm.add_argument("images", nargs="+", help="image files and/or folders")
     fm.add_argument("--out", required=True, type=Path, help="output COCO JSON file")
@@ -35,6 +37,8 @@ def add_freemask_commands(sub) -> None:
     fm.add_argument("--labels", type=Path, default=None, help="also write one 16-bit label PNG per image into this folder")
     fm.add_argument("--overlays", type=Path, default=None, help="also write an overlay PNG per image into this folder")
     fm.add_argument("--overwrite", action="store_true", help="replace existing outputs (the old file is kept as .bak)")
+    fm.add_argument("--quiet", action="store_true", help="do not print the automatic choices of each image (they "
+                    "are still stored as 'automatic' in each COCO images entry)")
     add_nproc_option(fm)
     add_channel_option(fm)
     add_feature_options(fm)
@@ -100,6 +104,8 @@ def cmd_freemask(args: argparse.Namespace) -> int:
     for _path, why in report.failures:
         print(f"error: {why}", file=sys.stderr)
     written = write_outputs(report, args.out, args.format, args.labels, args.overlays, args.overwrite)
+    if not args.quiet:
+        print_choices((r.file_name, r.automatic) for r in report.results)
     n_masks = sum(len(r.instances) for r in report.results)
     print(f"{len(report.results)} images, {n_masks} masks -> {written[0]}"
           f" ({report.cache_hits} from cache, backbone {report.backbone_seconds:.1f}s, "
@@ -121,8 +127,21 @@ def _freemask_sharded(args: argparse.Namespace, fconf, params) -> int:
     code = print_summary(summary, what="{s.cache_hits} from cache, backbone {s.backbone_seconds:.1f}s, "
                          "post-processing {s.postprocess_seconds:.1f}s")
     if summary is not None:
+        if not args.quiet:
+            images = json.loads(summary.out.read_text())["images"]
+            print_choices((img["file_name"], img.get("automatic")) for img in images)
         _print_extra_outputs(args)
     return code
+
+
+def print_choices(images) -> None:
+    """'name: used: input scale ×1.26 (auto, objects ≈40 px) · …' for each (file name, ``automatic``
+    dict of its COCO images entry); images without one are left out."""
+    from engine.generators.choices import AutoChoices
+
+    for name, automatic in images:
+        if automatic is not None:
+            print(f"{name}: {AutoChoices.from_dict(automatic).text()}")
 
 
 def _print_extra_outputs(args: argparse.Namespace) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 from engine.io.atomic import atomic_save
 from engine.freemask.features import FeatureCache, FeatureConfig, Features, FeatureExtractor, extract_cached
 from engine.io.images import file_sha1, list_images, load_image, relative_name
+from engine.generators.image import ImageFeatures, image_features
 from engine.generators.pipeline import default_cache_dir
 from engine.structures import ImageResult
 
@@ -32,16 +33,18 @@ def layer_path(layer) -> str | None:
 
 
 def extract_features(extractor: FeatureExtractor, image: np.ndarray, path: str | None = None,
-                     cache_dir: str | Path | None = None, key_suffix: str = "") -> Features:
+                     cache_dir: str | Path | None = None, key_suffix: str = "",
+                     tiling: tuple[int | None, int] = (None, 0)) -> ImageFeatures:
     """Features of ``image``: from the on-disk cache when ``path`` (the file it was loaded from) is known.
 
     ``key_suffix`` (``[z=3]``, ``[c=1]``) says which plane or channel of the file ``image`` is, as
-    the command line keys them (``engine.io.stacks.content_key``)."""
+    the command line keys them (``engine.io.stacks.content_key``). ``tiling`` (tile px or None,
+    overlap px): an image it cuts into windows gets ``TiledFeatures``, one cache entry per window,
+    as ``freesolo freemask --tile`` (``engine/generators/image.py``)."""
     if path is None:
-        return extractor.extract(image)
+        return image_features(extractor, image, None, None, *tiling)[0]
     cache = FeatureCache(cache_dir or default_cache_dir())
-    feats, _hit = extract_cached(extractor, image, file_sha1(path) + key_suffix, cache)
-    return feats
+    return image_features(extractor, image, file_sha1(path) + key_suffix, cache, *tiling)[0]
 
 
 @dataclass

@@ -82,6 +82,7 @@ def freemask_shard(args, fconf, params, *, shard, device, progress):
 
 def cmd_freemask(args: argparse.Namespace) -> int:
     from engine.generators.pipeline import run_freemask_batch
+    from engine.generators.tiling import check_tiling
     from engine.runtime.device import configure_cpu_threads
     from engine.runtime.progress import ProgressBar
 
@@ -89,6 +90,7 @@ def cmd_freemask(args: argparse.Namespace) -> int:
     try:
         fconf = feature_config_from_args(args)
         params = params_from_args(args)
+        check_tiling(args.tile, args.tile_overlap)  # before any image: not one failure per image
     except ValueError as exc:
         raise UserError(str(exc)) from None
     check_outputs_free([args.out], args.overwrite)

@@ -66,12 +66,17 @@ def _spans(length: int, size: int, step: int) -> list[tuple[int, int, int, int]]
     return [(s, e, bounds[i], bounds[i + 1]) for i, (s, e) in enumerate(zip(starts, stops))]
 
 
+def check_tiling(tile: int | None, overlap: int) -> None:
+    """ValueError unless ``tile`` (None: no tiling) and ``overlap`` (input px) can be planned."""
+    if tile is not None and (tile < 64 or not 0 <= overlap < tile // 2):
+        raise ValueError(f"tile must be at least 64 px and overlap in [0, tile/2); got tile {tile}, overlap {overlap}")
+
+
 def plan_tiles(image_size: tuple[int, int], scale: float, tile: int, overlap: int, stain: str = "none",
                **decided) -> TilePlan:
     """Windows of ``tile`` input px overlapping by at least ``overlap`` input px, covering the image.
     ``decided``: how the scale and stain were chosen (``auto_scale``, ``object_size``, ``stain_auto``)."""
-    if tile < 64 or not 0 <= overlap < tile // 2:
-        raise ValueError(f"tile must be at least 64 px and overlap in [0, tile/2); got tile {tile}, overlap {overlap}")
+    check_tiling(tile, overlap)
     size = max(1, round(tile / scale))
     step = max(1, size - round(overlap / scale))
     windows, cores = [], []

@@ -62,6 +62,8 @@ def test_a_tiled_run_reports_its_window_grid_and_the_whole_images_choices():
     assert rows * cols == len(plan.windows) and rows > 1 and cols > 1
     assert f"tiles: {rows}×{cols}" in c.text() and "stain: hematoxylin (auto)" in c.text()
     assert "input scale ×2.00 (auto, objects ≈30 px)" in c.text()
+    result = postprocess(feats, FreeMaskParams(top_k=None))
+    assert f"top-k {result.top_k} per window (auto)" in automatic_choices(feats, FreeMaskParams(), result, plan).text()
     single = plan_tiles((100, 100), 1.0, 256, 32)
     assert automatic_choices(feats, FreeMaskParams(), plan=single).tiles is None
 

@@ -46,8 +46,8 @@ class AutoChoices:
                  f"query grid {self.query_grid[0]}×{self.query_grid[1]} "
                  + ("(auto)" if self.query_stride is None else f"(stride {self.query_stride})"),
                  "tiles: none" if self.tiles is None else f"tiles: {self.tiles[0]}×{self.tiles[1]}"]
-        if self.top_k is not None:
-            parts.append(f"top-k {self.top_k} (auto)")
+        if self.top_k is not None:  # a tiled run keeps top-k masks per window (engine/generators/tiling.py)
+            parts.append(f"top-k {self.top_k}{'' if self.tiles is None else ' per window'} (auto)")
         if self.refine_radius is not None:
             parts.append(f"refine radius {self.refine_radius} px (auto)")
         if self.auto_generators:

@@ -117,7 +117,7 @@ class FreeSoloPanel(QWidget):
             current_params=self.current_params, current_generators=self.current_generators,
             show_update=self.show_update, accept=self.accept,
             show_instances=self.show_instances, extractor_source=self.extractor_source,
-            feature_config=self.feature_config, review=self.review)
+            feature_config=self.feature_config, current_tiling=self.current_tiling, review=self.review)
 
     def _lay_out(self) -> None:
         form = QFormLayout()
@@ -262,10 +262,14 @@ class FreeSoloPanel(QWidget):
         """The feature settings runs compute with (the feature cache key): the Model section's choice."""
         return self.model.feature_config()
 
+    def current_tiling(self) -> tuple[int | None, int]:
+        """(tile px or None, overlap px) features are computed with now (the tiles row)."""
+        return self.state.tiling
+
     def extractor_source(self) -> ExtractorSource:
         """The extractor in use, or how to build the Model section's choice (for one job's worker)."""
         return ExtractorSource(self.state.extractor, self.model.extractor_factory(), self.state.generation,
-                               self.state.tiling)
+                               self.current_tiling())
 
     def _tiling_changed(self) -> None:
         """Another tiling: the kept features were made with the old one. They are dropped, and the image on

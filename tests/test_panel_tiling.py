@@ -56,3 +56,46 @@ def test_tiles_compute_the_image_in_windows_and_sliders_stay_post_processing(mak
                     timeout=120_000)
     assert widget.backbone_calls == 2 + len(plan.windows)
     assert isinstance(widget.state.features["nuclei"][1], Features)
+
+
+def test_folder_run_browse_and_export_use_the_tiles(make_napari_viewer, qtbot, tmp_path):
+    from PIL import Image
+
+    from engine.data.synthetic import make_sample
+    from engine.generators.choices import tile_grid
+    from engine.generators.tiling import plan_image
+    from engine.io.coco import load_image_results
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    images = [make_sample(20 + i, (192, 192), kind="microscopy")[0] for i in range(2)]
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"img{i + 1}.png")
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget("freesolo-napari", "FreeSOLO")
+    widget.tiling.tile.setValue(384)
+    plans = [plan_image(image, widget.feature_config(), 384, 64) for image in images]
+    assert all(p is not None and len(p.windows) > 1 for p in plans)
+    widget.run_scope.set_scope("folder")
+    view = widget.run_scope.folder_view
+    assert view.open_folder(folder)
+    qtbot.waitUntil(lambda: "img1.png" in viewer.layers, timeout=30_000)
+    widget.run_button.click()  # Run whole folder: every window of every image into the cache
+    qtbot.waitUntil(lambda: widget.run_button.isEnabled() and "img1.png · free masks" in viewer.layers,
+                    timeout=180_000)
+    assert widget.backbone_calls == sum(len(p.windows) for p in plans)
+    rows, cols = tile_grid(plans[0])
+    assert f"tiles: {rows}×{cols}" in widget.auto_label.text()
+
+    view.next_button.click()  # from the cache: the windows' features, never the network
+    qtbot.waitUntil(lambda: "img2.png · free masks" in viewer.layers, timeout=60_000)
+    qtbot.waitUntil(lambda: f"tiles: {'×'.join(map(str, tile_grid(plans[1])))}" in widget.auto_label.text(),
+                    timeout=30_000)
+    assert widget.backbone_calls == sum(len(p.windows) for p in plans)
+
+    widget.export_controls.scope.setCurrentText("whole folder")
+    out = tmp_path / "folder.json"
+    widget.export_coco(str(out))
+    qtbot.waitUntil(lambda: widget.run_button.isEnabled() and out.exists(), timeout=60_000)
+    results = load_image_results(out)
+    assert results["img1.png"].instances and results["img1.png"].automatic["tiles"] == list(tile_grid(plans[0]))

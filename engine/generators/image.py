@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.freemask.features import FeatureCache, FeatureExtractor, Features, extract_cached
+from engine.freemask.features import FeatureCache, FeatureConfig, FeatureExtractor, Features, extract_cached
 from engine.freemask.postprocess import FreeMaskParams, FreeMaskResult
 from engine.generators.choices import AutoChoices, automatic_choices
 from engine.generators.merge import GeneratorConfig, generate
-from engine.generators.tiling import TiledFeatures, extract_tiles, plan_image, postprocess_tiles
+from engine.generators.tiling import TiledFeatures, extract_tiles, plan_image, postprocess_tiles, tile_config, window_key
 
 ImageFeatures = Features | TiledFeatures
 
@@ -30,6 +30,17 @@ def image_features(extractor: FeatureExtractor, image: np.ndarray, digest: str |
         return extract_cached(extractor, image, digest, cache)
     tiled, hits = extract_tiles(extractor, image, plan, digest, cache)
     return tiled, hits == len(plan.windows)
+
+
+def cached_image_features(cache: FeatureCache, image: np.ndarray, digest: str, config: FeatureConfig,
+                          tile: int | None = None, overlap: int = 64) -> ImageFeatures | None:
+    """What ``image_features`` would return, from the cache alone (never the backbone); None if the
+    image, or any of its windows, was never computed with ``config`` and this tiling."""
+    plan = plan_image(image, config, tile, overlap)
+    if plan is None:
+        return cache.get(digest, config)
+    windows = [cache.get(window_key(digest, w), tile_config(config, plan.scale, plan.stain)) for w in plan.windows]
+    return None if any(f is None for f in windows) else TiledFeatures(plan, windows)
 
 
 def generate_image(features: ImageFeatures, params: FreeMaskParams, image: np.ndarray,

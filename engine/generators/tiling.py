@@ -118,13 +118,20 @@ def plan_image(image: np.ndarray, config: FeatureConfig, tile: int | None, overl
                       stain_auto=config.stain == "auto")
 
 
+def window_key(digest: str, window: Box) -> str:
+    """The feature cache key of one window of the image whose key is ``digest``."""
+    y0, y1, x0, x1 = window
+    return f"{digest}[win={y0},{y1},{x0},{x1}]"
+
+
 def extract_tiles(extractor: FeatureExtractor, image: np.ndarray, plan: TilePlan, digest: str | None,
                   cache: FeatureCache | None) -> tuple[TiledFeatures, int]:
     """Each window's features (cached per window); also how many came from the cache."""
     config = tile_config(extractor.config, plan.scale, plan.stain)
     out, hits = [], 0
-    for (y0, y1, x0, x1) in plan.windows:
-        key = f"{digest}[win={y0},{y1},{x0},{x1}]" if digest else None
+    for window in plan.windows:
+        y0, y1, x0, x1 = window
+        key = window_key(digest, window) if digest else None
         feats, hit = extract_cached(extractor, np.ascontiguousarray(image[y0:y1, x0:x1]), key, cache, config)
         out.append(feats)
         hits += int(hit)

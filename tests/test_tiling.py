@@ -66,3 +66,9 @@ def test_a_tiled_run_gives_full_resolution_masks_and_caches_each_window(tmp_path
     assert expected.scale_auto and expected.input_scale == plan.scale > 1.0  # the whole image's automatic scale
     assert AutoChoices.from_dict(loaded.automatic) == expected == AutoChoices.from_dict(result.automatic)
     assert f"{result.file_name}: {expected.text()}" in capsys.readouterr().out
+
+
+def test_a_tiling_the_engine_cannot_plan_is_one_usage_error_before_any_image(tmp_path, capsys):
+    out = tmp_path / "m.json"
+    assert main(["freemask", str(tmp_path), "--out", str(out), "--tile", "256", "--tile-overlap", "128"]) == 2
+    assert "overlap in [0, tile/2)" in capsys.readouterr().err and not out.exists()

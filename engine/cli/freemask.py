@@ -126,12 +126,12 @@ def _freemask_sharded(args: argparse.Namespace, fconf, params) -> int:
     summary = run_sharded(freemask_shard, (args, fconf, params), out=args.out, nproc=args.nproc,
                           device=args.device, fmt=args.format, info=FREEMASK_INFO, overwrite=args.overwrite,
                           title="freemask")
+    if summary is not None and not args.quiet:  # the merging process: the lines as one process prints them
+        images = json.loads(summary.out.read_text())["images"]
+        print_choices((img["file_name"], img.get("automatic")) for img in images)
     code = print_summary(summary, what="{s.cache_hits} from cache, backbone {s.backbone_seconds:.1f}s, "
                          "post-processing {s.postprocess_seconds:.1f}s")
     if summary is not None:
-        if not args.quiet:
-            images = json.loads(summary.out.read_text())["images"]
-            print_choices((img["file_name"], img.get("automatic")) for img in images)
         _print_extra_outputs(args)
     return code
 

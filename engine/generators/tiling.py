@@ -154,8 +154,9 @@ def _centre_in(inst: InstanceMask, core: Box) -> bool:
 
 
 def tiles_top_k(params: FreeMaskParams, plan: TilePlan) -> int:
-    """Masks kept over the whole image: the set top-k, else ``auto_top_k``'s rule on the whole image's
-    scale (each window's own features carry the fixed scale, never the automatic choice)."""
+    """Masks kept per window (the merged image keeps every window's): the set top-k, else
+    ``auto_top_k``'s rule on the whole image's scale (each window's own features carry the fixed
+    scale, never the automatic choice)."""
     return params.top_k or (100 if plan.auto_scale and plan.scale > 1.0 else 20)
 
 

@@ -119,3 +119,6 @@ class ImageResult:
     height: int
     width: int
     instances: list[InstanceMask] = field(default_factory=list)
+    # what Free Mask chose automatically for the image (engine/generators/choices.py, AutoChoices.as_dict);
+    # None: not recorded (ground truth, a model's predictions)
+    automatic: dict[str, Any] | None = None

@@ -2,8 +2,9 @@
 they compute and return, never store.
 
 A job gets an :class:`ExtractorSource`, made on the GUI thread: the extractor in use, or how to
-build one. The job builds it at most once, and its results carry it back, so the GUI-thread
-callback decides whether the panel keeps it (``PanelState.adopt_extractor``).
+build one, and the tiling its features are computed with. The job builds the extractor at most
+once, and its results carry it back, so the GUI-thread callback decides whether the panel keeps
+it (``PanelState.adopt_extractor``) and its features (``PanelState.store_features``).
 """
 
 from __future__ import annotations
@@ -18,15 +19,18 @@ from freesolo_napari.layers import FreeMaskUpdate, freemask_update
 
 
 class ExtractorSource:
-    """The extractor for one job: ``extractor`` if the panel has one, else ``build()`` on first use.
+    """The extractor for one job: ``extractor`` if the panel has one, else ``build()`` on first use;
+    ``tiling``: (tile px or None, overlap px), as ``freesolo freemask --tile/--tile-overlap``.
 
     Made on the GUI thread, then used by that job's worker only.
     """
 
-    def __init__(self, extractor, build: Callable[[], object], generation: int):
+    def __init__(self, extractor, build: Callable[[], object], generation: int,
+                 tiling: tuple[int | None, int] = (None, 0)):
         self.extractor = extractor
         self.build = build
         self.generation = generation
+        self.tiling = tiling
 
     def get(self):
         if self.extractor is None:
@@ -40,9 +44,10 @@ class Computed:
 
     update: FreeMaskUpdate
     image: np.ndarray
-    features: object  # engine Features
+    features: object  # engine Features, or TiledFeatures (engine/generators/tiling.py)
     extractor: object  # the FeatureExtractor that computed them
     generation: int  # PanelState.generation when the job started
+    tiling: tuple[int | None, int] = (None, 0)  # the (tile, overlap) they were computed with
 
     @property
     def name(self) -> str:
@@ -61,16 +66,15 @@ class Computed:
 def compute_update(source: ExtractorSource, name: str, image: np.ndarray, params, path: str | None = None,
                    view=None, cached=None, generators=None) -> Computed:
     """Features (``cached``, else from the on-disk cache for images loaded from a file by this plugin,
-    else the backbone) + the ``generators``' masks (None: Free Mask alone). ``view`` (``planes.View``)
-    is the plane and channel ``image`` is."""
+    else the backbone; in windows with the source's tiling) + the ``generators``' masks (None: Free
+    Mask alone). ``view`` (``planes.View``) is the plane and channel ``image`` is."""
     if cached is not None:
         feats = cached
-    elif view is not None and view.suffix:  # a plane or one channel of the file: its own cache entry
-        feats = extract_features(source.get(), image, path, key_suffix=view.suffix)
-    else:
-        feats = extract_features(source.get(), image, path)
+    else:  # a plane or one channel of the file: its own cache entry
+        feats = extract_features(source.get(), image, path, key_suffix=view.suffix if view is not None else "",
+                                 tiling=source.tiling)
     return Computed(freemask_update(name, feats, params, image, view, generators), image, feats, source.extractor,
-                    source.generation)
+                    source.generation, source.tiling)
 
 
 def compute_many(source: ExtractorSource, jobs, params, generators=None):

@@ -47,4 +47,5 @@ class PanelContext:
     show_instances: Callable[[str, list], bool]  # show engine instances on an image (asks before replacing edits)
     extractor_source: Callable[[], "ExtractorSource"]  # what a Free Mask job computes features with
     feature_config: Callable[[], object]  # the FeatureConfig runs compute with (the feature cache key)
+    current_tiling: Callable[[], tuple]  # (tile px or None, overlap px) runs compute features with (sections.tiling)
     review: Review

@@ -17,8 +17,9 @@ from typing import Callable, Iterator
 import numpy as np
 
 from engine.io.atomic import atomic_save
-from engine.freemask.features import FeatureCache, FeatureConfig, Features, FeatureExtractor, extract_cached
+from engine.freemask.features import FeatureCache, FeatureConfig, FeatureExtractor
 from engine.io.images import file_sha1, list_images, load_image, relative_name
+from engine.generators.image import ImageFeatures, cached_image_features, generate_image, image_features
 from engine.generators.pipeline import default_cache_dir
 from engine.structures import ImageResult
 
@@ -32,16 +33,18 @@ def layer_path(layer) -> str | None:
 
 
 def extract_features(extractor: FeatureExtractor, image: np.ndarray, path: str | None = None,
-                     cache_dir: str | Path | None = None, key_suffix: str = "") -> Features:
+                     cache_dir: str | Path | None = None, key_suffix: str = "",
+                     tiling: tuple[int | None, int] = (None, 0)) -> ImageFeatures:
     """Features of ``image``: from the on-disk cache when ``path`` (the file it was loaded from) is known.
 
     ``key_suffix`` (``[z=3]``, ``[c=1]``) says which plane or channel of the file ``image`` is, as
-    the command line keys them (``engine.io.stacks.content_key``)."""
+    the command line keys them (``engine.io.stacks.content_key``). ``tiling`` (tile px or None,
+    overlap px): an image it cuts into windows gets ``TiledFeatures``, one cache entry per window,
+    as ``freesolo freemask --tile`` (``engine/generators/image.py``)."""
     if path is None:
-        return extractor.extract(image)
+        return image_features(extractor, image, None, None, *tiling)[0]
     cache = FeatureCache(cache_dir or default_cache_dir())
-    feats, _hit = extract_cached(extractor, image, file_sha1(path) + key_suffix, cache)
-    return feats
+    return image_features(extractor, image, file_sha1(path) + key_suffix, cache, *tiling)[0]
 
 
 @dataclass
@@ -94,13 +97,18 @@ class FolderSession:
         return known[2]
 
     # ---- features -------------------------------------------------------------------------
-    def cached_features(self, path: Path, config: FeatureConfig) -> Features | None:
-        """The cached backbone features of ``path``, or None if they were never computed."""
-        return self.cache.get(self.file_hash(path), config)
+    def cached_features(self, path: Path, config: FeatureConfig, image: np.ndarray | None = None,
+                        tiling: tuple[int | None, int] = (None, 0)) -> ImageFeatures | None:
+        """The cached backbone features of ``path``, or None if they were never computed; with tiles on
+        (``tiling``: tile px, overlap px) the windows of ``image`` (the file's pixels), as the command line's."""
+        if tiling[0] is None:
+            return self.cache.get(self.file_hash(path), config)
+        return cached_image_features(self.cache, image, self.file_hash(path), config, *tiling)
 
-    def features(self, path: Path, image: np.ndarray, extractor: FeatureExtractor) -> tuple[Features, bool]:
-        """(features, came from the cache): computes and stores them on a miss."""
-        return extract_cached(extractor, image, self.file_hash(path), self.cache)
+    def features(self, path: Path, image: np.ndarray, extractor: FeatureExtractor,
+                 tiling: tuple[int | None, int] = (None, 0)) -> tuple[ImageFeatures, bool]:
+        """(features, came from the cache): computes and stores them on a miss (in windows with ``tiling``)."""
+        return image_features(extractor, image, self.file_hash(path), self.cache, *tiling)
 
     # ---- user edits -----------------------------------------------------------------------
     def _edits_path(self, path: Path) -> Path:
@@ -145,17 +153,17 @@ class FolderSession:
     # ---- results for export ---------------------------------------------------------------
     def iter_results(
         self, params, config: FeatureConfig, live: dict[str, ImageResult] | None = None,
-        should_stop: Callable[[], bool] | None = None, generators=None,
+        should_stop: Callable[[], bool] | None = None, generators=None, tiling: tuple[int | None, int] = (None, 0),
     ) -> Iterator[tuple[int, str, ImageResult | None, str | None]]:
         """(index, file name, result or None, problem or None) for every image of the folder.
 
         ``live`` results (the image on screen) win; then the user's stored edits; then the
-        ``generators``' masks (None: Free Mask alone) from the cached features. Images never
-        computed give (None, None); unreadable ones (None, a line naming the file).
+        ``generators``' masks (None: Free Mask alone) from the cached features (the windows' with
+        ``tiling``), with what was chosen automatically. Images never computed give (None, None);
+        unreadable ones (None, a line naming the file).
         """
         import pandas as pd
 
-        from engine.generators.merge import generate
         from engine.io.images import ImageLoadError
         from freesolo_napari.exchange import labels_result
 
@@ -170,14 +178,15 @@ class FolderSession:
                 if edits is not None:
                     yield i, name, labels_result(name, edits.labels, pd.DataFrame(edits.table), edits.automatic), None
                     continue
-                feats = self.cached_features(path, config)
+                image = load_image(path) if tiling[0] is not None else None  # tiles are planned on the image
+                feats = self.cached_features(path, config, image, tiling)
                 if feats is None:
                     yield i, name, None, None  # never computed
                     continue
-                image = load_image(path)
-                result = generate(feats, params, image, generators)
+                image = load_image(path) if image is None else image
+                result, choices = generate_image(feats, params, image, generators)
             except (ImageLoadError, OSError, ValueError, RuntimeError) as exc:
                 yield i, name, None, f"{name}: {exc}"
                 continue
             h, w = image.shape[:2]
-            yield i, name, ImageResult(name, h, w, result.instances), None
+            yield i, name, ImageResult(name, h, w, result.instances, automatic=choices.as_dict()), None

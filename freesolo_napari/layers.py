@@ -114,14 +114,13 @@ class FreeMaskUpdate:
 
 
 def freemask_update(name: str, features, params, image: np.ndarray, view=None, generators=None) -> FreeMaskUpdate:
-    """The chosen generators' masks on cached ``features``, merged by the engine (post-processing only),
-    and the overlay of its masks (no napari calls: any thread)."""
-    from engine.generators.choices import automatic_choices
-    from engine.generators.merge import generate
+    """The chosen generators' masks on cached ``features`` (the whole image's, or its windows'), merged
+    by the engine (post-processing only), and the overlay of its masks (no napari calls: any thread)."""
+    from engine.generators.image import generate_image
 
-    result = generate(features, params, image, generators)
+    result, choices = generate_image(features, params, image, generators)
     return FreeMaskUpdate(name, result, prepare_overlay(result.instances, image.shape[:2]), params, view,
-                          generators, automatic_choices(features, params, result))
+                          generators, choices)
 
 
 def show_instances(viewer, image_layer, instances: Sequence[InstanceMask]):

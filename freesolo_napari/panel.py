@@ -10,6 +10,9 @@ dims sliders show, features are kept per plane (and per channel), and its masks 
 Labels layer (``stack_layers``); moving to another plane catches up with the sliders
 (post-processing only) or says that the plane has no masks yet.
 
+Tiles (``sections.tiling``, as ``freesolo freemask --tile``) are a feature-extraction choice: a
+change drops the kept features and computes the image on screen again, in windows.
+
 This module composes the panel: it owns the state (``state.PanelState``, GUI thread only), gives
 the sections (``freesolo_napari.sections``) a narrow ``context.PanelContext`` and lays them out.
 """
@@ -37,6 +40,7 @@ from freesolo_napari.sections.model import ModelControls
 from freesolo_napari.sections.parameters import FreeMaskControls
 from freesolo_napari.sections.review import ReviewControls
 from freesolo_napari.sections.run_scope import CURRENT, RunScope
+from freesolo_napari.sections.tiling import TilingControls
 from freesolo_napari.sections.training import TrainingSection
 from freesolo_napari.settings import PanelSettings
 from freesolo_napari.stack_layers import follow_plane, show_plane_overlay
@@ -45,6 +49,8 @@ from freesolo_napari.workers import create_worker
 
 if TYPE_CHECKING:
     import napari
+
+TILING_RERUN_MS = 400  # the tile control rests this long before the image on screen is computed again
 
 
 class FreeSoloPanel(QWidget):
@@ -80,10 +86,15 @@ class FreeSoloPanel(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.controls = FreeMaskControls(self.params)
         self.controls.changed.connect(self._schedule_update)
+        self.tiling = TilingControls()  # feature extraction: a change recomputes, never a slider's re-run
+        self.tiling.changed.connect(self._tiling_changed)
+        self._rerun_pending = False  # the image on screen had features made with the old tiling
+        self._rerun_timer = QTimer(self, singleShot=True, interval=TILING_RERUN_MS)
+        self._rerun_timer.timeout.connect(self._rerun_tiled)
         self.progress = QProgressBar(minimum=0, maximum=0, visible=False)
         self.status = QLabel("Pick an image layer and press Run.", wordWrap=True)
         self.auto_label = QLabel("", wordWrap=True, toolTip="What was chosen automatically for the image on screen, "
-                                 "as the engine used it: input scale, stain view, query grid, tiles, top-k, "
+                                 "as the engine used it: input scale, stain view, query grid, tiles (windows), top-k, "
                                  "refinement radius")
         self.review = ReviewControls(self.viewer, self.state, self.set_status)  # colour by score, undo, ask first
         self.context = self._make_context()
@@ -106,11 +117,12 @@ class FreeSoloPanel(QWidget):
             current_params=self.current_params, current_generators=self.current_generators,
             show_update=self.show_update, accept=self.accept,
             show_instances=self.show_instances, extractor_source=self.extractor_source,
-            feature_config=self.feature_config, review=self.review)
+            feature_config=self.feature_config, current_tiling=self.current_tiling, review=self.review)
 
     def _lay_out(self) -> None:
         form = QFormLayout()
         form.addRow("image", self.layer_combo)
+        form.addRow("tiles", self.tiling)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
@@ -250,9 +262,33 @@ class FreeSoloPanel(QWidget):
         """The feature settings runs compute with (the feature cache key): the Model section's choice."""
         return self.model.feature_config()
 
+    def current_tiling(self) -> tuple[int | None, int]:
+        """(tile px or None, overlap px) features are computed with now (the tiles row)."""
+        return self.state.tiling
+
     def extractor_source(self) -> ExtractorSource:
         """The extractor in use, or how to build the Model section's choice (for one job's worker)."""
-        return ExtractorSource(self.state.extractor, self.model.extractor_factory(), self.state.generation)
+        return ExtractorSource(self.state.extractor, self.model.extractor_factory(), self.state.generation,
+                               self.current_tiling())
+
+    def _tiling_changed(self) -> None:
+        """Another tiling: the kept features were made with the old one. They are dropped, and the image on
+        screen, if it had masks, is computed again once the control rests (one backbone pass per window)."""
+        key = self._current_key()
+        self._rerun_pending |= key is not None and key in self.state.features
+        if self.state.set_tiling(self.tiling.tiling()) and self._rerun_pending:
+            self.set_status(f"{self.tiling.text()}: the features are computed again")
+            self._rerun_timer.start()
+
+    def _rerun_tiled(self) -> None:
+        if not self._rerun_pending:
+            return
+        if not self.run_button.isEnabled():  # a job is running: its features are not kept (other tiling)
+            self.set_status(f"{self.tiling.text()}: press Run when the running job ends to compute the features again")
+            self._rerun_pending = False
+            return
+        self._rerun_pending = False
+        self.run_current()
 
     def run(self) -> None:
         """The Run button: the current image, every open image or the folder (see ``sections.run_scope``)."""
@@ -370,7 +406,8 @@ class FreeSoloPanel(QWidget):
     def accept(self, computed: Computed) -> None:
         """A worker's features and extractor are stored here, on the GUI thread; then its masks are shown."""
         self.state.adopt_extractor(computed.extractor, computed.generation)
-        self.state.store_features(computed.key, computed.image, computed.features, computed.generation, computed.view)
+        self.state.store_features(computed.key, computed.image, computed.features, computed.generation, computed.view,
+                                  computed.tiling)
         self.show_update(computed.update)
 
     def show_update(self, update: FreeMaskUpdate) -> None:

@@ -7,10 +7,11 @@ file, which never changes once released), the attribute path of its input widget
 fails until that is done; renaming a key needs a migration (:data:`MIGRATIONS`). Values are saved
 shortly after any change; a new panel restores them.
 
-File: ``{"version": 3, "values": {key: value}}``. Version 1 files (``{"format": 1, ...}``,
+File: ``{"version": 4, "values": {key: value}}``. Version 1 files (``{"format": 1, ...}``,
 written when the keys were found by walking the panel's attributes) hold the same keys and are
 migrated; version 2 files predate the generator toggles and colour by source: they are migrated
-to Free Mask alone, coloured as they were. A file of an unknown version is ignored with one
+to Free Mask alone, coloured as they were; version 3 files predate the tiles control: they are
+migrated to tiles off (the overlap at the command line's default). A file of an unknown version is ignored with one
 notice, and the defaults are used.
 
 Location: ``$FREESOLO_NAPARI_SETTINGS`` if set (tests point it at a temporary file), else
@@ -33,10 +34,11 @@ from engine.freemask.postprocess import FreeMaskParams
 from engine.generators.merge import GENERATORS, GeneratorConfig
 from engine.selftrain.config import SelfTrainConfig
 from engine.solo.config import TrainConfig
+from freesolo_napari.sections.tiling import DEFAULT_OVERLAP
 
 SETTINGS_ENV = "FREESOLO_NAPARI_SETTINGS"
 SAVE_DELAY_MS = 300
-VERSION = 3
+VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,8 @@ SCHEMA: tuple[Setting, ...] = (
     *(Setting(f"controls.generators.{g}", f"controls.generator_checks.{i}", g in _G.generators)
       for i, g in enumerate(GENERATORS)),
     Setting("controls.generators.on_microscopy", "controls.on_microscopy", _G.classical_on_microscopy),
+    Setting("tiling.tile", "tiling.tile", 0),
+    Setting("tiling.overlap", "tiling.overlap", DEFAULT_OVERLAP),
     Setting("run_scope.combo", "run_scope.combo", "current image"),
     Setting("export_controls.scope", "export_controls.scope", "all open images"),
     Setting("export_controls.format", "export_controls.format", "RLE"),
@@ -95,8 +99,13 @@ def _from_v2(values: dict) -> dict:
             "review.source_check": False}
 
 
+def _from_v3(values: dict) -> dict:
+    """Version 3 had no tiles control: tiles off, as before."""
+    return {**values, "tiling.tile": 0, "tiling.overlap": DEFAULT_OVERLAP}
+
+
 # version -> its values in the next version's keys
-MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _from_v1, 2: _from_v2}
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _from_v1, 2: _from_v2, 3: _from_v3}
 
 
 def settings_path(explicit: str | os.PathLike[str] | None = None) -> Path:

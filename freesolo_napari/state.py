@@ -27,12 +27,17 @@ class PanelState:
     axes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # layer -> letters of its plane axes
     extractor: object | None = None  # the FeatureExtractor in use (built lazily by a worker)
     generation: int = 0  # bumped when the backbone or device changes: older results are not kept
+    tiling: tuple[int | None, int] = (None, 0)  # (tile px, overlap px) the kept features were made with; off: (None, 0)
 
-    def store_features(self, key: str, image: np.ndarray, feats, generation: int | None = None, view=None) -> bool:
-        """Keep ``key``'s features unless they were computed for an earlier backbone or device.
+    def store_features(self, key: str, image: np.ndarray, feats, generation: int | None = None, view=None,
+                       tiling: tuple[int | None, int] | None = None) -> bool:
+        """Keep ``key``'s features unless they were computed for an earlier backbone or device, or
+        (``tiling`` given) with another tiling than the one chosen now.
 
         ``view`` (a ``planes.View``) says which layer, plane and channel a key other than a layer name is."""
         if generation is not None and generation != self.generation:
+            return False
+        if tiling is not None and tuple(tiling) != tuple(self.tiling):
             return False
         self.features[key] = (image, feats)
         if view is not None and key != view.name:
@@ -58,6 +63,15 @@ class PanelState:
         self.extractor = None
         self.features.clear()
         self.generation += 1
+
+    def set_tiling(self, tiling: tuple[int | None, int]) -> bool:
+        """Another tiling: the kept features were made with the old one and are dropped (the extractor
+        stays). Returns whether it changed."""
+        if tuple(tiling) == tuple(self.tiling):
+            return False
+        self.tiling = tuple(tiling)
+        self.features.clear()
+        return True
 
     def forget_closed(self, open_names) -> None:
         """Images no longer open free their features and parameters."""

@@ -33,7 +33,8 @@ def test_help_lists_every_option(capsys):
     text = capsys.readouterr().out
     for opt in ("--out", "--backbone", "--tau", "--scales", "--top-k", "--nms-sigma", "--nms-kernel", "--min-area",
                 "--split-components", "--device", "--overwrite", "--format", "--labels", "--overlays", "--input-scale",
-                "--refine-radius", "--official-filters", "--cache-dir", "--stain", "--query-stride"):
+                "--refine-radius", "--official-filters", "--cache-dir", "--stain", "--query-stride", "--tile",
+                "--tile-overlap", "--quiet"):
         assert opt in text, opt
     assert {"freemask", "eval", "demo"} <= set(build_parser()._subparsers._group_actions[0].choices)
 

@@ -34,7 +34,7 @@ def test_every_schema_entry_names_an_existing_input_with_its_default(make_napari
 
     _viewer, widget = _panel(make_napari_viewer)
     keys = [s.key for s in SCHEMA]
-    assert len(keys) == len(set(keys)) == 36
+    assert len(keys) == len(set(keys)) == 38
     missing = []
     for setting in SCHEMA:
         try:
@@ -142,9 +142,44 @@ def test_version_2_file_is_migrated_to_free_mask_alone(make_napari_viewer, tmp_p
     path.write_text(json.dumps({"version": 2, "values": {"controls.tau.slider": 70, "review.color_check": True}}))
     monkeypatch.setenv("FREESOLO_NAPARI_SETTINGS", str(path))
     _viewer, w = _panel(make_napari_viewer)
-    assert VERSION == 3 and w.settings.problem is None
+    assert VERSION == 4 and w.settings.problem is None
     assert w.controls.tau.slider.value() == 70 and w.review.color_check.isChecked()
     assert w.current_generators().generators == ("freemask",) and not w.review.source_check.isChecked()
     migrated = MIGRATIONS[2]({"controls.tau.slider": 70})
     assert migrated["controls.generators.freemask"] is True and migrated["controls.generators.classical"] is False
     assert migrated["review.source_check"] is False and migrated["controls.tau.slider"] == 70
+
+
+def test_version_3_file_is_migrated_to_tiles_off_and_tiles_round_trip(make_napari_viewer, tmp_path, monkeypatch):
+    from freesolo_napari.settings import MIGRATIONS
+
+    path = tmp_path / "v3.json"
+    path.write_text(json.dumps({"version": 3, "values": {"controls.tau.slider": 66}}))
+    monkeypatch.setenv("FREESOLO_NAPARI_SETTINGS", str(path))
+    _viewer, w = _panel(make_napari_viewer)
+    assert w.settings.problem is None and w.controls.tau.slider.value() == 66
+    assert w.tiling.tiling() == (None, 0) and not w.tiling.overlap.isEnabled()
+    assert MIGRATIONS[3]({"controls.tau.slider": 66}) == {"controls.tau.slider": 66, "tiling.tile": 0,
+                                                          "tiling.overlap": 64}
+    w.tiling.tile.setValue(512)
+    w.tiling.overlap.setValue(96)
+    w.settings.save()
+    values = json.loads(path.read_text())["values"]
+    assert (values["tiling.tile"], values["tiling.overlap"]) == (512, 96)
+    _viewer2, w2 = _panel(make_napari_viewer)
+    assert w2.tiling.tiling() == (512, 96) and w2.state.tiling == (512, 96)  # restored and in effect
+
+
+def test_the_tile_control_keeps_what_the_engine_can_plan(make_napari_viewer):
+    from engine.generators.tiling import check_tiling
+
+    _viewer, w = _panel(make_napari_viewer)
+    t = w.tiling
+    t.tile.setValue(20)  # below the engine's smallest tile
+    assert t.tiling() == (64, 31)  # the tile raised to 64, the overlap clamped under half of it
+    t.tile.setValue(1024)
+    t.overlap.setValue(200)
+    assert t.tiling() == (1024, 200)
+    check_tiling(*t.tiling())
+    t.tile.setValue(0)
+    assert t.tiling() == (None, 0) and w.state.tiling == (None, 0) and not t.overlap.isEnabled()

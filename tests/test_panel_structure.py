@@ -62,6 +62,20 @@ def test_state_keeps_only_results_of_the_current_model():
     assert not state.features
 
 
+def test_state_keeps_only_features_of_the_current_tiling():
+    from freesolo_napari.state import PanelState
+
+    state = PanelState()
+    image = np.zeros((4, 4, 3), np.uint8)
+    assert state.store_features("a", image, "whole", tiling=(None, 0))
+    assert state.set_tiling((512, 64)) and not state.features  # made without tiles: dropped
+    state.extractor = "extractor"
+    assert not state.set_tiling((512, 64))  # unchanged: nothing dropped
+    assert not state.store_features("a", image, "whole", tiling=(None, 0))  # a job started before the change
+    assert state.store_features("a", image, "windows", tiling=(512, 64))
+    assert state.features["a"][1] == "windows" and state.extractor == "extractor"  # the backbone stays
+
+
 def test_training_handles_every_progress_event_kind():
     from engine.selftrain import events
     from freesolo_napari.sections.training import TrainingSection

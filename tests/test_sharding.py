@@ -101,9 +101,12 @@ def test_freemask_on_two_processes_equals_one(folder, tmp_path, capsys):
     args = ["freemask", str(folder), "--top-k", "4", "--device", "cpu"]
     one, two = tmp_path / "one.json", tmp_path / "two.json"
     assert main([*args, "--out", str(one), "--no-cache"]) == 1  # the broken file fails the run ...
-    capsys.readouterr()
+    lines = capsys.readouterr().out.splitlines()
+    choices = [line for line in lines if ": used: " in line]
     assert main([*args, "--out", str(two), "--nproc", "2", "--labels", str(tmp_path / "labels")]) == 1  # ... here too
     out = capsys.readouterr()
+    assert len(choices) == 4 and [line for line in out.out.splitlines() if ": used: " in line] == choices
+    assert out.out.splitlines()[:4] == lines[:4] == choices  # before the summary line, as one process prints them
     assert "img_0002b.png" in out.err and "1 file(s) failed" in out.err  # reported by rank 1, summed up by the merge
     assert "4 images" in out.out and "2 processes" in out.out and "0 from cache" in out.out
     assert_same_coco(one, two)

@@ -8,7 +8,13 @@ import pytest
 from engine.cli import main
 from engine.data.synthetic import write_synthetic_dataset
 from engine.generators.pipeline import run_freemask_batch
-from engine.generators.tiling import plan_tiles
+from engine.freemask.postprocess import FreeMaskParams
+from engine.generators.choices import AutoChoices, automatic_choices, tile_grid
+from engine.generators.merge import GeneratorConfig
+from engine.generators.tiling import extract_tiles, plan_image, plan_tiles, postprocess_tiles
+from engine.freemask.features import FeatureCache
+from engine.io.images import file_sha1, load_image
+from engine.io.stacks import content_key
 from engine.io.coco import load_image_results
 
 
@@ -27,7 +33,7 @@ def test_cores_cover_every_pixel_once_and_windows_fit(size, scale, tile, overlap
         plan_tiles(size, scale, 32, 8)
 
 
-def test_a_tiled_run_gives_full_resolution_masks_and_caches_each_window(tmp_path, capsys):
+def test_a_tiled_run_gives_full_resolution_masks_and_caches_each_window(tmp_path, capsys, extractor):
     images, _gt = write_synthetic_dataset(tmp_path / "d", 1, seed=3, size=(400, 400), kind="microscopy")
     report = run_freemask_batch([images], device="cpu", cache_dir=tmp_path / "cache", tile=256, tile_overlap=32,
                                 feature_config=None)
@@ -40,5 +46,29 @@ def test_a_tiled_run_gives_full_resolution_masks_and_caches_each_window(tmp_path
     again = run_freemask_batch([images], device="cpu", cache_dir=tmp_path / "cache", tile=256, tile_overlap=32)
     assert again.cache_hits == 1 and again.backbone_seconds == 0.0  # every window came from the cache
     out = tmp_path / "m.json"
-    assert main(["freemask", str(images), "--out", str(out), "--tile", "256", "--tile-overlap", "32", "--device", "cpu"]) == 0
-    assert len(next(iter(load_image_results(out).values())).instances) == len(result.instances)
+    capsys.readouterr()
+    assert main(["freemask", str(images), "--out", str(out), "--tile", "256", "--tile-overlap", "32", "--device", "cpu",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    [loaded] = load_image_results(out).values()
+    assert len(loaded.instances) == len(result.instances)
+
+    # what the CLI prints and stores is what the engine says of the same windows
+    path = report.images[result.file_name]
+    image = load_image(path)
+    plan = plan_image(image, extractor.config, 256, 32)
+    digest = content_key(file_sha1(path), result.file_name, None)
+    tiled, hits = extract_tiles(extractor, image, plan, digest, FeatureCache(tmp_path / "cache"))
+    assert hits == len(plan.windows)  # the windows the CLI ran
+    params = FreeMaskParams()
+    expected = automatic_choices(tiled.windows[0], params, postprocess_tiles(tiled, image, params, GeneratorConfig()),
+                                 plan)
+    assert expected.tiles == tile_grid(plan) and expected.tiles[0] * expected.tiles[1] > 1
+    assert expected.scale_auto and expected.input_scale == plan.scale > 1.0  # the whole image's automatic scale
+    assert AutoChoices.from_dict(loaded.automatic) == expected == AutoChoices.from_dict(result.automatic)
+    assert f"{result.file_name}: {expected.text()}" in capsys.readouterr().out
+
+
+def test_a_tiling_the_engine_cannot_plan_is_one_usage_error_before_any_image(tmp_path, capsys):
+    out = tmp_path / "m.json"
+    assert main(["freemask", str(tmp_path), "--out", str(out), "--tile", "256", "--tile-overlap", "128"]) == 2
+    assert "overlap in [0, tile/2)" in capsys.readouterr().err and not out.exists()

@@ -27,7 +27,9 @@ from engine.io.export import FREEMASK_INFO, write_outputs, write_overlays
 def add_freemask_commands(sub) -> None:
     fm = sub.add_parser("freemask", help="coarse instance masks for a folder of images (COCO JSON out)",
                         description="Run Free Mask on images and write a COCO dataset of the masks found. "
-                        "Resumable: features are cached, so a rerun skips the backbone for images already seen. "
+                        "One line per image says what was chosen automatically (input scale, stain view, query "
+                        "grid, tiles, top-k, generators added on microscopy); each COCO images entry keeps it "
+                        "as 'automatic'. Resumable: features are cached, so a rerun skips the backbone for images already seen. "
                         "Bad files are reported and skipped; the exit code is 1 if any failed.")
     fm.add_argument("images", nargs="+", help="image files and/or folders")
     fm.add_argument("--out", required=True, type=Path, help="output COCO JSON file")
@@ -35,6 +37,8 @@ def add_freemask_commands(sub) -> None:
     fm.add_argument("--labels", type=Path, default=None, help="also write one 16-bit label PNG per image into this folder")
     fm.add_argument("--overlays", type=Path, default=None, help="also write an overlay PNG per image into this folder")
     fm.add_argument("--overwrite", action="store_true", help="replace existing outputs (the old file is kept as .bak)")
+    fm.add_argument("--quiet", action="store_true", help="do not print the automatic choices of each image (they "
+                    "are still stored as 'automatic' in each COCO images entry)")
     add_nproc_option(fm)
     add_channel_option(fm)
     add_feature_options(fm)
@@ -78,6 +82,7 @@ def freemask_shard(args, fconf, params, *, shard, device, progress):
 
 def cmd_freemask(args: argparse.Namespace) -> int:
     from engine.generators.pipeline import run_freemask_batch
+    from engine.generators.tiling import check_tiling
     from engine.runtime.device import configure_cpu_threads
     from engine.runtime.progress import ProgressBar
 
@@ -85,6 +90,7 @@ def cmd_freemask(args: argparse.Namespace) -> int:
     try:
         fconf = feature_config_from_args(args)
         params = params_from_args(args)
+        check_tiling(args.tile, args.tile_overlap)  # before any image: not one failure per image
     except ValueError as exc:
         raise UserError(str(exc)) from None
     check_outputs_free([args.out], args.overwrite)
@@ -100,6 +106,8 @@ def cmd_freemask(args: argparse.Namespace) -> int:
     for _path, why in report.failures:
         print(f"error: {why}", file=sys.stderr)
     written = write_outputs(report, args.out, args.format, args.labels, args.overlays, args.overwrite)
+    if not args.quiet:
+        print_choices((r.file_name, r.automatic) for r in report.results)
     n_masks = sum(len(r.instances) for r in report.results)
     print(f"{len(report.results)} images, {n_masks} masks -> {written[0]}"
           f" ({report.cache_hits} from cache, backbone {report.backbone_seconds:.1f}s, "
@@ -118,11 +126,24 @@ def _freemask_sharded(args: argparse.Namespace, fconf, params) -> int:
     summary = run_sharded(freemask_shard, (args, fconf, params), out=args.out, nproc=args.nproc,
                           device=args.device, fmt=args.format, info=FREEMASK_INFO, overwrite=args.overwrite,
                           title="freemask")
+    if summary is not None and not args.quiet:  # the merging process: the lines as one process prints them
+        images = json.loads(summary.out.read_text())["images"]
+        print_choices((img["file_name"], img.get("automatic")) for img in images)
     code = print_summary(summary, what="{s.cache_hits} from cache, backbone {s.backbone_seconds:.1f}s, "
                          "post-processing {s.postprocess_seconds:.1f}s")
     if summary is not None:
         _print_extra_outputs(args)
     return code
+
+
+def print_choices(images) -> None:
+    """'name: used: input scale ×1.26 (auto, objects ≈40 px) · …' for each (file name, ``automatic``
+    dict of its COCO images entry); images without one are left out."""
+    from engine.generators.choices import AutoChoices
+
+    for name, automatic in images:
+        if automatic is not None:
+            print(f"{name}: {AutoChoices.from_dict(automatic).text()}")
 
 
 def _print_extra_outputs(args: argparse.Namespace) -> None:

@@ -12,7 +12,8 @@ never recomputes them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 from engine.freemask.features import Features
 from engine.freemask.postprocess import FreeMaskParams, FreeMaskResult
@@ -45,13 +46,23 @@ class AutoChoices:
                  f"query grid {self.query_grid[0]}×{self.query_grid[1]} "
                  + ("(auto)" if self.query_stride is None else f"(stride {self.query_stride})"),
                  "tiles: none" if self.tiles is None else f"tiles: {self.tiles[0]}×{self.tiles[1]}"]
-        if self.top_k is not None:
-            parts.append(f"top-k {self.top_k} (auto)")
+        if self.top_k is not None:  # a tiled run keeps top-k masks per window (engine/generators/tiling.py)
+            parts.append(f"top-k {self.top_k}{'' if self.tiles is None else ' per window'} (auto)")
         if self.refine_radius is not None:
             parts.append(f"refine radius {self.refine_radius} px (auto)")
         if self.auto_generators:
             parts.append(f"+ {' + '.join(self.auto_generators)} (auto: microscopy)")
         return "used: " + " · ".join(parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: what ``freesolo freemask`` stores as ``automatic`` in each COCO ``images`` entry."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "AutoChoices":
+        """The choices ``as_dict`` wrote (keys it does not know are ignored)."""
+        values = {f.name: d[f.name] for f in fields(cls) if f.name in d}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def tile_grid(plan: TilePlan) -> tuple[int, int]:
@@ -61,12 +72,18 @@ def tile_grid(plan: TilePlan) -> tuple[int, int]:
 
 def automatic_choices(features: Features, params: FreeMaskParams, result: FreeMaskResult | None = None,
                       plan: TilePlan | None = None) -> AutoChoices:
-    """What ``features`` (one window's, for a tiled run), ``params`` and ``result`` say was chosen."""
+    """What ``features`` (one window's, for a tiled run), ``params`` and ``result`` say was chosen; a tiled
+    run's input scale and stain are decided on the whole image, so they are read from its ``plan``."""
     auto_top = result is not None and params.top_k is None
     auto_radius = result is not None and params.refine and params.refine_radius is None
+    if plan is not None:
+        scale, scale_auto, size, stain_auto = plan.scale, plan.auto_scale, plan.object_size, plan.stain_auto
+    else:
+        scale, scale_auto, size = features.input_scale, features.auto_scale, features.object_size
+        stain_auto = features.config.stain == "auto"
     return AutoChoices(
-        input_scale=features.input_scale, scale_auto=features.auto_scale, object_size=features.object_size,
-        stain=features.stain, stain_auto=features.config.stain == "auto",
+        input_scale=scale, scale_auto=scale_auto, object_size=size,
+        stain=features.stain, stain_auto=stain_auto,
         query_grid=query_grid(features.grid_size, params.query_stride), query_stride=params.query_stride,
         tiles=None if plan is None or len(plan.windows) == 1 else tile_grid(plan),
         top_k=result.top_k if auto_top else None, refine_radius=result.refine_radius if auto_radius else None,

@@ -15,10 +15,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from engine.backbones.weights import cache_root
-from engine.freemask.features import FeatureCache, FeatureConfig, FeatureExtractor, extract_cached
+from engine.freemask.features import FeatureCache, FeatureConfig, FeatureExtractor
 from engine.freemask.postprocess import FreeMaskParams
-from engine.generators.merge import GeneratorConfig, generate
-from engine.generators.tiling import extract_tiles, plan_tiles, postprocess_tiles, whole_image_scale
+from engine.generators.choices import AutoChoices
+from engine.generators.image import generate_image, image_features
+from engine.generators.merge import GeneratorConfig
 from engine.io.images import file_sha1
 from engine.io.stacks import content_key
 from engine.runtime.batch import BatchReport, ProgressFn, iter_batch
@@ -54,7 +55,8 @@ def run_freemask_batch(
     per-file problems go to ``report.failures``. ``shard = (rank, world)``: only that share of
     the images (``engine.runtime.sharding`` runs the shares in parallel and merges them).
     ``tile``: images whose input would be over ``tile`` network pixels are processed in
-    overlapping windows (``engine/generators/tiling.py``).
+    overlapping windows (``engine/generators/tiling.py``). Each result's ``automatic`` holds what
+    was chosen automatically for its image (``AutoChoices.as_dict``).
     """
     params = (params or FreeMaskParams()).validated()
     report = BatchReport()
@@ -65,12 +67,14 @@ def run_freemask_batch(
     t_start = time.perf_counter()
     for name, path, image in itertools.chain([first] if first is not None else [], images):
         try:
-            instances = _one_image(extractor, cache, params, generators, (tile, tile_overlap), path, name, image, report)
+            instances, choices = _one_image(extractor, cache, params, generators, (tile, tile_overlap), path, name,
+                                            image, report)
         except (OSError, RuntimeError, ValueError) as exc:  # e.g. out of memory on a huge image
             report.failures.append((str(path), f"{path}: {type(exc).__name__}: {exc}"))
             continue
         h, w = image.shape[:2]
-        img_result = ImageResult(file_name=name, height=h, width=w, instances=instances)
+        img_result = ImageResult(file_name=name, height=h, width=w, instances=instances,
+                                 automatic=choices.as_dict())
         report.results.append(img_result)
         report.images[name] = path
         if on_result is not None:
@@ -81,27 +85,19 @@ def run_freemask_batch(
 
 def _one_image(extractor: FeatureExtractor, cache: FeatureCache | None, params: FreeMaskParams,
                generators: GeneratorConfig | None, tiling: tuple[int | None, int], path: Path, name: str,
-               image: np.ndarray, report: BatchReport) -> list[InstanceMask]:
-    """Features (from the cache when it has them) and post-processing of one image plane, timed into ``report``."""
+               image: np.ndarray, report: BatchReport) -> tuple[list[InstanceMask], AutoChoices]:
+    """Features (from the cache when it has them) and post-processing of one image plane, timed into
+    ``report``; also what was chosen automatically."""
     digest = content_key(_sha1(path), name, report.channel) if cache is not None else None
     tile, overlap = tiling
     t0 = time.perf_counter()
-    scale, auto, stain = whole_image_scale(image, extractor.config)
-    if tile is not None and max(image.shape[:2]) * scale > tile:
-        plan = plan_tiles(image.shape[:2], scale, tile, overlap, stain)
-        tiles, hits = extract_tiles(extractor, image, plan, digest, cache)
-        t1 = time.perf_counter()
-        top_k = params.top_k or (100 if auto and scale > 1.0 else 20)
-        instances = postprocess_tiles(tiles, plan, image, params, generators, top_k)
-        hit = hits == len(tiles)
-    else:
-        feats, hit = extract_cached(extractor, image, digest, cache)
-        t1 = time.perf_counter()
-        instances = generate(feats, params, image, generators).instances
+    feats, hit = image_features(extractor, image, digest, cache, tile, overlap)
+    t1 = time.perf_counter()
+    result, choices = generate_image(feats, params, image, generators)
     report.cache_hits += int(hit)
     report.backbone_seconds += 0.0 if hit else t1 - t0
     report.postprocess_seconds += time.perf_counter() - t1
-    return instances
+    return result.instances, choices
 
 
 _last_sha: dict[str, str] = {}

@@ -8,6 +8,10 @@ disk like any image) and its own post-processing. A window keeps the masks whose
 its *core* (the part of the window nearer to its centre than to a neighbour's), so an
 object cut by one window's edge is kept from the window that holds it whole; one Matrix NMS over
 all kept masks (exact IoU on crops) removes what is left twice. Masks are at full resolution.
+
+``plan_image`` decides whether an image is tiled (and how), ``TiledFeatures`` are its windows'
+features, which ``postprocess_tiles`` turns into one result: the CLI's pipeline and the panel
+run the same three steps (``engine/generators/image.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 
 from engine.freemask.features import FeatureCache, FeatureConfig, FeatureExtractor, Features, choose_input_scale
 from engine.freemask.features import extract_cached
-from engine.freemask.postprocess import FreeMaskParams
+from engine.freemask.postprocess import FreeMaskParams, FreeMaskResult
 from engine.freemask.stain import resolve_stain, stain_view
 from engine.generators.merge import GeneratorConfig, generate, nms_rank
 from engine.structures import InstanceMask
@@ -33,6 +37,22 @@ class TilePlan:
     stain: str  # what the network sees in every window ('he' or 'none'), decided on the whole image
     windows: tuple[Box, ...]
     cores: tuple[Box, ...]
+    # how the whole image's scale and stain were decided (reported by engine/generators/choices.py)
+    auto_scale: bool = False
+    object_size: float | None = None  # estimated object diameter in image px (automatic scale only)
+    stain_auto: bool = False
+
+
+@dataclass
+class TiledFeatures:
+    """One tiled image's features: one ``Features`` per window of ``plan``, in the plan's order."""
+
+    plan: TilePlan
+    windows: list[Features]
+
+    @property
+    def backbone_seconds(self) -> float:
+        return sum(f.backbone_seconds for f in self.windows)
 
 
 def _spans(length: int, size: int, step: int) -> list[tuple[int, int, int, int]]:
@@ -46,10 +66,17 @@ def _spans(length: int, size: int, step: int) -> list[tuple[int, int, int, int]]
     return [(s, e, bounds[i], bounds[i + 1]) for i, (s, e) in enumerate(zip(starts, stops))]
 
 
-def plan_tiles(image_size: tuple[int, int], scale: float, tile: int, overlap: int, stain: str = "none") -> TilePlan:
-    """Windows of ``tile`` input px overlapping by at least ``overlap`` input px, covering the image."""
-    if tile < 64 or not 0 <= overlap < tile // 2:
+def check_tiling(tile: int | None, overlap: int) -> None:
+    """ValueError unless ``tile`` (None: no tiling) and ``overlap`` (input px) can be planned."""
+    if tile is not None and (tile < 64 or not 0 <= overlap < tile // 2):
         raise ValueError(f"tile must be at least 64 px and overlap in [0, tile/2); got tile {tile}, overlap {overlap}")
+
+
+def plan_tiles(image_size: tuple[int, int], scale: float, tile: int, overlap: int, stain: str = "none",
+               **decided) -> TilePlan:
+    """Windows of ``tile`` input px overlapping by at least ``overlap`` input px, covering the image.
+    ``decided``: how the scale and stain were chosen (``auto_scale``, ``object_size``, ``stain_auto``)."""
+    check_tiling(tile, overlap)
     size = max(1, round(tile / scale))
     step = max(1, size - round(overlap / scale))
     windows, cores = [], []
@@ -57,7 +84,7 @@ def plan_tiles(image_size: tuple[int, int], scale: float, tile: int, overlap: in
         for x0, x1, cx0, cx1 in _spans(image_size[1], size, step):
             windows.append((y0, y1, x0, x1))
             cores.append((cy0, cy1, cx0, cx1))
-    return TilePlan(scale, stain, tuple(windows), tuple(cores))
+    return TilePlan(scale, stain, tuple(windows), tuple(cores), **decided)
 
 
 def tile_config(config: FeatureConfig, scale: float, stain: str) -> FeatureConfig:
@@ -68,22 +95,47 @@ def tile_config(config: FeatureConfig, scale: float, stain: str) -> FeatureConfi
 def whole_image_scale(image: np.ndarray, config: FeatureConfig) -> tuple[float, bool, str]:
     """The input scale the image would get with no ``max_side`` cap, whether it was automatic, and
     the stain the network sees (``engine/freemask/stain.py``; the scale is chosen on that view)."""
-    stain = resolve_stain(image, config.stain)
-    scale, auto, _size = choose_input_scale(stain_view(image, stain), replace(config, max_side=10**9))
+    scale, auto, _size, stain = _whole_image_choice(image, config)
     return scale, auto, stain
 
 
+def _whole_image_choice(image: np.ndarray, config: FeatureConfig) -> tuple[float, bool, float | None, str]:
+    """``whole_image_scale`` and the estimated object size (automatic scale only)."""
+    stain = resolve_stain(image, config.stain)
+    scale, auto, size = choose_input_scale(stain_view(image, stain), replace(config, max_side=10**9))
+    return scale, auto, size, stain
+
+
+def plan_image(image: np.ndarray, config: FeatureConfig, tile: int | None, overlap: int = 64) -> TilePlan | None:
+    """The windows ``image`` is processed in with ``tile`` (input px; None: no tiling), or None when
+    it is processed whole: no tiling asked, or its input at the chosen scale fits in one tile."""
+    if tile is None:
+        return None
+    scale, auto, size, stain = _whole_image_choice(image, config)
+    if max(image.shape[:2]) * scale <= tile:
+        return None
+    return plan_tiles(image.shape[:2], scale, tile, overlap, stain, auto_scale=auto, object_size=size,
+                      stain_auto=config.stain == "auto")
+
+
+def window_key(digest: str, window: Box) -> str:
+    """The feature cache key of one window of the image whose key is ``digest``."""
+    y0, y1, x0, x1 = window
+    return f"{digest}[win={y0},{y1},{x0},{x1}]"
+
+
 def extract_tiles(extractor: FeatureExtractor, image: np.ndarray, plan: TilePlan, digest: str | None,
-                  cache: FeatureCache | None) -> tuple[list[Features], int]:
+                  cache: FeatureCache | None) -> tuple[TiledFeatures, int]:
     """Each window's features (cached per window); also how many came from the cache."""
     config = tile_config(extractor.config, plan.scale, plan.stain)
     out, hits = [], 0
-    for (y0, y1, x0, x1) in plan.windows:
-        key = f"{digest}[win={y0},{y1},{x0},{x1}]" if digest else None
+    for window in plan.windows:
+        y0, y1, x0, x1 = window
+        key = window_key(digest, window) if digest else None
         feats, hit = extract_cached(extractor, np.ascontiguousarray(image[y0:y1, x0:x1]), key, cache, config)
         out.append(feats)
         hits += int(hit)
-    return out, hits
+    return TiledFeatures(plan, out), hits
 
 
 def _place(inst: InstanceMask, window: Box, image_size: tuple[int, int]) -> InstanceMask:
@@ -101,16 +153,32 @@ def _centre_in(inst: InstanceMask, core: Box) -> bool:
     return core[0] <= cy < core[1] and core[2] <= cx < core[3]
 
 
-def postprocess_tiles(tiles: list[Features], plan: TilePlan, image: np.ndarray, params: FreeMaskParams,
-                      generators: GeneratorConfig | None, top_k: int) -> list[InstanceMask]:
-    """Every window's masks whose centre is in its core, in image coordinates, through one Matrix NMS."""
+def tiles_top_k(params: FreeMaskParams, plan: TilePlan) -> int:
+    """Masks kept per window (the merged image keeps every window's): the set top-k, else
+    ``auto_top_k``'s rule on the whole image's scale (each window's own features carry the fixed
+    scale, never the automatic choice)."""
+    return params.top_k or (100 if plan.auto_scale and plan.scale > 1.0 else 20)
+
+
+def postprocess_tiles(tiled: TiledFeatures, image: np.ndarray, params: FreeMaskParams,
+                      generators: GeneratorConfig | None) -> FreeMaskResult:
+    """Every window's masks whose centre is in its core, in image coordinates, through one Matrix NMS;
+    the candidates' maskness of all windows, and the generators any window added automatically."""
+    plan = tiled.plan
+    top_k = tiles_top_k(params, plan)
     p = replace(params, top_k=top_k).validated()
     kept: list[InstanceMask] = []
-    for feats, window, core in zip(tiles, plan.windows, plan.cores):
+    results = []
+    for feats, window, core in zip(tiled.windows, plan.windows, plan.cores):
         y0, y1, x0, x1 = window
-        found = generate(feats, p, np.ascontiguousarray(image[y0:y1, x0:x1]), generators).instances
-        placed = (_place(m, window, image.shape[:2]) for m in found if m.area)
+        result = generate(feats, p, np.ascontiguousarray(image[y0:y1, x0:x1]), generators)
+        results.append(result)
+        placed = (_place(m, window, image.shape[:2]) for m in result.instances if m.area)
         kept += [m for m in placed if _centre_in(m, core)]
-    if len(plan.windows) == 1 or not kept:
-        return kept
-    return nms_rank(kept, torch.tensor([m.score for m in kept], dtype=torch.float32), params)
+    if len(plan.windows) > 1 and kept:
+        kept = nms_rank(kept, torch.tensor([m.score for m in kept], dtype=torch.float32), params)
+    added = tuple(dict.fromkeys(g for r in results for g in r.auto_generators))
+    return FreeMaskResult(instances=kept, candidate_maskness=np.concatenate([r.candidate_maskness for r in results]),
+                          n_queries=sum(r.n_queries for r in results), refine_radius=results[0].refine_radius,
+                          top_k=top_k, generators=tuple(dict.fromkeys(g for r in results for g in r.generators)),
+                          auto_generators=added)

@@ -133,7 +133,8 @@ def build_coco_dataset(
 
     Polygons keep every connected part (holes are filled); a mask without a usable
     polygon falls back to RLE. Extra per-instance fields that can be JSON-encoded
-    are written as additional annotation keys.
+    are written as additional annotation keys; an image's ``automatic`` choices (when
+    recorded) go into its ``images`` entry under that key.
     """
     if segmentation not in ("rle", "polygon"):
         raise ValueError(f"segmentation must be 'rle' or 'polygon', got {segmentation!r}")
@@ -144,10 +145,10 @@ def build_coco_dataset(
         if res.file_name in seen:
             raise ValueError(f"duplicate file_name {res.file_name!r} in results")
         seen.add(res.file_name)
-        images.append(
-            {"id": image_id, "file_name": res.file_name,
-             "width": int(res.width), "height": int(res.height)}
-        )
+        entry = {"id": image_id, "file_name": res.file_name, "width": int(res.width), "height": int(res.height)}
+        if res.automatic is not None:
+            entry["automatic"] = dict(res.automatic)
+        images.append(entry)
         for k, inst in enumerate(res.instances):
             shape = inst.shape
             if shape != (res.height, res.width):
@@ -426,7 +427,8 @@ def load_image_results(
 
     Images without annotations are kept (they say "nothing here"). ``score``
     defaults to 1.0 (ground truth); ``source`` overrides each annotation's own
-    source (default ``"coco"``). Non-standard keys go to ``InstanceMask.extra``.
+    source (default ``"coco"``). Non-standard keys go to ``InstanceMask.extra``; an
+    image's ``automatic`` choices (written by ``freesolo freemask``) to ``ImageResult.automatic``.
     A result list has no file names or sizes: images are keyed by ``str(image_id)``
     and sized from their RLE; polygon entries there are skipped. Skipped entries
     are appended to ``problems`` when given.
@@ -436,7 +438,9 @@ def load_image_results(
     out: dict[str, ImageResult] = {}
     by_id: dict[Any, ImageResult] = {}
     for img in ds.images:
-        res = ImageResult(img["file_name"], int(img["height"]), int(img["width"]))
+        automatic = img.get("automatic")
+        res = ImageResult(img["file_name"], int(img["height"]), int(img["width"]),
+                          automatic=dict(automatic) if isinstance(automatic, Mapping) else None)
         out[res.file_name] = res
         by_id[img["id"]] = res
     for i, ann in enumerate(ds.annotations):

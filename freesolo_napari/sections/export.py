@@ -110,8 +110,8 @@ class ExportControls(QWidget):
         except ValueError as exc:
             ctx.notify(str(exc))
             return None
-        worker = create_worker(self, _folder_export, view.session, (params, generators), ctx.feature_config(),
-                               view.live_results(), write, _ignore_errors=True)
+        worker = create_worker(self, _folder_export, view.session, (params, generators, ctx.current_tiling()),
+                               ctx.feature_config(), view.live_results(), write, _ignore_errors=True)
         worker.yielded.connect(self._on_folder_item)
         summary = {}
 
@@ -187,12 +187,12 @@ def _label_target(folder: Path, file_name: str) -> Path:
 
 
 def _folder_export(session, settings, config, live, write):
-    """Worker body: every image's masks from the caches (``settings``: the FreeMaskParams and
-    GeneratorConfig to compute them with), then one atomic write."""
+    """Worker body: every image's masks from the caches (``settings``: the FreeMaskParams,
+    GeneratorConfig and tiling to compute them with), then one atomic write."""
     results, missing = [], 0
     total = len(session)
-    params, generators = settings
-    for i, name, result, problem in session.iter_results(params, config, live, generators=generators):
+    params, generators, tiling = settings
+    for i, name, result, problem in session.iter_results(params, config, live, generators=generators, tiling=tiling):
         if result is None:
             missing += 1
         else:

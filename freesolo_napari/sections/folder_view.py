@@ -136,7 +136,8 @@ class FolderView(QWidget):
         index = self.session.go(index)
         self._update_nav()
         worker = create_worker(self, _load, self.session, index, self.ctx.feature_config(), *self._settings(),
-                               self._round_result(self.session.names[index]), _ignore_errors=True)
+                               self._round_result(self.session.names[index]), self.ctx.current_tiling(),
+                               _ignore_errors=True)
         worker.returned.connect(self._on_loaded)
         worker.errored.connect(self.ctx.report_error)
         worker.finished.connect(lambda: self._loaders.remove(worker) if worker in self._loaders else None)
@@ -268,7 +269,7 @@ class FolderView(QWidget):
             return
         image = np.asarray(viewer.layers[name].data)
         worker = create_worker(self, _masks_from_cache, s, s.path, name, image, self.ctx.feature_config(),
-                               *self._settings(), _ignore_errors=True)
+                               *self._settings(), self.ctx.current_tiling(), _ignore_errors=True)
         worker.returned.connect(lambda out: self._on_cached_masks(image, out))
         worker.errored.connect(self.ctx.report_error)
         worker.finished.connect(lambda: self._loaders.remove(worker) if worker in self._loaders else None)
@@ -285,23 +286,25 @@ class FolderView(QWidget):
         self.ctx.show_update(update)
 
 
-def _masks_from_cache(session: FolderSession, path: Path, name: str, image: np.ndarray, config, params, generators):
+def _masks_from_cache(session: FolderSession, path: Path, name: str, image: np.ndarray, config, params, generators,
+                      tiling=(None, 0)):
     """Worker body: (features, masks update) of the image on screen from the cache (None if not cached)."""
-    feats = session.cached_features(path, config)
+    feats = session.cached_features(path, config, image, tiling)
     if feats is None:
         return None
     return feats, freemask_update(name, feats, params, image, generators=generators)
 
 
-def _load(session: FolderSession, index: int, config, params, generators, from_round=None):
-    """Worker body: image, cached features, stored edits and (if no edits) the masks update of the
-    chosen generators, or ``from_round`` (a loaded round's ImageResult) when it fits the image."""
+def _load(session: FolderSession, index: int, config, params, generators, from_round=None, tiling=(None, 0)):
+    """Worker body: image, cached features (the windows' with ``tiling``), stored edits and (if no edits)
+    the masks update of the chosen generators, or ``from_round`` (a loaded round's ImageResult) when it
+    fits the image."""
     from engine.io.images import ImageLoadError, load_image
 
     path = session.paths[index]
     try:
         image = load_image(path)
-        feats = session.cached_features(path, config)
+        feats = session.cached_features(path, config, image, tiling)
         edits = session.load_edits(path)
         if edits is not None and edits.labels.shape != image.shape[:2]:
             edits = None
@@ -335,7 +338,7 @@ def _run_folder(source, session: FolderSession):
             yield "failed", why
         reported = len(report.failures)
         try:
-            _feats, hit = session.features(path, image, source.get())
+            _feats, hit = session.features(path, image, source.get(), source.tiling)
         except (OSError, RuntimeError, ValueError) as exc:  # e.g. out of memory on a huge image
             yield "failed", f"'{name}': {type(exc).__name__}: {exc}"
             continue

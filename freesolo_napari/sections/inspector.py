@@ -11,6 +11,8 @@ from qtpy.QtCore import QRectF, Qt
 from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import QCheckBox, QLabel, QVBoxLayout, QWidget
 
+from engine.generators.tiling import TiledFeatures
+
 QUERY_LAYER = "query soft mask"
 
 
@@ -96,6 +98,8 @@ class QueryInspector(QWidget):
         view = ctx.current_view()  # a stack: the plane on screen
         if view is None or view.key not in ctx.state.features:
             text = "Run Free Mask on this image first, then click to inspect a query."
+        elif isinstance(ctx.state.features[view.key][1], TiledFeatures):
+            text = "Query inspection needs the whole image's features: turn tiles off and Run to inspect queries."
         else:
             _image, feats = ctx.state.features[view.key]
             tau = self.tau()

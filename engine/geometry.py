@@ -58,11 +58,12 @@ def resize_image(image: np.ndarray, size: tuple[int, int], rows_per_band: int = 
     return F.interpolate(narrow, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 255)
 
 
-def letterbox(image: np.ndarray, size: int) -> tuple[torch.Tensor, float, tuple[int, int]]:
-    """Resize so the long side is ``size``, pad to size×size: (uint8 (3,S,S), scale, (h, w))."""
+def letterbox(image: np.ndarray, size: int, scale: float | None = None) -> tuple[torch.Tensor, float, tuple[int, int]]:
+    """Resize so the long side is ``size`` (or by ``scale``, when that fits), pad to size×size:
+    (uint8 (3,S,S), scale, (h, w))."""
     h, w = image.shape[:2]
-    scale = size / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    scale = size / max(h, w) if scale is None else min(scale, size / max(h, w))
+    nh, nw = min(size, max(1, round(h * scale))), min(size, max(1, round(w * scale)))
     out = torch.zeros(3, size, size, dtype=torch.uint8)
     out[:, :nh, :nw] = resize_image(image, (nh, nw))[0].round().clamp(0, 255).to(torch.uint8)
     return out, scale, (nh, nw)

@@ -99,6 +99,10 @@ def _train_options(p: argparse.ArgumentParser, d) -> None:
     p.add_argument("--iters", type=int, default=d.iters, help="iterations (default: %(default)s)")
     p.add_argument("--batch", type=int, default=d.batch, help="images per iteration (default: %(default)s)")
     p.add_argument("--size", type=int, default=d.size, help="training image size, long side (default: %(default)s)")
+    p.add_argument("--object-px", type=float, default=d.object_px,
+                   help="scale the run so that the median training mask is this many px wide; images larger "
+                   "than --size at that scale are trained and predicted in overlapping windows (0: every image "
+                   "letterboxed whole to --size; default: %(default)s)")
     p.add_argument("--lr", type=float, default=d.lr, help="learning rate (default: %(default)s)")
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default=d.optimizer, help="(default: %(default)s)")
     p.add_argument("--preset", choices=("cpu-small", "paper"), default="cpu-small", help="model size (default: %(default)s)")
@@ -144,7 +148,8 @@ def _train_config(args):
     from engine.solo.config import TrainConfig
 
     _amp_note(args, args.amp_dtype)
-    return TrainConfig(iters=args.iters, batch=args.batch, size=args.size, lr=args.lr, optimizer=args.optimizer,
+    return TrainConfig(iters=args.iters, batch=args.batch, size=args.size, object_px=args.object_px, lr=args.lr,
+                       optimizer=args.optimizer,
                        mask_loss=args.mask_loss, copy_paste=args.copy_paste,
                        checkpoint_every=args.checkpoint_every, amp=args.amp is not False, amp_dtype=args.amp_dtype,
                        trusted_weight=args.trusted_weight)

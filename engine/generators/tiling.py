@@ -138,7 +138,7 @@ def extract_tiles(extractor: FeatureExtractor, image: np.ndarray, plan: TilePlan
     return TiledFeatures(plan, out), hits
 
 
-def _place(inst: InstanceMask, window: Box, image_size: tuple[int, int]) -> InstanceMask:
+def place_in_image(inst: InstanceMask, window: Box, image_size: tuple[int, int]) -> InstanceMask:
     """A window's mask in image coordinates (the same crop, its box moved)."""
     y0, _y1, x0, _x1 = window
     by0, by1, bx0, bx1 = inst.box
@@ -148,7 +148,7 @@ def _place(inst: InstanceMask, window: Box, image_size: tuple[int, int]) -> Inst
     return replace(inst, box=(y0 + by0, y0 + by1, x0 + bx0, x0 + bx1), shape=tuple(image_size), extra=extra)
 
 
-def _centre_in(inst: InstanceMask, core: Box) -> bool:
+def centre_in(inst: InstanceMask, core: Box) -> bool:
     cy, cx = inst.centre()
     return core[0] <= cy < core[1] and core[2] <= cx < core[3]
 
@@ -173,8 +173,8 @@ def postprocess_tiles(tiled: TiledFeatures, image: np.ndarray, params: FreeMaskP
         y0, y1, x0, x1 = window
         result = generate(feats, p, np.ascontiguousarray(image[y0:y1, x0:x1]), generators)
         results.append(result)
-        placed = (_place(m, window, image.shape[:2]) for m in result.instances if m.area)
-        kept += [m for m in placed if _centre_in(m, core)]
+        placed = (place_in_image(m, window, image.shape[:2]) for m in result.instances if m.area)
+        kept += [m for m in placed if centre_in(m, core)]
     if len(plan.windows) > 1 and kept:
         kept = nms_rank(kept, torch.tensor([m.score for m in kept], dtype=torch.float32), params)
     added = tuple(dict.fromkeys(g for r in results for g in r.auto_generators))

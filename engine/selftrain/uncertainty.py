@@ -60,12 +60,12 @@ def rank_uncertain(inputs: Sequence[str | Path], model_path: str | Path, *, devi
                    progress: Callable[[int, int, str], None] | None = None) -> list[Uncertainty]:
     """Every image of ``inputs`` with the student's uncertainty, most uncertain first."""
     model, state = load_model(model_path, device)
-    size, inference = inference_settings(model, state)
+    size, inference, scale = inference_settings(model, state)
     report = BatchReport()
     rows = []
     for name, _path, image in iter_batch(inputs, report, progress):
-        plain = predict_image(model, image, size, inference)
-        mirrored = predict_image(model, np.ascontiguousarray(image[:, ::-1]), size, inference)
+        plain = predict_image(model, image, size, inference, scale=scale)
+        mirrored = predict_image(model, np.ascontiguousarray(image[:, ::-1]), size, inference, scale=scale)
         back = [_mirrored(m) for m in mirrored]
         scores = [m.score for m in plain]
         rows.append(Uncertainty(name, round(flip_disagreement(plain, back), 4), len(plain),

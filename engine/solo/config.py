@@ -205,6 +205,8 @@ class TrainConfig:
     iters: int = 1500  # 300 left the student far below its coarse masks; 1500 beat them (see README)
     batch: int = 2
     size: int = 320  # training images are letterboxed to size×size
+    object_px: float = 0.0  # > 0: the run's scale makes the median training mask this wide (engine/solo/tiles.py)
+    scale: float = 0.0  # network px per image px, resolved from object_px at the start (0: letterbox whole images)
     optimizer: Literal["adamw", "sgd"] = "adamw"  # SGD (paper: lr 0.001, batch 16) barely moved at batch 2 here
     lr: float = 1e-3
     momentum: float = 0.9  # SGD only

@@ -18,7 +18,8 @@ from engine.io.coco import load_image_results
 from engine.geometry import letterbox
 from engine.io.images import ImageLoadError, list_images, relative_name
 from engine.io.stacks import load_plane, split_plane_name
-from engine.structures import is_ignored
+from engine.solo import tiles
+from engine.structures import ImageResult, InstanceMask, is_ignored
 
 
 @dataclass
@@ -44,17 +45,17 @@ def letterbox_masks(masks: list[np.ndarray], content: tuple[int, int], size: int
 
 def load_training_set(
     image_dir: str | Path, masks_json: str | Path, size: int, *, min_score: float | None = None,
-    trusted_json: str | Path | None = None,
+    trusted_json: str | Path | None = None, scale: float = 0.0,
 ) -> tuple[list[TrainSample], list[str]]:
     """(samples, problems) for the images of ``masks_json`` (and ``trusted_json``) found in ``image_dir``.
 
     An image in ``trusted_json`` takes its masks from there, whatever ``masks_json`` says: all of
-    them are positives and the rest of the image is background (no ignore regions).
+    them are positives and the rest of the image is background (no ignore regions). ``scale``
+    (network px per image px, ``engine/solo/tiles.py``): an image larger than ``size`` at that
+    scale becomes one sample per window; 0 letterboxes every image whole.
     """
     problems: list[str] = []
-    results = load_image_results(masks_json, problems=problems)
-    trusted = load_image_results(trusted_json, problems=problems, source="trusted") if trusted_json else {}
-    results |= trusted
+    results, trusted = read_training_masks(masks_json, trusted_json, problems)
     paths, _skipped = list_images([image_dir], recursive=True)
     by_name = {relative_name(p, image_dir): p for p in paths}
     samples = []
@@ -70,12 +71,27 @@ def load_training_set(
         except ImageLoadError as exc:
             problems.append(str(exc))
             continue
-        samples.append(_sample(name, res.instances, image, size, min_score, name in trusted, problems))
+        kept, ignored = _split_instances(name, res.instances, image, min_score, name in trusted, problems)
+        samples += _samples(name, kept, ignored, image, size, scale, name in trusted)
     return samples, problems
 
 
-def _sample(name: str, instances: list, image: np.ndarray, size: int, min_score: float | None, trusted: bool,
-            problems: list[str]) -> TrainSample:
+def read_training_masks(masks_json: str | Path, trusted_json: str | Path | None, problems: list[str]
+                        ) -> tuple[dict[str, ImageResult], dict[str, ImageResult]]:
+    """(every image's training masks, the trusted ones among them): trusted masks replace the others."""
+    results = load_image_results(masks_json, problems=problems)
+    trusted = load_image_results(trusted_json, problems=problems, source="trusted") if trusted_json else {}
+    return results | trusted, trusted
+
+
+def positive_masks(results: dict[str, ImageResult], trusted: dict[str, ImageResult]) -> list[InstanceMask]:
+    """The masks training takes as objects (trusted ones, and the others not marked ignore)."""
+    return [m for name, res in results.items() for m in res.instances if name in trusted or not is_ignored(m)]
+
+
+def _split_instances(name: str, instances: list, image: np.ndarray, min_score: float | None, trusted: bool,
+                     problems: list[str]) -> tuple[list[InstanceMask], list[InstanceMask]]:
+    """(positives, ignore regions) of one image; masks of the wrong size are reported and left out."""
     kept, ignored = [], []
     for k, inst in enumerate(instances):
         if inst.shape != image.shape[:2]:
@@ -86,15 +102,38 @@ def _sample(name: str, instances: list, image: np.ndarray, size: int, min_score:
             ignored.append(inst)
         else:
             kept.append(inst)
-    tensor, _scale, content = letterbox(image, size)
+    return kept, ignored
+
+
+def _samples(name: str, kept: list[InstanceMask], ignored: list[InstanceMask], image: np.ndarray, size: int,
+             scale: float, trusted: bool) -> list[TrainSample]:
+    """The image letterboxed whole, or one sample per window of ``tiles.windows``."""
     weights = [1.0 if trusted else float(m.extra.get("weight", 1.0)) for m in kept]
+    plan = tiles.windows(image.shape[:2], scale, size)
+    if plan is None:
+        tensor, _scale, content = letterbox(image, size)
+        return [_sample(name, tensor, content, size, [m.mask for m in kept], weights,
+                        [m.mask for m in ignored], trusted)]
+    out = []
+    for y0, y1, x0, x1 in plan.windows:
+        tensor, _scale, content = letterbox(np.ascontiguousarray(image[y0:y1, x0:x1]), size, scale)
+        inside, cut = tiles.split_masks(kept, (y0, y1, x0, x1))
+        ignored_inside, ignored_cut = tiles.split_masks(ignored, (y0, y1, x0, x1))
+        ignore = cut + ignored_cut + [m for _k, m in ignored_inside]  # objects cut by the edge: neither
+        out.append(_sample(name, tensor, content, size, [m for _k, m in inside], [weights[k] for k, _m in inside],
+                           ignore, trusted))
+    return out
+
+
+def _sample(name: str, tensor: torch.Tensor, content: tuple[int, int], size: int, masks: list[np.ndarray],
+            weights: list[float], ignore: list[np.ndarray], trusted: bool) -> TrainSample:
     return TrainSample(
         file_name=name,
         image=tensor,
-        masks=letterbox_masks([m.mask for m in kept], content, size),
+        masks=letterbox_masks(masks, content, size),
         weights=torch.tensor(weights, dtype=torch.float32),
         content=content,
-        ignore=letterbox_masks([m.mask for m in ignored], content, size) if ignored else None,
+        ignore=letterbox_masks(ignore, content, size) if ignore else None,
         trusted=trusted,
     )
 

@@ -15,7 +15,7 @@ intact. ``resume=True`` continues from the last checkpoint with the same optimis
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +27,8 @@ from engine.solo import amp as amp_mod
 from engine.runtime import distributed
 from engine.solo.config import SoloConfig, TrainConfig
 from engine.solo.checkpoint import CHECKPOINT, CheckpointError, load_model, weights_shape
-from engine.solo.data import TrainSample, load_training_set
+from engine.solo import tiles
+from engine.solo.data import TrainSample, load_training_set, positive_masks, read_training_masks
 from engine.solo.losses import (
     dice_loss,
     focal_loss_positive_only,
@@ -161,7 +162,8 @@ def train(
         t0 = time.perf_counter()
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        samples, problems = load_training_set(image_dir, masks_json, cfg.size, trusted_json=labels)
+        cfg = resolve_scale(cfg, masks_json, labels)
+        samples, problems = load_training_set(image_dir, masks_json, cfg.size, trusted_json=labels, scale=cfg.scale)
         if not samples:
             raise NoImagesError(f"no usable training images: {'; '.join(problems[:3]) or 'empty coarse-mask file'}")
         trainer = build_trainer(samples, out, cfg, model_cfg, device, info, resume)
@@ -175,6 +177,15 @@ def train(
                            trainer.precision.describe(), skips.skipped)
     finally:
         distributed.teardown(info)
+
+
+def resolve_scale(cfg: TrainConfig, masks_json: str | Path, labels: str | Path | None) -> TrainConfig:
+    """``cfg`` with its ``scale`` set from ``object_px`` and the training masks (kept when already set),
+    so that the checkpoint tells prediction the scale the student learnt at."""
+    if cfg.scale > 0 or cfg.object_px <= 0:
+        return cfg
+    results, trusted = read_training_masks(masks_json, labels, [])
+    return replace(cfg, scale=tiles.folder_scale(positive_masks(results, trusted), cfg.object_px))
 
 
 def build_trainer(samples: list[TrainSample], out: Path, cfg: TrainConfig, model_cfg: SoloConfig | None,

@@ -204,7 +204,7 @@ def build_extractor(spec: tuple[str, str], prebuilt=None):
 
 
 def predict(name: str, image: np.ndarray, path: str, device: str, solo=None):
-    """Worker body: the SOLO model's instances on ``image``, and the (key, model, size, inference) it used.
+    """Worker body: the SOLO model's instances on ``image``, and the (key, model, size, inference, scale) it used.
 
     ``solo`` is the model loaded by an earlier prediction: reused while the file and device are the same.
     """
@@ -218,8 +218,8 @@ def predict(name: str, image: np.ndarray, path: str, device: str, solo=None):
     if solo is None or solo[0] != key:
         model, state = load_model(p, device)
         solo = (key, model, *inference_settings(model, state))
-    _key, model, size, inference = solo
-    instances = predict_image(model, image, size, inference)
+    _key, model, size, inference, scale = solo
+    instances = predict_image(model, image, size, inference, scale=scale)
     for inst in instances:
         inst.source = "model"
     return name, instances, p.name, solo

@@ -10,21 +10,22 @@ them, on the same images: Free Mask's coarse masks (round 0, the teacher) and th
 baselines. One markdown row per run, with minutes per round::
 
     python benchmarks/corrections_curve.py --images DIR/images --gt DIR/gt.json --out /tmp/curve \
-        [--corrected 0 1 3 10] [--iters 1500] [--rounds 1]
+        [--corrected 0 1 3 10] [--iters 1500] [--rounds 1] [--object-px PX]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from engine.eval.coco_eval import evaluate_segm
 from engine.io.coco import build_coco_dataset, load_image_results
 from engine.selftrain.layout import RunLayout
+from engine.solo.config import TrainConfig
 from engine.structures import ImageResult
 from real_quality import run_baselines  # this folder: the classical baselines, as that table runs them
 
@@ -41,15 +42,20 @@ def score(gt_path: Path, results: list[ImageResult]) -> dict:
     return {k: round(float(m[k]), 3) for k in ("AP", "AP50", "AR100")}
 
 
-def run_round(images: Path, trusted: Path | None, out: Path, args: argparse.Namespace) -> float:
-    """One ``freesolo selftrain`` run; its minutes per round."""
+def run_round(images: Path, trusted: Path | None, out: Path, args: argparse.Namespace, coarse: Path | None) -> float:
+    """One ``freesolo selftrain`` run (round 0 copied from ``coarse`` when given: Free Mask runs
+    once per curve); its minutes per SOLO round (training and prediction, from the round folders)."""
+    layout = RunLayout(out)
+    if coarse is not None and not layout.coarse().exists():
+        layout.coarse().parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(coarse, layout.coarse())
     cmd = [sys.executable, "-m", "engine.cli", "selftrain", str(images), "--out", str(out),
-           "--rounds", str(args.rounds), "--iters", str(args.iters), "--device", "cpu", "--progress", "json"]
+           "--rounds", str(args.rounds), "--iters", str(args.iters), "--device", "cpu", "--progress", "json",
+           "--object-px", str(args.object_px)]
     if trusted is not None:
         cmd += ["--labels", str(trusted)]
-    t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return (time.perf_counter() - t0) / 60.0 / args.rounds
+    return sum(float(layout.seconds(k).read_text()) for k in range(1, args.rounds + 1)) / 60.0 / args.rounds
 
 
 def row(name: str, metrics: dict, minutes: float | None = None) -> str:
@@ -65,6 +71,8 @@ def main() -> None:
     ap.add_argument("--corrected", type=int, nargs="+", default=[0, 1, 3, 10])
     ap.add_argument("--iters", type=int, default=1500)
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--object-px", type=float, default=TrainConfig().object_px,
+                    help="the student's --object-px (default: the default's)")
     args = ap.parse_args()
 
     gt = json.loads(args.gt.read_text())
@@ -80,15 +88,16 @@ def main() -> None:
     print(f"scored on {len(scored)} images ({len(scored_subset['annotations'])} objects); "
           f"{args.rounds} round(s) of {args.iters} iterations")
     print("| method | AP | AP50 | AR100 | min/round |\n|---|---:|---:|---:|---:|", flush=True)
-    teacher_done = False
+    teacher_done, coarse = False, None
     for k in args.corrected:
         trusted = None
         if k:
             trusted = args.out / f"trusted_{k}.json"
             trusted.write_text(json.dumps(subset_gt(gt, set(names[:k]))))
         run = args.out / f"run_{k}"
-        minutes = run_round(args.images, trusted, run, args)
+        minutes = run_round(args.images, trusted, run, args, coarse)
         layout = RunLayout(run)
+        coarse = layout.coarse()
         if not teacher_done:
             coarse = load_image_results(layout.coarse())
             print(row("Free Mask (teacher, defaults)", score(scored_gt, [coarse[n] for n in scored if n in coarse])),

@@ -47,6 +47,7 @@ def run_freemask_batch(
     generators: GeneratorConfig | None = None,
     tile: int | None = None,
     tile_overlap: int = 64,
+    keep_results: bool = True,
 ) -> BatchReport:
     """Run Free Mask on every image of ``inputs`` (folders and/or files).
 
@@ -54,7 +55,9 @@ def run_freemask_batch(
     per-file problems go to ``report.failures``. ``shard = (rank, world)``: only that share of
     the images (``engine.runtime.sharding`` runs the shares in parallel and merges them).
     ``tile``: images whose input would be over ``tile`` network pixels are processed in
-    overlapping windows (``engine/generators/tiling.py``).
+    overlapping windows (``engine/generators/tiling.py``). ``keep_results=False``: results go
+    only to ``on_result`` (e.g. a :class:`~engine.io.coco.CocoStreamWriter`), not into
+    ``report.results``, so memory does not grow with the number of images.
     """
     params = (params or FreeMaskParams()).validated()
     report = BatchReport()
@@ -71,7 +74,8 @@ def run_freemask_batch(
             continue
         h, w = image.shape[:2]
         img_result = ImageResult(file_name=name, height=h, width=w, instances=instances)
-        report.results.append(img_result)
+        if keep_results:
+            report.results.append(img_result)
         report.images[name] = path
         if on_result is not None:
             on_result(img_result, image)

@@ -30,6 +30,8 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "json_text",
+    "prepare_output_dir",
     "to_jsonable",
 ]
 
@@ -98,7 +100,8 @@ def _default_file_mode() -> int:
     return 0o666 & ~_read_umask()
 
 
-def _prepare_dir(path: Path) -> None:
+def prepare_output_dir(path: Path) -> None:
+    """Make the folder of ``path`` (an OutputError that says why when it cannot be written)."""
     parent = path.parent
     if parent.exists() and not parent.is_dir():
         raise OutputError(path, f"'{parent}' is a file, not a folder")
@@ -238,7 +241,7 @@ def atomic_save(
         raise OutputError(path, "a folder with that name exists")
     if path.exists() and not overwrite:
         raise OutputExistsError(path)
-    _prepare_dir(path)
+    prepare_output_dir(path)
     _sweep_stale(path)
     with _writer_lock(path):
         existed = path.exists()
@@ -332,5 +335,9 @@ def to_jsonable(obj: Any) -> Any:
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any, **kw: Any) -> Path:
     """Atomically write compact JSON, converting numpy values on the way."""
-    text = json.dumps(to_jsonable(obj), indent=None, separators=(",", ":"), ensure_ascii=False)
-    return atomic_write_text(path, text, **kw)
+    return atomic_write_text(path, json_text(obj), **kw)
+
+
+def json_text(obj: Any) -> str:
+    """Compact JSON of ``obj`` (numpy values converted), as every JSON file of the engine is written."""
+    return json.dumps(to_jsonable(obj), indent=None, separators=(",", ":"), ensure_ascii=False)

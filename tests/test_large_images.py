@@ -102,3 +102,20 @@ def test_largest_part_of_a_mask_with_more_than_65535_parts():
     few = np.zeros((50, 50), bool)
     few[1:4, 1:4] = few[10:30, 10:12] = True
     assert np.array_equal(largest_part(few), ndimage.label(few)[0] == 2)
+
+
+@pytest.mark.parametrize("kind", ["microscopy", "photo"])
+def test_object_size_of_a_large_image_from_its_block_averaged_copy_equals_the_float_copys(kind):
+    """Images over EXACT_LIMIT_PX are block-averaged band by band before the box filter (no float copy of
+    the whole image); on a 4100 x 1400 mosaic (forced onto both paths) the estimate is the same."""
+    from engine.data.synthetic import make_sample
+    from engine.freemask.input_scale import _gray_small, estimate_object_size
+
+    tile, _ = make_sample(11, (320, 320), kind=kind)
+    image = np.ascontiguousarray(np.tile(tile, (13, 5, 1) if tile.ndim == 3 else (13, 5))[:4100, :1400])
+    exact, f = _gray_small(image, exact_limit_px=10**12)
+    shrunk, f2 = _gray_small(image, exact_limit_px=0)
+    assert f2 == f and shrunk.shape == exact.shape and shrunk.dtype == np.float32
+    assert np.abs(shrunk - exact).max() < 0.1 and np.corrcoef(shrunk.ravel(), exact.ravel())[0, 1] > 0.95
+    assert estimate_object_size(image, exact_limit_px=0) == pytest.approx(estimate_object_size(image, exact_limit_px=10**12))
+

@@ -18,7 +18,7 @@ from engine.backbones.weights import cache_root
 from engine.freemask.features import FeatureCache, FeatureConfig, FeatureExtractor, extract_cached
 from engine.freemask.postprocess import FreeMaskParams
 from engine.generators.merge import GeneratorConfig, generate
-from engine.generators.tiling import extract_tiles, plan_tiles, postprocess_tiles, whole_image_scale
+from engine.generators.tiling import extract_tiles, plan_tiles, postprocess_tiles, whole_image_choice
 from engine.io.images import file_sha1
 from engine.io.stacks import content_key
 from engine.runtime.batch import BatchReport, ProgressFn, iter_batch
@@ -90,7 +90,7 @@ def _one_image(extractor: FeatureExtractor, cache: FeatureCache | None, params: 
     digest = content_key(_sha1(path), name, report.channel) if cache is not None else None
     tile, overlap = tiling
     t0 = time.perf_counter()
-    scale, auto, stain = whole_image_scale(image, extractor.config)
+    scale, auto, stain, object_size = whole_image_choice(image, extractor.config)
     if tile is not None and max(image.shape[:2]) * scale > tile:
         plan = plan_tiles(image.shape[:2], scale, tile, overlap, stain)
         tiles, hits = extract_tiles(extractor, image, plan, digest, cache)
@@ -99,7 +99,7 @@ def _one_image(extractor: FeatureExtractor, cache: FeatureCache | None, params: 
         instances = postprocess_tiles(tiles, plan, image, params, generators, top_k)
         hit = hits == len(tiles)
     else:
-        feats, hit = extract_cached(extractor, image, digest, cache)
+        feats, hit = extract_cached(extractor, image, digest, cache, object_size=object_size)
         t1 = time.perf_counter()
         instances = generate(feats, params, image, generators).instances
     report.cache_hits += int(hit)

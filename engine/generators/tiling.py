@@ -68,9 +68,15 @@ def tile_config(config: FeatureConfig, scale: float, stain: str) -> FeatureConfi
 def whole_image_scale(image: np.ndarray, config: FeatureConfig) -> tuple[float, bool, str]:
     """The input scale the image would get with no ``max_side`` cap, whether it was automatic, and
     the stain the network sees (``engine/freemask/stain.py``; the scale is chosen on that view)."""
+    return whole_image_choice(image, config)[:3]
+
+
+def whole_image_choice(image: np.ndarray, config: FeatureConfig) -> tuple[float, bool, str, float | None]:
+    """``whole_image_scale`` and the object-size estimate it was made from (None when the scale is
+    not automatic), for the backbone pass to reuse instead of estimating again."""
     stain = resolve_stain(image, config.stain)
-    scale, auto, _size = choose_input_scale(stain_view(image, stain), replace(config, max_side=10**9))
-    return scale, auto, stain
+    scale, auto, size = choose_input_scale(stain_view(image, stain), replace(config, max_side=10**9))
+    return scale, auto, stain, size
 
 
 def extract_tiles(extractor: FeatureExtractor, image: np.ndarray, plan: TilePlan, digest: str | None,

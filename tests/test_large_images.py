@@ -119,3 +119,21 @@ def test_object_size_of_a_large_image_from_its_block_averaged_copy_equals_the_fl
     assert np.abs(shrunk - exact).max() < 0.1 and np.corrcoef(shrunk.ravel(), exact.ravel())[0, 1] > 0.95
     assert estimate_object_size(image, exact_limit_px=0) == pytest.approx(estimate_object_size(image, exact_limit_px=10**12))
 
+
+@pytest.mark.parametrize("connectivity", [1, 2])
+def test_largest_part_labelled_in_bands_equals_one_labelling(connectivity):
+    """Huge masks are labelled in row bands joined across the edges: the same part as one labelling,
+    ties included (the part met first in scan order), for every band height."""
+    from engine.ops.masks import largest_part
+
+    rng = np.random.default_rng(connectivity)
+    cases = [rng.random(tuple(rng.integers(1, 40, 2))) < rng.uniform(0.1, 0.7) for _ in range(60)]
+    tie = np.zeros((20, 20), bool)
+    tie[12:15, 2:5] = tie[2:5, 12:15] = True  # two equal squares, the upper one first
+    diagonal = np.eye(12, dtype=bool)  # one part with 8-connectivity, twelve with 4
+    for mask in [*cases, tie, diagonal, np.zeros((5, 5), bool)]:
+        one = largest_part(mask, connectivity)
+        for rows in (1, 2, 5):
+            banded = largest_part(mask, connectivity, band_px=rows * mask.shape[1], banded_over_px=0)
+            assert banded.dtype == bool and np.array_equal(banded, one)
+    assert largest_part(tie, connectivity, band_px=20, banded_over_px=0)[2:5, 12:15].all()

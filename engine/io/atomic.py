@@ -186,18 +186,28 @@ def _sweep_stale(path: Path) -> None:
         lock.unlink(missing_ok=True)
 
 
-_THREAD_LOCKS: dict[Path, threading.Lock] = {}
+_THREAD_LOCKS: dict[Path, list] = {}  # path -> [its lock, how many threads hold or wait for it]
 _THREAD_LOCKS_GUARD = threading.Lock()
 
 
 @contextlib.contextmanager
 def _writer_lock(path: Path):
     """One writer of ``path`` at a time: threads of this process wait their turn; across processes
-    the first takes ``.NAME.lock`` (holding its pid) and a second one gets a clear OutputError."""
+    the first takes ``.NAME.lock`` (holding its pid) and a second one gets a clear OutputError.
+    A path's thread lock is dropped when no thread needs it any more (a folder run writes a
+    feature-cache file per image: the table must not grow with them)."""
+    key = path.resolve()
     with _THREAD_LOCKS_GUARD:
-        in_process = _THREAD_LOCKS.setdefault(path.resolve(), threading.Lock())
-    with in_process, _file_lock(path):
-        yield
+        entry = _THREAD_LOCKS.setdefault(key, [threading.Lock(), 0])
+        entry[1] += 1
+    try:
+        with entry[0], _file_lock(path):
+            yield
+    finally:
+        with _THREAD_LOCKS_GUARD:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del _THREAD_LOCKS[key]
 
 
 @contextlib.contextmanager

@@ -34,9 +34,10 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from engine.data.synthetic import make_sample, sample_seed
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # --stages imports this checkout's engine, as the child processes do
+
+from engine.data.synthetic import make_sample, sample_seed  # noqa: E402
 
 
 def tiled_photo(height: int, width: int, tile: tuple[int, int] = (960, 1280), seed: int = 7) -> np.ndarray:

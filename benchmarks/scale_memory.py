@@ -34,9 +34,10 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from engine.data.synthetic import make_sample, sample_seed
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # --stages imports this checkout's engine, as the child processes do
+
+from engine.data.synthetic import make_sample, sample_seed  # noqa: E402
 
 
 def tiled_photo(height: int, width: int, tile: tuple[int, int] = (960, 1280), seed: int = 7) -> np.ndarray:
@@ -144,7 +145,7 @@ def stages(height: int, width: int, work: Path) -> None:
     from engine.freemask.features import FeatureConfig, FeatureExtractor
     from engine.freemask.postprocess import FreeMaskParams
     from engine.generators.merge import generate
-    from engine.generators.tiling import whole_image_scale
+    from engine.generators.tiling import whole_image_choice
     from engine.io.coco import build_coco_dataset
     from engine.io.stacks import planes_of
     from engine.structures import ImageResult
@@ -163,8 +164,9 @@ def stages(height: int, width: int, work: Path) -> None:
     state: dict = {}
     steps = [("load", lambda: state.update(image=next(iter(planes_of(path, None)))[1])),
              ("extractor", lambda: state.update(ex=FeatureExtractor(FeatureConfig(), device="cpu"))),
-             ("input scale", lambda: whole_image_scale(state["image"], state["ex"].config)),
-             ("backbone", lambda: state.update(feats=state["ex"].extract(state["image"]))),
+             ("input scale", lambda: state.update(choice=whole_image_choice(state["image"], state["ex"].config))),
+             # the object-size estimate is passed on, as engine/generators/pipeline.py does
+             ("backbone", lambda: state.update(feats=state["ex"].extract(state["image"], object_size=state["choice"][3]))),
              ("Free Mask", lambda: state.update(res=generate(state["feats"], FreeMaskParams(), state["image"], None))),
              ("COCO", lambda: build_coco_dataset([ImageResult("a.tif", height, width, state["res"].instances)]))]
     for name, step in steps:

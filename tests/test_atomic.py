@@ -182,3 +182,32 @@ def test_file_mode_follows_the_umask_without_changing_it(tmp_path, monkeypatch):
     plain.write_text("x")
     assert (target.stat().st_mode & 0o777) == (plain.stat().st_mode & 0o777)
     assert calls == []
+
+
+def test_threads_writing_one_file_take_turns_and_the_lock_table_does_not_grow(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    from engine.io import atomic
+
+    target, inside, seen = tmp_path / "shared.txt", [0], []
+
+    def writer(k: int):
+        def write(tmp: Path) -> None:
+            inside[0] += 1
+            seen.append(inside[0])  # how many writers are inside at once
+            time.sleep(0.01)
+            tmp.write_text(str(k))
+            inside[0] -= 1
+        return write
+
+    threads = [threading.Thread(target=atomic_save, args=(target, writer(k)), kwargs={"overwrite": True})
+               for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == [1] * 6 and target.read_text() in {str(k) for k in range(6)}
+    for k in range(50):  # e.g. one feature-cache file per image of a folder run
+        atomic_save(tmp_path / f"f{k}.bin", lambda tmp: tmp.write_bytes(b"x"))
+    assert atomic._THREAD_LOCKS == {}

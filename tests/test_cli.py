@@ -82,6 +82,19 @@ def test_existing_output_is_refused_then_overwritten_with_backup(folder, tmp_pat
     assert "2 from cache" in stdout
 
 
+def test_streamed_coco_file_equals_the_one_written_with_label_images(folder, tmp_path, capsys):
+    # without --labels/--overlays the COCO file is written as images finish (CocoStreamWriter);
+    # with them every result is kept to the end: the two files are the same bytes (both without the
+    # feature cache: cached features are stored at lower precision, so a cached run can differ)
+    streamed, kept = tmp_path / "streamed.json", tmp_path / "kept.json"
+    code, stdout, _ = run(["freemask", folder / "images", "--out", streamed, "--top-k", "4", "--no-cache"], capsys)
+    assert code == 0 and stdout.startswith("2 images, ")
+    code, _, _ = run(["freemask", folder / "images", "--out", kept, "--top-k", "4", "--no-cache", "--labels", tmp_path / "l"],
+                     capsys)
+    assert code == 0 and streamed.read_bytes() == kept.read_bytes()
+    assert json.loads(streamed.read_text())["annotations"]
+
+
 def test_empty_folder_missing_path_and_unwritable_output(tmp_path, folder, capsys):
     (tmp_path / "empty").mkdir()
     code, _, err = run(["freemask", tmp_path / "empty", "--out", tmp_path / "o.json"], capsys)

@@ -14,6 +14,7 @@ from engine.io.atomic import OutputExistsError
 from engine.io.coco import (
     CATEGORY,
     CocoFormatError,
+    CocoStreamWriter,
     build_coco_dataset,
     build_results,
     load_image_results,
@@ -131,6 +132,41 @@ def test_write_refuses_overwrite_and_keeps_backup(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- bad files
+
+
+@pytest.mark.parametrize("segmentation", ["rle", "polygon"])
+def test_streamed_file_equals_the_whole_dataset_written_at_once(tmp_path: Path, segmentation: str) -> None:
+    info = {"description": "streamed", "n": np.int32(2)}
+    whole = write_coco(tmp_path / "whole.json", build_coco_dataset(_results(), segmentation=segmentation, info=info))
+    stream = CocoStreamWriter(tmp_path / "out" / "streamed.json", segmentation=segmentation, info=info)
+    counts = [stream.add(res) for res in _results()]
+    assert not (tmp_path / "out" / "streamed.json").exists()  # nothing at the target before close
+    streamed = stream.close()
+    assert counts == [2, 1, 0] and (stream.n_images, stream.n_annotations) == (3, 3)
+    assert streamed.read_bytes() == whole.read_bytes()
+    assert sorted(p.name for p in streamed.parent.iterdir()) == ["streamed.json"]  # spools and temp gone
+
+
+def test_streamed_file_of_no_images_is_a_valid_empty_dataset(tmp_path: Path) -> None:
+    out = CocoStreamWriter(tmp_path / "empty.json").close()
+    assert out.read_bytes() == write_coco(tmp_path / "whole.json", build_coco_dataset([])).read_bytes()
+    assert read_coco(out).images == []
+
+
+def test_stream_refuses_existing_output_and_duplicates_and_leaves_nothing_unclosed(tmp_path: Path) -> None:
+    (tmp_path / "taken.json").write_text("{}")
+    with pytest.raises(OutputExistsError):
+        CocoStreamWriter(tmp_path / "taken.json")
+    results = _results()
+    with pytest.raises(ValueError, match="duplicate"), CocoStreamWriter(tmp_path / "dup.json") as stream:
+        stream.add(results[0])
+        stream.add(results[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.json"]
+    stream = CocoStreamWriter(tmp_path / "taken.json", overwrite=True)
+    stream.add(results[1])
+    stream.close()
+    assert [i["file_name"] for i in read_coco(tmp_path / "taken.json").images] == ["sub/b.jpg"]
+    assert (tmp_path / "taken.json.bak").read_text() == "{}"
 
 
 def _write_json(path: Path, obj: object) -> Path:

@@ -71,6 +71,22 @@ def test_auto_scale_upsamples_small_objects_only():
     assert auto and s_n >= 2.5 and s_n > s_p
 
 
+def test_the_object_size_estimate_is_made_once_and_passed_to_the_backbone_pass(extractor):
+    from engine.freemask.stain import stain_view
+    from engine.generators.tiling import whole_image_choice, whole_image_scale
+
+    nuclei, _ = make_sample(5, (160, 160), kind="microscopy")
+    scale, auto, stain, size = whole_image_choice(nuclei, extractor.config)
+    assert auto and size == estimate_object_size(stain_view(nuclei, stain))
+    assert whole_image_scale(nuclei, extractor.config) == (scale, auto, stain)
+    cfg = FeatureConfig()
+    assert choose_input_scale(nuclei, cfg, size) == choose_input_scale(nuclei, cfg)
+    assert choose_input_scale(nuclei, cfg, 4 * size)[0] < choose_input_scale(nuclei, cfg)[0]  # the given size is used
+    feats = extractor.extract(nuclei, object_size=4 * size)
+    assert feats.object_size == 4 * size and feats.input_scale == pytest.approx(
+        choose_input_scale(stain_view(nuclei, stain), extractor.config, 4 * size)[0])
+
+
 def test_cache_round_trip_and_hit_skips_backbone(extractor, photo_sample, tmp_path):
     cache = FeatureCache(tmp_path / "c")
     before = extractor.backbone_calls

@@ -102,3 +102,38 @@ def test_largest_part_of_a_mask_with_more_than_65535_parts():
     few = np.zeros((50, 50), bool)
     few[1:4, 1:4] = few[10:30, 10:12] = True
     assert np.array_equal(largest_part(few), ndimage.label(few)[0] == 2)
+
+
+@pytest.mark.parametrize("kind", ["microscopy", "photo"])
+def test_object_size_of_a_large_image_from_its_block_averaged_copy_equals_the_float_copys(kind):
+    """Images over EXACT_LIMIT_PX are block-averaged band by band before the box filter (no float copy of
+    the whole image); on a 4100 x 1400 mosaic (forced onto both paths) the estimate is the same."""
+    from engine.data.synthetic import make_sample
+    from engine.freemask.input_scale import _gray_small, estimate_object_size
+
+    tile, _ = make_sample(11, (320, 320), kind=kind)
+    image = np.ascontiguousarray(np.tile(tile, (13, 5, 1) if tile.ndim == 3 else (13, 5))[:4100, :1400])
+    exact, f = _gray_small(image, exact_limit_px=10**12)
+    shrunk, f2 = _gray_small(image, exact_limit_px=0)
+    assert f2 == f and shrunk.shape == exact.shape and shrunk.dtype == np.float32
+    assert np.abs(shrunk - exact).max() < 0.1 and np.corrcoef(shrunk.ravel(), exact.ravel())[0, 1] > 0.95
+    assert estimate_object_size(image, exact_limit_px=0) == pytest.approx(estimate_object_size(image, exact_limit_px=10**12))
+
+
+@pytest.mark.parametrize("connectivity", [1, 2])
+def test_largest_part_labelled_in_bands_equals_one_labelling(connectivity):
+    """Huge masks are labelled in row bands joined across the edges: the same part as one labelling,
+    ties included (the part met first in scan order), for every band height."""
+    from engine.ops.masks import largest_part
+
+    rng = np.random.default_rng(connectivity)
+    cases = [rng.random(tuple(rng.integers(1, 40, 2))) < rng.uniform(0.1, 0.7) for _ in range(60)]
+    tie = np.zeros((20, 20), bool)
+    tie[12:15, 2:5] = tie[2:5, 12:15] = True  # two equal squares, the upper one first
+    diagonal = np.eye(12, dtype=bool)  # one part with 8-connectivity, twelve with 4
+    for mask in [*cases, tie, diagonal, np.zeros((5, 5), bool)]:
+        one = largest_part(mask, connectivity)
+        for rows in (1, 2, 5):
+            banded = largest_part(mask, connectivity, band_px=rows * mask.shape[1], banded_over_px=0)
+            assert banded.dtype == bool and np.array_equal(banded, one)
+    assert largest_part(tie, connectivity, band_px=20, banded_over_px=0)[2:5, 12:15].all()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from engine.cli.common import (
     params_from_args,
     sharded,
 )
+from engine.io.coco import CocoStreamWriter
 from engine.io.export import FREEMASK_INFO, write_outputs, write_overlays
 
 
@@ -96,20 +98,37 @@ def cmd_freemask(args: argparse.Namespace) -> int:
     check_outputs_free([args.out], args.overwrite)
     if sharded(args):
         return _freemask_sharded(args, fconf, params)
-    report = run_freemask_batch(
-        args.images, feature_config=fconf, params=params, device=args.device,
-        cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=ProgressBar("freemask"), channel=args.channel,
-        generators=generator_config_from_args(args), tile=args.tile, tile_overlap=args.tile_overlap,
-    )
-    for path, why in report.skipped:
-        print(f"skipped {path}: {why}", file=sys.stderr)
-    for _path, why in report.failures:
-        print(f"error: {why}", file=sys.stderr)
-    written = write_outputs(report, args.out, args.format, args.labels, args.overlays, args.overwrite)
+    # Without label images or overlays (which need every mask at the end) the COCO file is
+    # written as images finish, so memory stays flat over long folders.
+    stream = None
+    if args.labels is None and args.overlays is None:
+        stream = CocoStreamWriter(args.out, segmentation=args.format, info=FREEMASK_INFO, overwrite=args.overwrite)
+    choices: list[tuple[str, dict | None]] = []  # each image's automatic choices, printed at the end
+
+    def on_result(res, _image) -> None:
+        choices.append((res.file_name, res.automatic))
+        if stream is not None:
+            stream.add(res)
+
+    with stream if stream is not None else contextlib.nullcontext():  # a run that fails leaves no file
+        report = run_freemask_batch(
+            args.images, feature_config=fconf, params=params, device=args.device,
+            cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=ProgressBar("freemask"),
+            channel=args.channel, generators=generator_config_from_args(args), tile=args.tile,
+            tile_overlap=args.tile_overlap, keep_results=stream is None, on_result=on_result,
+        )
+        for path, why in report.skipped:
+            print(f"skipped {path}: {why}", file=sys.stderr)
+        for _path, why in report.failures:
+            print(f"error: {why}", file=sys.stderr)
+        if stream is not None:
+            written, n_images, n_masks = stream.close(), stream.n_images, stream.n_annotations
+        else:
+            written = write_outputs(report, args.out, args.format, args.labels, args.overlays, args.overwrite)[0]
+            n_images, n_masks = len(report.results), sum(len(r.instances) for r in report.results)
     if not args.quiet:
-        print_choices((r.file_name, r.automatic) for r in report.results)
-    n_masks = sum(len(r.instances) for r in report.results)
-    print(f"{len(report.results)} images, {n_masks} masks -> {written[0]}"
+        print_choices(choices)
+    print(f"{n_images} images, {n_masks} masks -> {written}"
           f" ({report.cache_hits} from cache, backbone {report.backbone_seconds:.1f}s, "
           f"post-processing {report.postprocess_seconds:.1f}s)")
     _print_extra_outputs(args)

@@ -101,19 +101,21 @@ class Features:
 _META_FIELDS = ("image_size", "input_size", "input_scale", "auto_scale", "object_size", "stain", "backbone_seconds")
 
 
-def choose_input_scale(image: np.ndarray, config: FeatureConfig) -> tuple[float, bool, float | None]:
+def choose_input_scale(image: np.ndarray, config: FeatureConfig,
+                       object_size: float | None = None) -> tuple[float, bool, float | None]:
     """(scale, automatic?, estimated object size) for the network input.
 
     Automatic mode upsamples grayscale / single-colour images whose objects are small
     (e.g. 15–30 px nuclei) so that each object covers a few cells of the stride-32 query grid.
     Colour photos keep their size: there the blob-size estimate measures texture, not objects.
+    ``object_size``: the estimate already made for this image (view), so it is not made twice.
     """
     h, w = image.shape[:2]
     base = config.short_side / min(h, w) if config.short_side else 1.0
     auto = config.input_scale is None
     size = None
     if auto:
-        size = estimate_object_size(image)
+        size = estimate_object_size(image) if object_size is None else float(object_size)
         factor = 1.0
         if is_single_channel_like(image):
             factor = float(np.clip(TARGET_OBJECT_SIZE / max(size * base, 1.0), 1.0, MAX_AUTO_SCALE))
@@ -178,13 +180,15 @@ class FeatureExtractor:
             self.config = replace(self.config, levels=tuple(self.backbone.default_levels))
         self.backbone_calls = 0
 
-    def extract(self, image: np.ndarray, config: FeatureConfig | None = None) -> Features:
-        """Features of ``image``; ``config`` overrides this extractor's for one call (same backbone)."""
+    def extract(self, image: np.ndarray, config: FeatureConfig | None = None,
+                object_size: float | None = None) -> Features:
+        """Features of ``image``; ``config`` overrides this extractor's for one call (same backbone).
+        ``object_size``: the automatic input scale's estimate, when the caller already made it."""
         cfg = config or self.config
         h, w = image.shape[:2]
         stain = resolve_stain(image, cfg.stain)
         image = stain_view(image, stain)
-        scale, auto, obj_size = choose_input_scale(image, cfg)
+        scale, auto, obj_size = choose_input_scale(image, cfg, object_size)
         in_size = (max(1, round(h * scale)), max(1, round(w * scale)))
         t0 = time.perf_counter()
         resized = resize_image(image, in_size).to(torch.uint8)[0].permute(1, 2, 0).numpy()
@@ -235,14 +239,15 @@ class FeatureCache:
 
 def extract_cached(
     extractor: FeatureExtractor, image: np.ndarray, image_hash: str | None, cache: FeatureCache | None,
-    config: FeatureConfig | None = None,
+    config: FeatureConfig | None = None, object_size: float | None = None,
 ) -> tuple[Features, bool]:
-    """Features from the cache when present (returns ``(features, True)``), else computed and stored."""
+    """Features from the cache when present (returns ``(features, True)``), else computed and stored
+    (``object_size``: see ``FeatureExtractor.extract``)."""
     if cache is not None and image_hash:
         hit = cache.get(image_hash, config or extractor.config)
         if hit is not None:
             return hit, True
-    feats = extractor.extract(image, config)
+    feats = extractor.extract(image, config, object_size)
     if cache is not None and image_hash:
         cache.put(image_hash, feats)
     return feats, False

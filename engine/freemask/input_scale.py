@@ -13,25 +13,57 @@ import numpy as np
 from scipy import ndimage
 
 ANALYSIS_SIDE = 256  # the estimate runs on a copy whose long side is at most this
+EXACT_LIMIT_PX = 16_000_000  # images up to this many pixels are grey-converted whole (a float copy ≤ 64 MB)
+PRESHRINK_SIDE = 2048  # larger ones are first block-averaged to about this long side, band by band
+BAND_PX = 4_000_000  # pixels converted to float at a time
 
 
-def _gray_small(image: np.ndarray, rows_per_band: int = 1024) -> tuple[np.ndarray, float]:
-    """The image in grey, box-filtered and shrunk to ``ANALYSIS_SIDE``; converted ``rows_per_band`` rows
-    at a time and filtered in place, so a slide-sized image gets one float copy of one channel only."""
-    gray = np.empty(image.shape[:2], dtype=np.float32)
-    for r0 in range(0, gray.shape[0], rows_per_band):
-        band = image[r0: r0 + rows_per_band].astype(np.float32)
-        gray[r0: r0 + rows_per_band] = (band.mean(axis=2) if image.ndim == 3 else band) / 255.0
-    f = max(1.0, max(gray.shape) / ANALYSIS_SIDE)
-    if f > 1.0:
-        ndimage.uniform_filter(gray, size=int(round(f)), output=gray)
-        gray = ndimage.zoom(gray, 1.0 / f, order=1)
-    return gray, f
+def _gray_small(image: np.ndarray, rows_per_band: int = 1024,
+                exact_limit_px: int = EXACT_LIMIT_PX) -> tuple[np.ndarray, float]:
+    """The image in grey (0..1), box-filtered and shrunk to ``ANALYSIS_SIDE``; also the shrink factor.
+
+    Up to ``exact_limit_px`` pixels: one float copy of one channel, box-filtered over the factor
+    and zoomed. Larger images (a slide, a tiled mosaic) are first averaged over k × k blocks, k
+    the integer that brings the long side to about ``PRESHRINK_SIDE``, a few rows of blocks at a
+    time, so no image-sized float copy is made; the box filter and zoom then finish on that small
+    copy (the same box width in image pixels, up to rounding, and the same output shape).
+    """
+    h, w = image.shape[:2]
+    f = max(1.0, max(h, w) / ANALYSIS_SIDE)
+    k = int(max(h, w) // PRESHRINK_SIDE)
+    if h * w <= exact_limit_px or k < 2 or min(h, w) < 2 * k:
+        gray = _to_gray(image, 0, h, rows_per_band)
+        if f > 1.0:
+            ndimage.uniform_filter(gray, size=int(round(f)), output=gray)
+            gray = ndimage.zoom(gray, 1.0 / f, order=1)
+        return gray, f
+    out_shape = np.round(np.array([h, w]) / f)  # what ndimage.zoom(gray, 1 / f) gives on the whole image
+    hb, wb = h // k, w // k  # whole blocks only: the last < k rows and columns are left out
+    blocks = np.empty((hb, wb), dtype=np.float32)
+    step = max(1, BAND_PX // (k * w))  # block rows per band
+    for b0 in range(0, hb, step):
+        b1 = min(hb, b0 + step)
+        band = _to_gray(image, b0 * k, b1 * k, rows_per_band)[:, : wb * k]
+        blocks[b0:b1] = band.reshape(b1 - b0, k, wb, k).mean(axis=(1, 3))
+    size = int(round(f / k))
+    if size > 1:
+        ndimage.uniform_filter(blocks, size=size, output=blocks)
+    return ndimage.zoom(blocks, out_shape / np.array([hb, wb]), order=1), f
 
 
-def blob_scale_profile(image: np.ndarray, n_sigmas: int = 14) -> tuple[np.ndarray, np.ndarray, float]:
+def _to_gray(image: np.ndarray, r0: int, r1: int, rows_per_band: int = 1024) -> np.ndarray:
+    """Rows ``r0:r1`` of the image as float32 grey in 0..1, converted ``rows_per_band`` rows at a time."""
+    gray = np.empty((r1 - r0, *image.shape[1:2]), dtype=np.float32)
+    for a in range(r0, r1, rows_per_band):
+        band = image[a: min(r1, a + rows_per_band)].astype(np.float32)
+        gray[a - r0: a - r0 + band.shape[0]] = (band.mean(axis=2) if image.ndim == 3 else band) / 255.0
+    return gray
+
+
+def blob_scale_profile(image: np.ndarray, n_sigmas: int = 14,
+                       exact_limit_px: int = EXACT_LIMIT_PX) -> tuple[np.ndarray, np.ndarray, float]:
     """(sigmas in analysis pixels, strength per sigma, analysis downscale factor)."""
-    gray, f = _gray_small(image)
+    gray, f = _gray_small(image, exact_limit_px=exact_limit_px)
     gray = (gray - gray.mean()) / (gray.std() + 1e-6)
     max_sigma = max(2.0, min(gray.shape) / 6.0)
     sigmas = np.geomspace(1.0, max_sigma, n_sigmas)
@@ -44,9 +76,10 @@ def blob_scale_profile(image: np.ndarray, n_sigmas: int = 14) -> tuple[np.ndarra
     return sigmas, strength, f
 
 
-def estimate_object_size(image: np.ndarray) -> float:
-    """Typical object diameter in image pixels (a rough, label-free estimate)."""
-    sigmas, strength, f = blob_scale_profile(image)
+def estimate_object_size(image: np.ndarray, exact_limit_px: int = EXACT_LIMIT_PX) -> float:
+    """Typical object diameter in image pixels (a rough, label-free estimate; images over
+    ``exact_limit_px`` pixels are block-averaged first, see ``_gray_small``)."""
+    sigmas, strength, f = blob_scale_profile(image, exact_limit_px=exact_limit_px)
     best = sigmas[int(np.argmax(strength))]
     return float(best * 2.0 * np.sqrt(2.0) * f)
 

@@ -15,7 +15,8 @@ from engine.freemask.features import FeatureCache, FeatureConfig, FeatureExtract
 from engine.freemask.postprocess import FreeMaskParams, FreeMaskResult
 from engine.generators.choices import AutoChoices, automatic_choices
 from engine.generators.merge import GeneratorConfig, generate
-from engine.generators.tiling import TiledFeatures, extract_tiles, plan_image, postprocess_tiles, tile_config, window_key
+from engine.generators.tiling import TiledFeatures, extract_tiles, plan_image, postprocess_tiles, tile_config
+from engine.generators.tiling import whole_image_choice, window_key
 
 ImageFeatures = Features | TiledFeatures
 
@@ -24,10 +25,14 @@ def image_features(extractor: FeatureExtractor, image: np.ndarray, digest: str |
                    cache: FeatureCache | None = None, tile: int | None = None,
                    overlap: int = 64) -> tuple[ImageFeatures, bool]:
     """The image's features (``TiledFeatures`` when ``tile`` cuts it into windows) and whether all of
-    them came from the cache."""
-    plan = plan_image(image, extractor.config, tile, overlap)
-    if plan is None:
+    them came from the cache. The object size is estimated once (deciding the tiling needs it, and
+    the backbone pass reuses it)."""
+    if tile is None:
         return extract_cached(extractor, image, digest, cache)
+    choice = whole_image_choice(image, extractor.config)
+    plan = plan_image(image, extractor.config, tile, overlap, choice)
+    if plan is None:
+        return extract_cached(extractor, image, digest, cache, object_size=choice[3])
     tiled, hits = extract_tiles(extractor, image, plan, digest, cache)
     return tiled, hits == len(plan.windows)
 

@@ -48,6 +48,7 @@ def run_freemask_batch(
     generators: GeneratorConfig | None = None,
     tile: int | None = None,
     tile_overlap: int = 64,
+    keep_results: bool = True,
 ) -> BatchReport:
     """Run Free Mask on every image of ``inputs`` (folders and/or files).
 
@@ -56,7 +57,9 @@ def run_freemask_batch(
     the images (``engine.runtime.sharding`` runs the shares in parallel and merges them).
     ``tile``: images whose input would be over ``tile`` network pixels are processed in
     overlapping windows (``engine/generators/tiling.py``). Each result's ``automatic`` holds what
-    was chosen automatically for its image (``AutoChoices.as_dict``).
+    was chosen automatically for its image (``AutoChoices.as_dict``). ``keep_results=False``:
+    results go only to ``on_result`` (e.g. a :class:`~engine.io.coco.CocoStreamWriter`), not into
+    ``report.results``, so memory does not grow with the number of images.
     """
     params = (params or FreeMaskParams()).validated()
     report = BatchReport()
@@ -75,7 +78,8 @@ def run_freemask_batch(
         h, w = image.shape[:2]
         img_result = ImageResult(file_name=name, height=h, width=w, instances=instances,
                                  automatic=choices.as_dict())
-        report.results.append(img_result)
+        if keep_results:
+            report.results.append(img_result)
         report.images[name] = path
         if on_result is not None:
             on_result(img_result, image)

@@ -95,23 +95,25 @@ def tile_config(config: FeatureConfig, scale: float, stain: str) -> FeatureConfi
 def whole_image_scale(image: np.ndarray, config: FeatureConfig) -> tuple[float, bool, str]:
     """The input scale the image would get with no ``max_side`` cap, whether it was automatic, and
     the stain the network sees (``engine/freemask/stain.py``; the scale is chosen on that view)."""
-    scale, auto, _size, stain = _whole_image_choice(image, config)
-    return scale, auto, stain
+    return whole_image_choice(image, config)[:3]
 
 
-def _whole_image_choice(image: np.ndarray, config: FeatureConfig) -> tuple[float, bool, float | None, str]:
-    """``whole_image_scale`` and the estimated object size (automatic scale only)."""
+def whole_image_choice(image: np.ndarray, config: FeatureConfig) -> tuple[float, bool, str, float | None]:
+    """``whole_image_scale`` and the object-size estimate it was made from (None when the scale is
+    not automatic), for the backbone pass to reuse instead of estimating again."""
     stain = resolve_stain(image, config.stain)
     scale, auto, size = choose_input_scale(stain_view(image, stain), replace(config, max_side=10**9))
-    return scale, auto, size, stain
+    return scale, auto, stain, size
 
 
-def plan_image(image: np.ndarray, config: FeatureConfig, tile: int | None, overlap: int = 64) -> TilePlan | None:
+def plan_image(image: np.ndarray, config: FeatureConfig, tile: int | None, overlap: int = 64,
+               choice: tuple[float, bool, str, float | None] | None = None) -> TilePlan | None:
     """The windows ``image`` is processed in with ``tile`` (input px; None: no tiling), or None when
-    it is processed whole: no tiling asked, or its input at the chosen scale fits in one tile."""
+    it is processed whole: no tiling asked, or its input at the chosen scale fits in one tile.
+    ``choice``: ``whole_image_choice(image, config)`` when the caller has it already."""
     if tile is None:
         return None
-    scale, auto, size, stain = _whole_image_choice(image, config)
+    scale, auto, stain, size = choice or whole_image_choice(image, config)
     if max(image.shape[:2]) * scale <= tile:
         return None
     return plan_tiles(image.shape[:2], scale, tile, overlap, stain, auto_scale=auto, object_size=size,

@@ -30,6 +30,8 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "json_text",
+    "prepare_output_dir",
     "to_jsonable",
 ]
 
@@ -98,7 +100,8 @@ def _default_file_mode() -> int:
     return 0o666 & ~_read_umask()
 
 
-def _prepare_dir(path: Path) -> None:
+def prepare_output_dir(path: Path) -> None:
+    """Make the folder of ``path`` (an OutputError that says why when it cannot be written)."""
     parent = path.parent
     if parent.exists() and not parent.is_dir():
         raise OutputError(path, f"'{parent}' is a file, not a folder")
@@ -184,18 +187,28 @@ def _sweep_stale(path: Path) -> None:
         lock.unlink(missing_ok=True)
 
 
-_THREAD_LOCKS: dict[Path, threading.Lock] = {}
+_THREAD_LOCKS: dict[Path, list] = {}  # path -> [its lock, how many threads hold or wait for it]
 _THREAD_LOCKS_GUARD = threading.Lock()
 
 
 @contextlib.contextmanager
 def _writer_lock(path: Path):
     """One writer of ``path`` at a time: threads of this process wait their turn; across processes
-    the first takes ``.NAME.lock`` (holding its pid) and a second one gets a clear OutputError."""
+    the first takes ``.NAME.lock`` (holding its pid) and a second one gets a clear OutputError.
+    A path's thread lock is dropped when no thread needs it any more (a folder run writes a
+    feature-cache file per image: the table must not grow with them)."""
+    key = path.resolve()
     with _THREAD_LOCKS_GUARD:
-        in_process = _THREAD_LOCKS.setdefault(path.resolve(), threading.Lock())
-    with in_process, _file_lock(path):
-        yield
+        entry = _THREAD_LOCKS.setdefault(key, [threading.Lock(), 0])
+        entry[1] += 1
+    try:
+        with entry[0], _file_lock(path):
+            yield
+    finally:
+        with _THREAD_LOCKS_GUARD:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del _THREAD_LOCKS[key]
 
 
 @contextlib.contextmanager
@@ -239,7 +252,7 @@ def atomic_save(
         raise OutputError(path, "a folder with that name exists")
     if path.exists() and not overwrite:
         raise OutputExistsError(path)
-    _prepare_dir(path)
+    prepare_output_dir(path)
     _sweep_stale(path)
     with _writer_lock(path):
         existed = path.exists()
@@ -333,5 +346,9 @@ def to_jsonable(obj: Any) -> Any:
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any, **kw: Any) -> Path:
     """Atomically write compact JSON, converting numpy values on the way."""
-    text = json.dumps(to_jsonable(obj), indent=None, separators=(",", ":"), ensure_ascii=False)
-    return atomic_write_text(path, text, **kw)
+    return atomic_write_text(path, json_text(obj), **kw)
+
+
+def json_text(obj: Any) -> str:
+    """Compact JSON of ``obj`` (numpy values converted), as every JSON file of the engine is written."""
+    return json.dumps(to_jsonable(obj), indent=None, separators=(",", ":"), ensure_ascii=False)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -22,7 +24,14 @@ import tifffile
 from PIL import Image
 
 from engine import __version__
-from engine.io.atomic import OutputExistsError, atomic_save, atomic_write_json, to_jsonable
+from engine.io.atomic import (
+    OutputExistsError,
+    atomic_save,
+    atomic_write_json,
+    json_text,
+    prepare_output_dir,
+    to_jsonable,
+)
 from engine.io.masks import (
     box_to_bbox,
     check_rle,
@@ -39,6 +48,7 @@ __all__ = [
     "CATEGORY",
     "CocoDataset",
     "CocoFormatError",
+    "CocoStreamWriter",
     "annotation_to_mask",
     "build_coco_dataset",
     "build_results",
@@ -123,6 +133,36 @@ def _annotation(
     return ann
 
 
+def _default_info(info: Mapping[str, Any] | None) -> dict[str, Any]:
+    return dict(info) if info is not None else {"description": "freesolo-napari masks", "version": __version__}
+
+
+def _image_entries(
+    res: ImageResult, image_id: int, first_ann_id: int, segmentation: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The COCO image entry of one result and its annotations (ids from ``first_ann_id``; empty masks skipped)."""
+    image = {"id": image_id, "file_name": res.file_name, "width": int(res.width), "height": int(res.height)}
+    if res.automatic is not None:
+        image["automatic"] = dict(res.automatic)
+    annotations: list[dict[str, Any]] = []
+    for k, inst in enumerate(res.instances):
+        shape = inst.shape
+        if shape != (res.height, res.width):
+            raise ValueError(
+                f"{res.file_name}: instance {k} mask has shape {shape}, "
+                f"image is {res.height}x{res.width} (h x w)"
+            )
+        ann = _annotation(inst, first_ann_id + len(annotations), image_id, segmentation)
+        if ann is not None:
+            annotations.append(ann)
+    return image, annotations
+
+
+def _check_segmentation_kind(segmentation: str) -> None:
+    if segmentation not in ("rle", "polygon"):
+        raise ValueError(f"segmentation must be 'rle' or 'polygon', got {segmentation!r}")
+
+
 def build_coco_dataset(
     results: Sequence[ImageResult],
     *,
@@ -134,10 +174,10 @@ def build_coco_dataset(
     Polygons keep every connected part (holes are filled); a mask without a usable
     polygon falls back to RLE. Extra per-instance fields that can be JSON-encoded
     are written as additional annotation keys; an image's ``automatic`` choices (when
-    recorded) go into its ``images`` entry under that key.
+    recorded) go into its ``images`` entry under that key. :class:`CocoStreamWriter` writes
+    the same file image by image.
     """
-    if segmentation not in ("rle", "polygon"):
-        raise ValueError(f"segmentation must be 'rle' or 'polygon', got {segmentation!r}")
+    _check_segmentation_kind(segmentation)
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -145,28 +185,90 @@ def build_coco_dataset(
         if res.file_name in seen:
             raise ValueError(f"duplicate file_name {res.file_name!r} in results")
         seen.add(res.file_name)
-        entry = {"id": image_id, "file_name": res.file_name, "width": int(res.width), "height": int(res.height)}
-        if res.automatic is not None:
-            entry["automatic"] = dict(res.automatic)
-        images.append(entry)
-        for k, inst in enumerate(res.instances):
-            shape = inst.shape
-            if shape != (res.height, res.width):
-                raise ValueError(
-                    f"{res.file_name}: instance {k} mask has shape {shape}, "
-                    f"image is {res.height}x{res.width} (h x w)"
-                )
-            ann = _annotation(inst, len(annotations) + 1, image_id, segmentation)
-            if ann is not None:
-                annotations.append(ann)
+        image, anns = _image_entries(res, image_id, len(annotations) + 1, segmentation)
+        images.append(image)
+        annotations += anns
     return {
-        "info": dict(info) if info is not None
-        else {"description": "freesolo-napari masks", "version": __version__},
+        "info": _default_info(info),
         "licenses": [],
         "images": images,
         "annotations": annotations,
         "categories": [dict(CATEGORY)],
     }
+
+
+class CocoStreamWriter:
+    """A COCO dataset written as images finish, so memory does not grow with the number of images.
+
+    ``add(result)`` encodes one image's masks at once and spools its image entry and annotations
+    to two anonymous temporary files beside ``path`` (the caller can then drop the masks);
+    ``close()`` writes ``path`` atomically (temp file, rename) from the spools. The file is
+    byte for byte what ``write_coco(path, build_coco_dataset(results, ...))`` writes for the
+    same results. An existing ``path`` is refused at construction (unless ``overwrite``), so a
+    long run does not end in a refusal; a writer never closed (an error, Ctrl-C) leaves nothing.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        segmentation: Literal["rle", "polygon"] = "rle",
+        info: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        _check_segmentation_kind(segmentation)
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise OutputExistsError(self.path)
+        self.segmentation = segmentation
+        self.overwrite = overwrite
+        self.info = _default_info(info)
+        self.n_images = 0
+        self.n_annotations = 0
+        self._seen: set[str] = set()
+        prepare_output_dir(self.path)
+        self._images = tempfile.TemporaryFile("w+", encoding="utf-8", dir=self.path.parent)
+        self._annotations = tempfile.TemporaryFile("w+", encoding="utf-8", dir=self.path.parent)
+
+    def add(self, res: ImageResult) -> int:
+        """Encode and spool one image's result; returns how many annotations it gave."""
+        if res.file_name in self._seen:
+            raise ValueError(f"duplicate file_name {res.file_name!r} in results")
+        image, anns = _image_entries(res, self.n_images + 1, self.n_annotations + 1, self.segmentation)
+        self._seen.add(res.file_name)
+        self._images.write(("," if self.n_images else "") + json_text(image))
+        self.n_images += 1
+        for ann in anns:
+            self._annotations.write(("," if self.n_annotations else "") + json_text(ann))
+            self.n_annotations += 1
+        return len(anns)
+
+    def close(self) -> Path:
+        """Write the COCO file (atomically) and drop the spools."""
+        try:
+            def _write(tmp: Path) -> None:
+                with open(tmp, "w", encoding="utf-8") as out:
+                    out.write('{"info":' + json_text(self.info) + ',"licenses":[],"images":[')
+                    for spool, after in ((self._images, '],"annotations":['),
+                                         (self._annotations, '],"categories":' + json_text([CATEGORY]) + "}")):
+                        spool.seek(0)
+                        shutil.copyfileobj(spool, out)
+                        out.write(after)
+
+            return atomic_save(self.path, _write, overwrite=self.overwrite)
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        """Drop the spools without writing anything."""
+        self._images.close()
+        self._annotations.close()
+
+    def __enter__(self) -> CocoStreamWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.discard()
 
 
 def build_results(

@@ -6,22 +6,92 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-def largest_part(mask: np.ndarray, connectivity: int = 2) -> np.ndarray:
+BANDED_PARTS_PX = 16_000_000  # masks larger than this are labelled in bands of about BAND_PX pixels
+BAND_PX = 4_000_000
+
+
+def largest_part(mask: np.ndarray, connectivity: int = 2, band_px: int = BAND_PX,
+                 banded_over_px: int = BANDED_PARTS_PX) -> np.ndarray:
     """The biggest connected part of a boolean mask (the mask itself when it has at most one).
 
     ``connectivity`` 2: 8-connected (diagonal neighbours join); 1: 4-connected. Ties go to the
     lowest label (the part met first in scan order). Labels are 16-bit when they fit (half the
-    memory of scipy's default on a slide-sized mask), 32-bit otherwise.
+    memory of scipy's default on a slide-sized mask), 32-bit otherwise. A mask over
+    ``banded_over_px`` pixels is labelled in row bands of about ``band_px`` pixels, whose parts
+    are joined across the band edges (``_largest_part_banded``): the same answer, without an
+    image-sized label array.
     """
     structure = ndimage.generate_binary_structure(2, connectivity)
+    mask = np.asarray(mask)
+    if mask.size > banded_over_px and mask.shape[0] > 1:
+        return _largest_part_banded(mask, structure, max(1, band_px // max(1, mask.shape[1])))
+    labels, n = _label(mask, structure)
+    if n <= 1:
+        return mask
+    return labels == (np.argmax(np.bincount(labels.ravel())[1:]) + 1)
+
+
+def _label(mask: np.ndarray, structure: np.ndarray) -> tuple[np.ndarray, int]:
+    """``ndimage.label`` into 16-bit labels when they fit, else 32-bit."""
     try:
         labels = np.empty(np.shape(mask), dtype=np.uint16)
         n = ndimage.label(mask, structure=structure, output=labels)
     except RuntimeError:  # more than 65535 parts
         labels, n = ndimage.label(mask, structure=structure)
-    if n <= 1:
+    return labels, n
+
+
+def _largest_part_banded(mask: np.ndarray, structure: np.ndarray, rows: int) -> np.ndarray:
+    """``largest_part`` labelling ``rows`` rows at a time.
+
+    Each band's parts get ids after the previous bands' (so ids follow the scan order of each
+    part's first pixel); parts of neighbouring bands that touch across the edge (straight, or
+    diagonally with 8-connectivity) are joined with a graph's connected components. The largest
+    joined part wins, ties to the lowest first id, as with one labelling; a second pass labels
+    each band again and keeps that part's pixels.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    H = mask.shape[0]
+    starts = list(range(0, H, rows))
+    sizes, offsets, edges = [np.zeros(1, np.int64)], [], []
+    total, last_row = 0, None
+    for r0 in starts:
+        labels, n = _label(mask[r0: r0 + rows], structure)
+        offsets.append(total)
+        sizes.append(np.bincount(labels.ravel(), minlength=n + 1)[1:])
+        first = labels[0].astype(np.int64)
+        if last_row is not None:
+            shifts = (-1, 0, 1) if structure[0].all() else (0,)
+            for dx in shifts:  # the pixel above-left, above and above-right of each first-row pixel
+                a = last_row[max(0, dx): len(last_row) + min(0, dx)]
+                b = first[max(0, -dx): len(first) + min(0, -dx)]
+                both = (a > 0) & (b > 0)
+                edges.append(np.stack([a[both] + offsets[-2], b[both] + total]))
+        last_row = labels[-1].astype(np.int64)
+        total += n
+    if total <= 1:
         return mask
-    return labels == (np.argmax(np.bincount(labels.ravel())[1:]) + 1)
+    size = np.concatenate(sizes)  # per id, id 0 the background
+    pairs = np.concatenate(edges, axis=1) if edges else np.zeros((2, 0), np.int64)
+    graph = coo_matrix((np.ones(pairs.shape[1], np.int8), (pairs[0], pairs[1])), shape=(total + 1, total + 1))
+    n_parts, part_of = connected_components(graph, directed=False)
+    if n_parts - 1 <= 1:  # the background and one part
+        return mask
+    part_size = np.bincount(part_of[1:], weights=size[1:], minlength=n_parts)
+    # parts in the order of their lowest id (= scan order of their first pixel), ties to the first
+    _ids, first_id = np.unique(part_of[1:], return_index=True)
+    order = np.argsort(first_id, kind="stable")
+    winner = _ids[order[int(np.argmax(part_size[_ids[order]]))]]
+    keep = part_of == winner
+    out = np.empty(mask.shape, dtype=bool)
+    for r0, off in zip(starts, offsets):
+        labels, n = _label(mask[r0: r0 + rows], structure)
+        lookup = np.zeros(n + 1, dtype=bool)
+        lookup[1:] = keep[off + 1: off + n + 1]
+        out[r0: r0 + rows] = lookup[labels]
+    return out
 
 
 def border_sides(mask: np.ndarray, margin: int = 1, offset: tuple[int, int] = (0, 0),

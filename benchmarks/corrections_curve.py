@@ -99,8 +99,8 @@ def main() -> None:
         layout = RunLayout(run)
         coarse = layout.coarse()
         if not teacher_done:
-            coarse = load_image_results(layout.coarse())
-            print(row("Free Mask (teacher, defaults)", score(scored_gt, [coarse[n] for n in scored if n in coarse])),
+            teacher = load_image_results(layout.coarse())
+            print(row("Free Mask (teacher, defaults)", score(scored_gt, [teacher[n] for n in scored if n in teacher])),
                   flush=True)
             teacher_done = True
         preds = load_image_results(layout.predictions(args.rounds))

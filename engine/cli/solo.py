@@ -64,9 +64,8 @@ def add_solo_commands(sub) -> None:
                     help="round 1 learns from at most N plausible coarse masks per image that score at least "
                     "--coarse-quantile of the folder's coarse scores; the others become ignore regions with "
                     "down-weighted negatives (0: all coarse masks; default: %(default)s)")
-    st.add_argument("--coarse-quantile", type=float, default=s.coarse_quantile,
-                    help="round 1's score floor, as a quantile of all the folder's coarse scores (0: none; "
-                    "default: %(default)s)")
+    st.add_argument("--coarse-quantile", type=float, default=s.coarse_quantile, help="round 1's score floor: "
+                    "this quantile of all the folder's coarse scores (0: none; default: %(default)s)")
     st.add_argument("--eval-images", type=Path, default=None, help="labeled images to evaluate each round on")
     st.add_argument("--gt", type=Path, default=None, help="ground truth COCO for --eval-images (or for IMAGES)")
     st.add_argument("--resume", action="store_true",

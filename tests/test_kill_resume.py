@@ -82,7 +82,7 @@ def test_freemask_killed_mid_folder_resumes_from_the_feature_cache(data, tmp_pat
     _visible_files_are_complete(tmp_path)
     done = _run(["freemask", str(images), "--out", str(out), "--device", "cpu", "--input-scale", "1"], env)
     assert done.returncode == 0, done.stderr
-    cached = int(done.stdout.split("(")[1].split(" from cache")[0])
+    cached = int(done.stdout.splitlines()[-1].split("(")[1].split(" from cache")[0])  # the summary line
     assert cached >= 2 and len(read_coco(out).images) == 6
     assert [p.name for p in tmp_path.rglob(".*tmp-*")] == []  # the killed run's temp files were swept
 

@@ -140,7 +140,7 @@ def extract_tiles(extractor: FeatureExtractor, image: np.ndarray, plan: TilePlan
     return TiledFeatures(plan, out), hits
 
 
-def place_in_image(inst: InstanceMask, window: Box, image_size: tuple[int, int]) -> InstanceMask:
+def _place(inst: InstanceMask, window: Box, image_size: tuple[int, int]) -> InstanceMask:
     """A window's mask in image coordinates (the same crop, its box moved)."""
     y0, _y1, x0, _x1 = window
     by0, by1, bx0, bx1 = inst.box
@@ -150,9 +150,18 @@ def place_in_image(inst: InstanceMask, window: Box, image_size: tuple[int, int])
     return replace(inst, box=(y0 + by0, y0 + by1, x0 + bx0, x0 + bx1), shape=tuple(image_size), extra=extra)
 
 
-def centre_in(inst: InstanceMask, core: Box) -> bool:
+def _centre_in(inst: InstanceMask, core: Box) -> bool:
     cy, cx = inst.centre()
     return core[0] <= cy < core[1] and core[2] <= cx < core[3]
+
+
+def core_instances(per_window: list[list[InstanceMask]], plan: TilePlan, image_size: tuple[int, int]
+                   ) -> list[InstanceMask]:
+    """Every window's non-empty masks whose centre lies in its core, in image coordinates."""
+    kept: list[InstanceMask] = []
+    for found, window, core in zip(per_window, plan.windows, plan.cores):
+        kept += [m for m in (_place(i, window, image_size) for i in found if i.area) if _centre_in(m, core)]
+    return kept
 
 
 def tiles_top_k(params: FreeMaskParams, plan: TilePlan) -> int:
@@ -169,14 +178,10 @@ def postprocess_tiles(tiled: TiledFeatures, image: np.ndarray, params: FreeMaskP
     plan = tiled.plan
     top_k = tiles_top_k(params, plan)
     p = replace(params, top_k=top_k).validated()
-    kept: list[InstanceMask] = []
     results = []
-    for feats, window, core in zip(tiled.windows, plan.windows, plan.cores):
-        y0, y1, x0, x1 = window
-        result = generate(feats, p, np.ascontiguousarray(image[y0:y1, x0:x1]), generators)
-        results.append(result)
-        placed = (place_in_image(m, window, image.shape[:2]) for m in result.instances if m.area)
-        kept += [m for m in placed if centre_in(m, core)]
+    for feats, (y0, y1, x0, x1) in zip(tiled.windows, plan.windows):
+        results.append(generate(feats, p, np.ascontiguousarray(image[y0:y1, x0:x1]), generators))
+    kept = core_instances([r.instances for r in results], plan, image.shape[:2])
     if len(plan.windows) > 1 and kept:
         kept = nms_rank(kept, torch.tensor([m.score for m in kept], dtype=torch.float32), params)
     added = tuple(dict.fromkeys(g for r in results for g in r.auto_generators))

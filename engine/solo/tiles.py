@@ -26,7 +26,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from engine.generators.tiling import TilePlan, centre_in, place_in_image, plan_tiles
+from engine.generators.tiling import TilePlan, core_instances, plan_tiles
 from engine.ops.masks import crop_iou_matrix
 from engine.ops.nms import matrix_nms_from_iou
 from engine.solo.config import InferenceConfig
@@ -81,9 +81,7 @@ def merge_windows(per_window: list[list[InstanceMask]], plan: TilePlan, image_si
     """Every window's masks whose centre is in its core, in image coordinates, through one Matrix
     NMS (exact IoU of the crops; the model's kernel and sigma), best decayed score first, those
     above ``update_thr``."""
-    kept = []
-    for found, window, core in zip(per_window, plan.windows, plan.cores):
-        kept += [m for m in (place_in_image(i, window, image_size) for i in found if i.area) if centre_in(m, core)]
+    kept = core_instances(per_window, plan, image_size)
     if len(kept) < 2:
         return kept
     scores = torch.tensor([m.score for m in kept], dtype=torch.float32)

@@ -122,3 +122,16 @@ class ImageResult:
     # what Free Mask chose automatically for the image (engine/generators/choices.py, AutoChoices.as_dict);
     # None: not recorded (ground truth, a model's predictions)
     automatic: dict[str, Any] | None = None
+
+
+class Coverage:
+    """The union of the masks taken so far on one image: how much of a new mask it already covers."""
+
+    def __init__(self, shape: tuple[int, int]):
+        self.covered = np.zeros(shape, dtype=bool)
+
+    def share(self, inst: InstanceMask) -> float:
+        return np.count_nonzero(inst.crop & self.covered[inst.window()]) / max(inst.area, 1)
+
+    def add(self, inst: InstanceMask) -> None:
+        self.covered[inst.window()] |= inst.crop

@@ -15,6 +15,7 @@ from engine.io.atomic import atomic_save
 from engine.io.coco import build_coco_dataset, write_coco, write_label_images
 from engine.io.images import to_unit_rgb
 from engine.io.stacks import load_plane, split_plane_name
+from engine.structures import Coverage
 
 FREEMASK_INFO = {"description": "freesolo free masks"}
 
@@ -41,12 +42,11 @@ def readable_subset(instances, limit: int = 30, max_overlap: float = 0.5):
     shown, covered = [], None
     for inst in sorted(instances, key=lambda m: m.score, reverse=True):
         if covered is None:
-            covered = np.zeros(inst.shape, dtype=bool)
-        win = covered[inst.window()]
-        if np.count_nonzero(inst.crop & win) > max_overlap * max(inst.area, 1):
+            covered = Coverage(inst.shape)
+        if covered.share(inst) > max_overlap:
             continue
         shown.append(inst)
-        win |= inst.crop
+        covered.add(inst)
         if len(shown) >= limit:
             break
     return shown

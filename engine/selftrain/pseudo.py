@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from engine.ops.masks import border_sides
-from engine.structures import IGNORE_KEY, ImageResult, InstanceMask
+from engine.structures import IGNORE_KEY, Coverage, ImageResult, InstanceMask
 
 
 @dataclass(frozen=True)
@@ -68,15 +68,15 @@ def select_pseudo_labels(results: list[ImageResult], cfg: SelectionConfig | None
     out = []
     for res in results:
         ranked = sorted(res.instances, key=lambda m: m.score, reverse=True)
-        covered = np.zeros((res.height, res.width), dtype=bool) if cfg.max_covered < 1.0 else None
+        covered = Coverage((res.height, res.width)) if cfg.max_covered < 1.0 else None
         kept = 0
         marked = []
         for inst in ranked:
             take = (kept < cfg.top and inst.score >= floor and is_plausible_object(inst, cfg)
-                    and (covered is None or _covered_share(inst, covered) <= cfg.max_covered))
+                    and (covered is None or covered.share(inst) <= cfg.max_covered))
             kept += take
             if take and covered is not None:
-                covered[inst.window()] |= inst.crop
+                covered.add(inst)
             if not take and inst.score < cfg.ignore_min_score:
                 continue  # a confident "no": plain background for the student
             extra = {k: v for k, v in inst.extra.items() if k != IGNORE_KEY}
@@ -85,7 +85,3 @@ def select_pseudo_labels(results: list[ImageResult], cfg: SelectionConfig | None
             marked.append(replace(inst, extra=extra))
         out.append(ImageResult(res.file_name, res.height, res.width, marked))
     return out
-
-
-def _covered_share(inst: InstanceMask, covered: np.ndarray) -> float:
-    return np.count_nonzero(inst.crop & covered[inst.window()]) / max(inst.area, 1)

@@ -27,7 +27,7 @@ from engine.freemask.features import FeatureConfig
 from engine.freemask.postprocess import FreeMaskParams
 from engine.freemask.stain import resolve_stain, stain_view
 from engine.generators.classical import BASELINES
-from engine.generators.merge import GeneratorConfig, parse_generators
+from engine.generators.merge import GeneratorConfig, parse_classical, parse_generators
 from engine.generators.pipeline import run_freemask_batch
 from engine.io.coco import build_coco_dataset, read_coco
 from engine.io.images import load_image
@@ -60,13 +60,15 @@ def _params(text: str) -> dict:
 def run_generators(name: str, images: Path, gt: Path, generators: tuple[str, ...], backbone: str,
                    tile: int | None, cache: Path, params: str = "", input_scale: float | None = None,
                    stain: str = "auto", merge_score: str = "features",
-                   classical: tuple[str, ...] = ("watershed", "felzenszwalb"), auto_classical: bool = True) -> dict:
+                   classical: tuple[str, ...] | None = None, auto_classical: bool = True,
+                   freemask_weight: float = 0.5) -> dict:
     t0 = time.perf_counter()
     fconf = FeatureConfig(backbone=backbone, input_scale=input_scale, stain=stain)
     report = run_freemask_batch([images], feature_config=fconf, device="cpu",
                                 params=FreeMaskParams(**_params(params)), cache_dir=cache,
                                 generators=GeneratorConfig(generators=generators, score=merge_score, classical=classical,
-                                                           classical_on_microscopy=auto_classical),
+                                                           classical_on_microscopy=auto_classical,
+                                                           freemask_weight=freemask_weight),
                                 tile=tile)
     seconds = (time.perf_counter() - t0) / max(1, len(report.results))
     extras = [params] if params else []
@@ -74,7 +76,8 @@ def run_generators(name: str, images: Path, gt: Path, generators: tuple[str, ...
     extras += [f"tile {tile}"] if tile else []
     extras += [f"stain {stain}"] if stain != "auto" else []
     extras += [f"merge score {merge_score}"] if merge_score != "both" else []
-    extras += [f"classical {'+'.join(classical)}"] if classical != ("watershed", "felzenszwalb") else []
+    extras += [f"classical {'+'.join(classical)}"] if classical is not None else []
+    extras += [f"Free Mask weight {freemask_weight:g}"] if freemask_weight != 0.5 else []
     extras += [] if auto_classical else ["no classical on microscopy"]
     method = "+".join(generators) + (f" ({'; '.join(extras)})" if extras else "")
     return {"set": name, "method": method, "backbone": backbone, **_score(gt, report.results),
@@ -122,20 +125,24 @@ def main() -> None:
                     help="classical proposals join on microscopy (on: the default) or not (off: Free Mask alone)")
     ap.add_argument("--merge-score", nargs="+", default=["both"], choices=("features", "image", "both"),
                     help="how merged generators' masks are ranked (engine/generators/merge.py)")
-    ap.add_argument("--classical", default="watershed,felzenszwalb",
-                    help="the classical generator's methods, comma-separated")
+    ap.add_argument("--classical", default="auto",
+                    help="the classical generator's methods, comma-separated (auto: by image kind)")
+    ap.add_argument("--freemask-weight", type=float, nargs="+", default=[0.5],
+                    help="Free Mask's merge-score weight beside classical proposals (engine/generators/merge.py)")
     ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out/real"))
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    classical = parse_classical(args.classical)
     rows = []
     for name, images, gt in args.sets:
         for backbone in args.backbone:
             for gens in args.generators:
-                for params, score, auto in itertools.product(args.params, args.merge_score, args.auto_classical):
+                for params, score, auto, weight in itertools.product(args.params, args.merge_score,
+                                                                     args.auto_classical, args.freemask_weight):
                     rows.append(run_generators(name, images, gt, parse_generators(gens), backbone, args.tile,
                                                args.out / "cache", params, args.input_scale, args.stain, score,
-                                               tuple(args.classical.split(",")), auto == "on"))
+                                               classical, auto == "on", weight))
                     print(format_table(rows[-1:]).splitlines()[-1], flush=True)
         if not args.no_baselines:
             rows += run_baselines(name, images, gt)

@@ -82,3 +82,20 @@ def test_min_area_drops_specks() -> None:
     img = _render([big, speck])
     assert len(otsu_components(img, min_area=5)) == 2
     assert len(otsu_components(img, min_area=30)) == 1
+
+
+def test_local_watershed_finds_a_faint_object_beside_bright_ones() -> None:
+    from engine.generators.classical import local_block, local_watershed
+
+    shape = (160, 160)
+    bright = [_disc(shape, 40, 40, 14), _disc(shape, 40, 110, 14)]
+    faint = _disc(shape, 115, 75, 14)
+    img = _render(bright)
+    grey = img[..., 0].astype(float)
+    grey[faint] = 110 + (grey[faint] - 40)  # well above the background, well below the bright discs
+    img = np.repeat(np.clip(grey, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    assert max(_best_ious([faint], otsu_watershed(img))) < 0.5  # one global threshold misses it
+    found = local_watershed(img, object_size=28)
+    assert min(_best_ious(bright + [faint], found)) > 0.7
+    assert {m.source for m in found} == {"local_watershed"}
+    assert local_block(shape, 28) == 113 and local_block(shape) == 33 and local_block(shape, 0.5) == 3

@@ -15,7 +15,7 @@ from engine.freemask.postprocess import FreeMaskParams, postprocess
 from engine.generators import merge as merge_mod
 from engine.generators.maskcut import MaskCutParams, maskcut_ranked
 from engine.generators.classical import otsu_watershed, ring_contrast
-from engine.generators.merge import GeneratorConfig, feature_contrast, generate, image_contrast, merge_scores, parse_generators
+from engine.generators.merge import GeneratorConfig, feature_contrast, generate, image_contrast, merge, merge_scores, parse_generators
 from engine.ops.masks import crop_iou_matrix
 from engine.structures import InstanceMask
 from engine.ops.nms import mask_iou_matrix, matrix_nms, matrix_nms_from_iou
@@ -187,3 +187,55 @@ def test_classical_proposals_join_on_microscopy_only(extractor):
     assert [m.score for m in alone.instances] == [m.score for m in postprocess(feats, FreeMaskParams(), nuclei).instances]
     photo, _masks = _blocks_image()
     assert generate(extractor.extract(photo), FreeMaskParams(), photo).auto_generators == ()
+
+
+def test_classical_methods_follow_the_image_kind_unless_named(extractor):
+    from engine.data.synthetic import make_sample
+    from engine.generators.merge import classical_methods, parse_classical
+
+    nuclei, _ = make_sample(3, (160, 160), kind="microscopy")
+    photo, _masks = _blocks_image()
+    auto = GeneratorConfig()
+    assert classical_methods(auto, nuclei, "none") == ("watershed", "local_watershed")
+    assert classical_methods(auto, photo, "none") == ("watershed", "felzenszwalb")
+    named = GeneratorConfig(classical=("felzenszwalb",))
+    assert classical_methods(named, nuclei, "none") == ("felzenszwalb",)
+    feats = extractor.extract(nuclei)
+    methods = {m.extra["method"] for m in generate(feats, FreeMaskParams(), nuclei).instances if m.source == "classical"}
+    assert "local_watershed" in methods and "felzenszwalb" not in methods
+    assert parse_classical("auto") is None and parse_classical("local_watershed, watershed") == ("local_watershed", "watershed")
+    with pytest.raises(ValueError, match="some of"):
+        parse_classical("otsu,magic")
+
+
+def test_freemask_weight_scales_freemask_scores_only_beside_classical(blocks):
+    image, masks, feats = blocks
+    fm = [InstanceMask(masks[0], score=1.0, source="freemask"), InstanceMask(masks[1], score=1.0, source="freemask")]
+    cl = InstanceMask(masks[2], score=1.0, source="classical")
+    p = FreeMaskParams()
+
+    def scores(instances, weight):
+        return {(m.source, m.area, m.box): m.score for m in merge(feats, instances, p, 10, image, "both", weight)}
+
+    full, half = scores(fm + [cl], 1.0), scores(fm + [cl], 0.5)
+    for key, value in full.items():  # the masks do not overlap: no NMS decay, so the weight shows as it is
+        assert half[key] == pytest.approx(value * (0.5 if key[0] == "freemask" else 1.0), rel=1e-5)
+    assert scores(fm, 0.5) == scores(fm, 1.0)  # no classical proposals: Free Mask's scores are left alone
+    with pytest.raises(ValueError, match="weight"):
+        GeneratorConfig(freemask_weight=0.0).validated()
+
+
+def test_cli_classical_and_weight_options(tmp_path, capsys):
+    from engine.cli.common import add_freemask_options, generator_config_from_args
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_freemask_options(parser)
+    args = parser.parse_args(["--classical", "felzenszwalb", "--freemask-weight", "0.25"])
+    config = generator_config_from_args(args)
+    assert config.classical == ("felzenszwalb",) and config.freemask_weight == 0.25
+    assert generator_config_from_args(parser.parse_args([])) == GeneratorConfig()
+    for bad in (["--classical", "magic"], ["--freemask-weight", "2"], ["--freemask-weight", "x"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
+    assert "freemask-weight" in capsys.readouterr().err

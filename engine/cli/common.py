@@ -35,6 +35,26 @@ def generators_arg(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def classical_arg(text: str) -> tuple[str, ...] | None:
+    from engine.generators.merge import parse_classical
+
+    try:
+        return parse_classical(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def weight_arg(text: str) -> float:
+    """A weight in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
 def scale_arg(text: str) -> float | None:
     if text == "auto":
         return None
@@ -105,6 +125,12 @@ def add_freemask_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--classical-on-microscopy", action=argparse.BooleanOptionalAction, default=True,
                    help="on grey-level and stained (H&E) images the classical proposals join the generators "
                    "(default: on)")
+    g.add_argument("--classical", type=classical_arg, default=None, metavar="auto|LIST",
+                   help="the classical proposals' methods, among watershed, local_watershed, felzenszwalb (default: "
+                   "auto: watershed,local_watershed on microscopy, watershed,felzenszwalb on other images)")
+    g.add_argument("--freemask-weight", type=weight_arg, default=0.5, metavar="W",
+                   help="Free Mask's merge scores are multiplied by W in (0, 1] where classical proposals are in the "
+                   "merge (default: %(default)s)")
     g.add_argument("--merge-score", choices=("features", "image", "both"), default="both",
                    help="what ranks merged generators' masks: their feature contrast, their grey contrast in the "
                    "image, or the mean of both (default: %(default)s; Free Mask alone keeps its own maskness)")
@@ -152,7 +178,8 @@ def generator_config_from_args(args: argparse.Namespace):
     from engine.generators.merge import GeneratorConfig
 
     return GeneratorConfig(generators=tuple(args.generators), score=args.merge_score,
-                           classical_on_microscopy=args.classical_on_microscopy)
+                           classical_on_microscopy=args.classical_on_microscopy, classical=args.classical,
+                           freemask_weight=args.freemask_weight)
 
 
 def params_from_args(args: argparse.Namespace):

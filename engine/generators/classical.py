@@ -1,8 +1,9 @@
 """Classical, training-free instance segmenters to compare Free Mask against.
 
 A number like "Free Mask gets 30 AP" means little on its own; these baselines show
-what thresholding, watershed and graph-based superpixels already achieve on the
-same images. Each returns ``list[InstanceMask]`` with ``source`` set to its name and
+what thresholding (global Otsu, or local: ``local_watershed``), watershed and graph-based
+superpixels already achieve on the same images; the merge (``engine/generators/merge.py``)
+also uses them as proposals. Each returns ``list[InstanceMask]`` with ``source`` set to its name and
 a ``score`` in (0, 1] so that COCO AP, which ranks by score, is meaningful:
 
     score = contrast(mask, surrounding ring) * area / (area + a0)
@@ -19,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
-from skimage.filters import threshold_otsu
+from skimage.filters import threshold_local, threshold_otsu
 from skimage.segmentation import felzenszwalb, watershed
 
 from engine.io.images import to_unit_rgb
@@ -31,6 +32,9 @@ __all__ = [
     "felzenszwalb_segments",
     "otsu_components",
     "otsu_watershed",
+    "local_watershed",
+    "local_foreground",
+    "local_block",
     "grey_contrast_view",
     "ring_contrast",
     "ring_width",
@@ -130,27 +134,20 @@ def otsu_components(image: np.ndarray, min_area: int = 20, sigma: float = 1.0) -
     return _instances_from_labels(labels, gray[..., None], "otsu_components", min_area, _gray_scale(gray))
 
 
-def otsu_watershed(
-    image: np.ndarray,
-    min_area: int = 20,
-    sigma: float = 1.0,
-    min_distance: int | None = None,
-) -> list[InstanceMask]:
-    """Otsu foreground split by a distance-transform watershed.
+def _watershed_split(fg: np.ndarray, min_distance: int | None) -> np.ndarray:
+    """Labels of a foreground split by a distance-transform watershed, one seed per peak.
 
-    Touching convex objects (nuclei) merge into one component under plain
-    thresholding; the distance transform has one peak per object, so seeding a
-    watershed from its peaks separates them. ``min_distance`` defaults to ~1/40 of
-    the image side (8 px at 320 px), roughly the smallest object radius we expect.
+    Touching convex objects (nuclei) merge into one component under plain thresholding; the
+    distance transform has one peak per object, so seeding a watershed from its peaks separates
+    them. ``min_distance`` defaults to ~1/40 of the image side (8 px at 320 px), roughly the
+    smallest object radius we expect.
     """
-    gray = _gray(to_unit_rgb(image))
-    fg = _otsu_foreground(gray, sigma)
     h, w = fg.shape
     if min_distance is None:
         min_distance = max(3, int(round(min(h, w) / 40)))
     comps, n_comp = ndi.label(fg)
     if n_comp == 0:
-        return []
+        return comps
     # smoothing removes the flat ridges of elongated shapes that would over-split them
     dist = ndi.gaussian_filter(ndi.distance_transform_edt(fg), 1.0)
     peaks = peak_local_max(dist, min_distance=min_distance, labels=comps, exclude_border=False)
@@ -167,8 +164,55 @@ def otsu_watershed(
         iy, ix = np.unravel_index(int(np.argmax(np.where(local, dist[sl], -1))), local.shape)
         markers[sl[0].start + iy, sl[1].start + ix] = next_id
         next_id += 1
-    labels = watershed(-dist, markers, mask=fg)
+    return watershed(-dist, markers, mask=fg)
+
+
+def otsu_watershed(
+    image: np.ndarray,
+    min_area: int = 20,
+    sigma: float = 1.0,
+    min_distance: int | None = None,
+) -> list[InstanceMask]:
+    """Otsu foreground split by a distance-transform watershed (``_watershed_split``)."""
+    gray = _gray(to_unit_rgb(image))
+    labels = _watershed_split(_otsu_foreground(gray, sigma), min_distance)
     return _instances_from_labels(labels, gray[..., None], "otsu_watershed", min_area, _gray_scale(gray))
+
+
+def local_block(shape: tuple[int, ...], object_size: float | None = None) -> int:
+    """The local threshold's window (odd px): 4 object diameters, or a fifth of the short side
+    when the object size is unknown."""
+    size = 4.0 * object_size if object_size else min(shape[:2]) / 5.0
+    return max(3, int(size) // 2 * 2 + 1)
+
+
+def local_foreground(gray: np.ndarray, sigma: float = 1.0, object_size: float | None = None) -> np.ndarray:
+    """Pixels above their neighbourhood's mean (``local_block``) and above half-way from the darkest
+    grey to the Otsu level (holes filled); polarity as ``_otsu_foreground``: objects are the minority.
+
+    One global threshold misses faint objects beside bright ones and merges neighbours whose
+    shared edge is only a little darker; a local one follows the background as it varies."""
+    smooth = ndi.gaussian_filter(gray, sigma) if sigma > 0 else gray
+    if float(smooth.max()) - float(smooth.min()) < 1e-9:
+        return np.zeros(gray.shape, dtype=bool)
+    if (smooth > threshold_otsu(smooth)).sum() > smooth.size / 2:
+        smooth = -smooth
+    floor = float(smooth.min()) + 0.5 * (threshold_otsu(smooth) - float(smooth.min()))
+    fg = (smooth > threshold_local(smooth, local_block(gray.shape, object_size), offset=0)) & (smooth > floor)
+    return ndi.binary_fill_holes(fg)
+
+
+def local_watershed(
+    image: np.ndarray,
+    min_area: int = 20,
+    sigma: float = 1.0,
+    min_distance: int | None = None,
+    object_size: float | None = None,
+) -> list[InstanceMask]:
+    """Local-threshold foreground (``local_foreground``) split by the same watershed as ``otsu_watershed``."""
+    gray = _gray(to_unit_rgb(image))
+    labels = _watershed_split(local_foreground(gray, sigma, object_size), min_distance)
+    return _instances_from_labels(labels, gray[..., None], "local_watershed", min_area, _gray_scale(gray))
 
 
 def felzenszwalb_segments(
@@ -215,5 +259,6 @@ def felzenszwalb_segments(
 BASELINES: dict[str, Callable[..., list[InstanceMask]]] = {
     "otsu_components": otsu_components,
     "otsu_watershed": otsu_watershed,
+    "local_watershed": local_watershed,
     "felzenszwalb": felzenszwalb_segments,
 }

@@ -9,7 +9,8 @@ The measure is the same for every generator's masks (``GeneratorConfig.score``):
   a ring a few pixels around it, over the image's robust grey range, at most 1 -- on the image
   the network sees (the hematoxylin channel of a stained slide);
 - ``both``: the mean of the two.
-All masks then go through one Matrix NMS (exact IoU from crops, no full-size arrays) and the
+Where classical proposals are in the merge, Free Mask's scores are multiplied by
+``GeneratorConfig.freemask_weight`` (0.5). All masks then go through one Matrix NMS (exact IoU from crops, no full-size arrays) and the
 best ``top_k`` are kept, each with its ``source``. Every generator's work depends on the features
 and the image only, not on τ or the filters, so a slider move reuses it (memoised on ``features``).
 """
@@ -30,6 +31,7 @@ from engine.freemask.stain import looks_like_microscopy, stain_view
 from engine.generators.classical import (
     felzenszwalb_segments,
     grey_contrast_view,
+    local_watershed,
     otsu_watershed,
     ring_contrast,
     ring_width,
@@ -42,28 +44,40 @@ from engine.structures import InstanceMask
 GENERATORS = ("freemask", "maskcut", "classical")
 MERGE_SCORES = ("features", "image", "both")
 MAX_AUTO_TOP_K = 100  # COCO's AR100 and AP count the best 100 masks
-CLASSICAL = {"watershed": otsu_watershed, "felzenszwalb": felzenszwalb_segments}
+# each classical method on (the image as the network sees it, the estimated object size or None)
+CLASSICAL = {
+    "watershed": lambda seen, _size: otsu_watershed(seen),
+    "local_watershed": lambda seen, size: local_watershed(seen, object_size=size),
+    "felzenszwalb": lambda seen, _size: felzenszwalb_segments(seen),
+}
+# the classical methods by image kind (``classical_methods``), chosen on the real tuning halves
+MICROSCOPY_CLASSICAL = ("watershed", "local_watershed")
+COLOUR_CLASSICAL = ("watershed", "felzenszwalb")
 
 
 @dataclass(frozen=True)
 class GeneratorConfig:
     generators: tuple[str, ...] = ("freemask",)
     maskcut: MaskCutParams = field(default_factory=MaskCutParams)
-    classical: tuple[str, ...] = ("watershed", "felzenszwalb")
+    classical: tuple[str, ...] | None = None  # None: by image kind (``classical_methods``)
     classical_top: int = 100  # per classical method, its best masks (by its own score) enter the merge
     score: str = "both"  # the one measure every mask is ranked by (module docstring)
     # classical proposals join the chosen generators on grey-level and stained images (``chosen``)
     classical_on_microscopy: bool = True
+    # Free Mask's merge scores are multiplied by this where classical proposals are in the merge
+    freemask_weight: float = 0.5
 
     def validated(self) -> "GeneratorConfig":
         unknown = [g for g in self.generators if g not in GENERATORS]
         if not self.generators or unknown:
             raise ValueError(f"generators must be some of {', '.join(GENERATORS)}; got {', '.join(self.generators)}")
-        bad = [c for c in self.classical if c not in CLASSICAL]
+        bad = [c for c in self.classical or () if c not in CLASSICAL]
         if bad:
             raise ValueError(f"classical methods must be some of {', '.join(CLASSICAL)}; got {', '.join(bad)}")
         if self.score not in MERGE_SCORES:
             raise ValueError(f"the merge score must be one of {', '.join(MERGE_SCORES)}; got {self.score!r}")
+        if not 0.0 < self.freemask_weight <= 1.0:
+            raise ValueError(f"the Free Mask weight must be in (0, 1]; got {self.freemask_weight}")
         return self
 
 
@@ -72,6 +86,17 @@ def parse_generators(text: str) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(p.strip().lower() for p in text.split(",") if p.strip()))
     GeneratorConfig(generators=names).validated()
     return names
+
+
+def parse_classical(text: str) -> tuple[str, ...] | None:
+    """'auto' -> None (by image kind); 'watershed, local_watershed' -> ('watershed', 'local_watershed');
+    ValueError names an unknown one."""
+    if text.strip().lower() == "auto":
+        return None
+    names = tuple(dict.fromkeys(p.strip().lower() for p in text.split(",") if p.strip()))
+    if not names:
+        raise ValueError(f"classical methods must be 'auto' or some of {', '.join(CLASSICAL)}")
+    return GeneratorConfig(classical=names).validated().classical
 
 
 def feature_contrast(features: Features, masks: list[InstanceMask], ring: int = 1) -> torch.Tensor:
@@ -98,19 +123,30 @@ def feature_contrast(features: Features, masks: list[InstanceMask], ring: int = 
     return (inside - outside).clamp_min(0.0)
 
 
+def classical_methods(config: GeneratorConfig, image: np.ndarray, stain: str) -> tuple[str, ...]:
+    """``config.classical``, or by image kind when it is None: on microscopy (``looks_like_microscopy``)
+    Otsu + watershed and local-threshold + watershed (Felzenszwalb's regions cost AP50 on both
+    real nuclei sets there), elsewhere Otsu + watershed and Felzenszwalb (docs/measurements.md)."""
+    if config.classical is not None:
+        return config.classical
+    return MICROSCOPY_CLASSICAL if looks_like_microscopy(image, stain) else COLOUR_CLASSICAL
+
+
 def classical_instances(features: Features, image: np.ndarray, params: FreeMaskParams,
                         config: GeneratorConfig) -> list[InstanceMask]:
     """Each classical method's best masks that pass Free Mask's filters (its own score kept as
     ``own_score``; the merge ranks them with every other generator's masks)."""
     fingerprint = image_fingerprint(image)
+    methods = classical_methods(config, image, features.stain)
 
     def compute() -> list[InstanceMask]:
         seen, found = stain_view(image, features.stain), []
-        for name in config.classical:
-            found += sorted(CLASSICAL[name](seen), key=lambda m: -m.score)[: config.classical_top]
+        for name in methods:
+            found += sorted(CLASSICAL[name](seen, features.object_size), key=lambda m: -m.score)[: config.classical_top]
         return found
 
-    proposals = features.memo.get("classical", (fingerprint, config.classical, config.classical_top), compute)
+    proposals = features.memo.get("classical", (fingerprint, methods, config.classical_top, features.object_size),
+                                  compute)
     H, W = features.image_size
     margin = round(16 / max(features.input_scale, 1e-6))
     kept = []
@@ -159,12 +195,19 @@ def merge_scores(features: Features, instances: list[InstanceMask], image: np.nd
 
 
 def merge(features: Features, instances: list[InstanceMask], params: FreeMaskParams, top_k: int,
-          image: np.ndarray | None = None, score: str = "both") -> list[InstanceMask]:
-    """Every generator's masks scored by one measure (``merge_scores``), one Matrix NMS, the best ``top_k``."""
+          image: np.ndarray | None = None, score: str = "both", freemask_weight: float = 1.0) -> list[InstanceMask]:
+    """Every generator's masks scored by one measure (``merge_scores``), one Matrix NMS, the best ``top_k``.
+
+    ``freemask_weight`` scales Free Mask's scores where classical proposals are among ``instances``:
+    on the real nuclei sets its masks of several touching nuclei otherwise outrank the classical
+    methods' single nuclei (docs/measurements.md)."""
     kept = [m for m in instances if m.area]
     if not kept:
         return []
-    return nms_rank(kept, merge_scores(features, kept, image, score), params, top_k)
+    scores = merge_scores(features, kept, image, score)
+    if any(m.source == "classical" for m in kept):
+        scores = scores * torch.tensor([freemask_weight if m.source == "freemask" else 1.0 for m in kept])
+    return nms_rank(kept, scores, params, top_k)
 
 
 def chosen(config: GeneratorConfig, image: np.ndarray | None, stain: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -199,7 +242,7 @@ def generate(features: Features, params: FreeMaskParams | None = None, image: np
         pool += classical
         if not p.top_k:  # the classical proposals count the objects: room for every one of them
             top_k = max(top_k, min(MAX_AUTO_TOP_K, len(classical)))
-    kept = merge(features, pool, p, top_k, image, config.score)
+    kept = merge(features, pool, p, top_k, image, config.score, config.freemask_weight)
     return FreeMaskResult(instances=kept, candidate_maskness=base.candidate_maskness, n_queries=base.n_queries,
                           refine_radius=base.refine_radius, top_k=top_k, generators=generators,
                           auto_generators=added, _soft=torch.zeros(len(kept), *features.grid_size),

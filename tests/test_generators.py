@@ -203,6 +203,14 @@ def test_classical_methods_follow_the_image_kind_unless_named(extractor):
     feats = extractor.extract(nuclei)
     methods = {m.extra["method"] for m in generate(feats, FreeMaskParams(), nuclei).instances if m.source == "classical"}
     assert "local_watershed" in methods and "felzenszwalb" not in methods
+
+    def merged(image, features, weight):
+        config = GeneratorConfig(generators=("freemask", "classical"), freemask_weight=weight)
+        return [(m.source, m.score) for m in generate(features, FreeMaskParams(), image, config).instances]
+
+    assert merged(nuclei, feats, 0.5) != merged(nuclei, feats, 1.0)  # on microscopy the weight applies
+    photo_feats = extractor.extract(photo)
+    assert merged(photo, photo_feats, 0.5) == merged(photo, photo_feats, 1.0)  # on other images it does not
     assert parse_classical("auto") is None and parse_classical("local_watershed, watershed") == ("local_watershed", "watershed")
     with pytest.raises(ValueError, match="some of"):
         parse_classical("otsu,magic")

@@ -129,8 +129,8 @@ def add_freemask_options(p: argparse.ArgumentParser) -> None:
                    help="the classical proposals' methods, among watershed, local_watershed, felzenszwalb (default: "
                    "auto: watershed,local_watershed on microscopy, watershed,felzenszwalb on other images)")
     g.add_argument("--freemask-weight", type=weight_arg, default=0.5, metavar="W",
-                   help="Free Mask's merge scores are multiplied by W in (0, 1] where classical proposals are in the "
-                   "merge (default: %(default)s)")
+                   help="on microscopy, Free Mask's merge scores are multiplied by W in (0, 1] where classical proposals "
+                   "are in the merge (default: %(default)s)")
     g.add_argument("--merge-score", choices=("features", "image", "both"), default="both",
                    help="what ranks merged generators' masks: their feature contrast, their grey contrast in the "
                    "image, or the mean of both (default: %(default)s; Free Mask alone keeps its own maskness)")

@@ -9,8 +9,9 @@ The measure is the same for every generator's masks (``GeneratorConfig.score``):
   a ring a few pixels around it, over the image's robust grey range, at most 1 -- on the image
   the network sees (the hematoxylin channel of a stained slide);
 - ``both``: the mean of the two.
-Where classical proposals are in the merge, Free Mask's scores are multiplied by
-``GeneratorConfig.freemask_weight`` (0.5). All masks then go through one Matrix NMS (exact IoU from crops, no full-size arrays) and the
+On microscopy, where classical proposals are in the merge, Free Mask's scores are multiplied by
+``GeneratorConfig.freemask_weight`` (0.5). All masks then go through one Matrix NMS (exact IoU
+from crops, no full-size arrays) and the
 best ``top_k`` are kept, each with its ``source``. Every generator's work depends on the features
 and the image only, not on τ or the filters, so a slider move reuses it (memoised on ``features``).
 """
@@ -64,7 +65,7 @@ class GeneratorConfig:
     score: str = "both"  # the one measure every mask is ranked by (module docstring)
     # classical proposals join the chosen generators on grey-level and stained images (``chosen``)
     classical_on_microscopy: bool = True
-    # Free Mask's merge scores are multiplied by this where classical proposals are in the merge
+    # on microscopy, Free Mask's merge scores are multiplied by this where classical proposals are in the merge
     freemask_weight: float = 0.5
 
     def validated(self) -> "GeneratorConfig":
@@ -242,7 +243,8 @@ def generate(features: Features, params: FreeMaskParams | None = None, image: np
         pool += classical
         if not p.top_k:  # the classical proposals count the objects: room for every one of them
             top_k = max(top_k, min(MAX_AUTO_TOP_K, len(classical)))
-    kept = merge(features, pool, p, top_k, image, config.score, config.freemask_weight)
+    weight = config.freemask_weight if image is not None and looks_like_microscopy(image, features.stain) else 1.0
+    kept = merge(features, pool, p, top_k, image, config.score, weight)
     return FreeMaskResult(instances=kept, candidate_maskness=base.candidate_maskness, n_queries=base.n_queries,
                           refine_radius=base.refine_radius, top_k=top_k, generators=generators,
                           auto_generators=added, _soft=torch.zeros(len(kept), *features.grid_size),

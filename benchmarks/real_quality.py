@@ -10,7 +10,8 @@ relative to the folder)::
 For every set, every generator combination and every backbone it runs ``run_freemask_batch``
 (features cached under ``--out``), scores the masks with class-agnostic COCO mask AP and prints
 one markdown row: AP, AP50, AR100 and seconds per image; then the classical baselines alone
-(Otsu + components, Otsu + watershed, Felzenszwalb) for the same images. Report held-out sets
+(Otsu + components, Otsu + watershed, local-threshold watershed,
+Felzenszwalb) for the same images. Report held-out sets
 only: tune on a separate split.
 """
 

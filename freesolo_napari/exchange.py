@@ -77,9 +77,11 @@ def open_results(viewer, automatic: dict[str, np.ndarray] | None = None,
     return results
 
 
-def stack_results(image_layer, labels_layer, automatic: np.ndarray | None = None) -> list[ImageResult]:
-    """One ImageResult per plane of a stack's masks that has masks (computed or painted), named as the
-    command line names planes: ``stack.tif[z=3]`` (``engine.io.stacks.plane_name``)."""
+def stack_results(image_layer, labels_layer, automatic: np.ndarray | None = None,
+                  planes: list[tuple[int, ...]] | None = None) -> list[ImageResult]:
+    """One ImageResult per plane of a stack's masks that has masks (computed or painted; only the
+    ``planes`` given, when given), named as the command line names planes: ``stack.tif[z=3]``
+    (``engine.io.stacks.plane_name``)."""
     import pandas as pd
 
     from freesolo_napari.planes import View, default_letters
@@ -88,13 +90,13 @@ def stack_results(image_layer, labels_layer, automatic: np.ndarray | None = None
     data = np.asarray(labels_layer.data)
     n = data.ndim - 2
     axes = tuple(labels_layer.metadata.get(AXES_KEY) or default_letters(n))
-    planes = stack_planes(labels_layer) or {}
+    stored = stack_planes(labels_layer) or {}
     base = image_file_name(image_layer)
     if automatic is not None and automatic.shape != data.shape:
         automatic = None
     results = []
-    for index in computed_planes(labels_layer):
-        entry = planes.get(index)
+    for index in computed_planes(labels_layer) if planes is None else planes:
+        entry = stored.get(index)
         table = pd.DataFrame(entry.table if entry is not None else instance_table([]))
         name = View(image_layer.name, index, None, axes).file_name(base)
         results.append(labels_result(name, data[index], table, None if automatic is None else automatic[index]))

@@ -279,3 +279,24 @@ def test_an_edited_plane_of_a_stack_is_a_correction_the_others_are_not(make_napa
     # training reads that plane of the file with these masks as trusted labels
     samples, problems = load_training_set(folder, trusted.path, 96, trusted_json=trusted.path)
     assert not problems and [s.file_name for s in samples] == ["movie.tif[t=1]"] and samples[0].trusted
+
+    # a round's predictions, named by plane, come back onto the stack's planes; the edited plane is kept
+    from engine.io.coco import build_coco_dataset, write_coco
+    from engine.selftrain.layout import RunLayout
+    from engine.structures import ImageResult, InstanceMask
+
+    box = np.zeros((96, 96), bool)
+    box[40:60, 10:30] = True
+    run = RunLayout(tmp_path / "run")
+    run.predictions(1).parent.mkdir(parents=True)
+    write_coco(run.predictions(1), build_coco_dataset(
+        [ImageResult(f"movie.tif[t={t}]", 96, 96, [InstanceMask(box, 0.9)]) for t in range(3)]))
+    loader = widget.training.rounds_view
+    loader.run_folder = lambda: run
+    loader.load(1, keep_edited=True)
+    qtbot.waitUntil(lambda: loader.shown_round == (1, 2), timeout=30_000)
+    data = np.asarray(layer.data)
+    assert np.array_equal(data[1], painted[1]) and loader.kept == ["movie.tif[t=1]"]
+    for t in (0, 2):  # replaced / filled with the round's one mask
+        assert np.array_equal(data[t] > 0, box)
+    assert computed_planes(layer) == [(0,), (1,), (2,)]

@@ -5,6 +5,7 @@ Only glue: encoding, validation and atomic writing are the engine's (``engine.io
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -59,8 +60,10 @@ def labels_result(file_name: str, data: np.ndarray, table, automatic: np.ndarray
 
 
 def open_results(viewer, automatic: dict[str, np.ndarray] | None = None,
-                 names: list[str] | None = None) -> list[ImageResult]:
-    """One ImageResult per image layer that has a masks layer (only ``names`` when given)."""
+                 names: list[str] | None = None, choices: dict | None = None) -> list[ImageResult]:
+    """One ImageResult per image layer that has a masks layer (only ``names`` when given); with
+    ``choices`` (the panel's automatic choices per view key) each result records its image's
+    choices as ``automatic``, as ``freesolo freemask`` does."""
     from napari.layers import Image
 
     results = []
@@ -71,17 +74,22 @@ def open_results(viewer, automatic: dict[str, np.ndarray] | None = None,
             auto = (automatic or {}).get(layer.name)
             labels = viewer.layers[labels_name(layer.name)]
             if np.ndim(labels.data) > 2:
-                results.extend(stack_results(layer, labels, auto))
+                results.extend(stack_results(layer, labels, auto, choices=choices))
             else:
-                results.append(layer_result(layer, labels, auto))
+                results.append(_with_choices(layer_result(layer, labels, auto), (choices or {}).get(layer.name)))
     return results
 
 
+def _with_choices(result: ImageResult, choices) -> ImageResult:
+    """``result`` with the automatic choices (``engine.generators.choices.AutoChoices``) of its image."""
+    return result if choices is None else replace(result, automatic=choices.as_dict())
+
+
 def stack_results(image_layer, labels_layer, automatic: np.ndarray | None = None,
-                  planes: list[tuple[int, ...]] | None = None) -> list[ImageResult]:
+                  planes: list[tuple[int, ...]] | None = None, choices: dict | None = None) -> list[ImageResult]:
     """One ImageResult per plane of a stack's masks that has masks (computed or painted; only the
     ``planes`` given, when given), named as the command line names planes: ``stack.tif[z=3]``
-    (``engine.io.stacks.plane_name``)."""
+    (``engine.io.stacks.plane_name``); ``choices`` as in ``open_results``."""
     import pandas as pd
 
     from freesolo_napari.planes import View, default_letters
@@ -98,15 +106,16 @@ def stack_results(image_layer, labels_layer, automatic: np.ndarray | None = None
     for index in computed_planes(labels_layer) if planes is None else planes:
         entry = stored.get(index)
         table = pd.DataFrame(entry.table if entry is not None else instance_table([]))
-        name = View(image_layer.name, index, None, axes).file_name(base)
-        results.append(labels_result(name, data[index], table, None if automatic is None else automatic[index]))
+        view = View(image_layer.name, index, None, axes)
+        result = labels_result(view.file_name(base), data[index], table, None if automatic is None else automatic[index])
+        results.append(_with_choices(result, (choices or {}).get(view.key)))
     return results
 
 
 def export_coco(viewer, path: str | Path, *, segmentation: str = "rle", overwrite: bool = False,
-                automatic: dict[str, np.ndarray] | None = None) -> tuple[Path, int]:
+                automatic: dict[str, np.ndarray] | None = None, choices: dict | None = None) -> tuple[Path, int]:
     """Write every image that has a masks layer; returns (path, number of images)."""
-    results = open_results(viewer, automatic)
+    results = open_results(viewer, automatic, choices=choices)
     if not results:
         raise ValueError("nothing to export: run Free Mask (or import masks) on an image first")
     written = write_coco(path, build_coco_dataset(results, segmentation=segmentation,

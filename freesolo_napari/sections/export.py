@@ -90,7 +90,7 @@ class ExportControls(QWidget):
 
         ctx = self.ctx
         names = [ctx.current_image()] if scope == CURRENT else None
-        results = open_results(ctx.viewer, ctx.state.automatic, names=names)
+        results = open_results(ctx.viewer, ctx.state.automatic, names=names, choices=ctx.state.choices)
         if not results:
             what = "the selected image" if scope == CURRENT else "any open image"
             raise ValueError(f"nothing to export: {what} has no masks (run Free Mask or import masks first)")

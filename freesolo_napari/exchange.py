@@ -12,7 +12,9 @@ import numpy as np
 from engine.io.coco import build_coco_dataset, load_image_results, write_coco
 from engine.io.masks import label_image_to_crops
 from engine.structures import ImageResult, InstanceMask
+from freesolo_napari.large import FACTOR_KEY, INSTANCES_KEY, upscale_crop
 from freesolo_napari.layers import instance_table, labels_name, show_instances
+from freesolo_napari.planes import layer_array
 
 
 def image_file_name(layer) -> str:
@@ -27,6 +29,8 @@ def image_file_name(layer) -> str:
 
 def layer_result(image_layer, labels_layer, automatic: np.ndarray | None = None) -> ImageResult:
     """The masks currently painted in ``labels_layer`` (user edits included) as an ImageResult."""
+    if labels_layer.metadata.get(FACTOR_KEY, 1) > 1:
+        return preview_result(image_file_name(image_layer), labels_layer, automatic, layer_array(image_layer).shape[:2])
     return labels_result(image_file_name(image_layer), np.asarray(labels_layer.data), labels_layer.features, automatic)
 
 
@@ -56,6 +60,24 @@ def labels_result(file_name: str, data: np.ndarray, table, automatic: np.ndarray
             source = "edited"
         instances.append(InstanceMask(crop, score=score, maskness=mness, source=source, box=box, shape=(h, w)))
     return ImageResult(file_name, h, w, instances)
+
+
+def preview_result(file_name: str, labels_layer, automatic: np.ndarray | None, shape) -> ImageResult:
+    """A large image's downsampled masks (``large``) at full resolution, ``shape`` (H, W): a label unchanged
+    since the last automatic result is its full-resolution mask, an edited or new one its pixels scaled up."""
+    data = np.asarray(labels_layer.data)
+    factor = int(labels_layer.metadata[FACTOR_KEY])
+    full = labels_layer.metadata.get(INSTANCES_KEY) or ()
+    small = labels_result(file_name, data, labels_layer.features, automatic)
+    instances = []
+    for (label_id, crop, box), m in zip(label_image_to_crops(data), small.instances):
+        if m.source != "edited" and 1 <= label_id <= len(full):
+            instances.append(full[label_id - 1])
+            continue
+        big, big_box = upscale_crop(crop, box, factor, shape)
+        instances.append(InstanceMask(big, score=m.score, maskness=m.maskness, source=m.source, box=big_box,
+                                      shape=tuple(shape)))
+    return ImageResult(file_name, int(shape[0]), int(shape[1]), instances)
 
 
 def open_results(viewer, automatic: dict[str, np.ndarray] | None = None,
@@ -133,7 +155,7 @@ def import_coco(viewer, path: str | Path) -> tuple[int, list[str]]:
         if layer is None:
             problems.append(f"{name}: no open image with this name")
             continue
-        if np.asarray(layer.data).shape[:2] != (res.height, res.width):
+        if layer_array(layer).shape[:2] != (res.height, res.width):
             problems.append(f"{name}: size {res.height}×{res.width} does not match the open image")
             continue
         show_instances(viewer, layer, res.instances)

@@ -19,7 +19,9 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QApplication, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from freesolo_napari.folder import PATH_KEY, FolderSession
+from freesolo_napari.large import image_layer_data, preview_factor, preview_shape
 from freesolo_napari.layers import freemask_update, labels_name, points_name, set_labels
+from freesolo_napari.planes import layer_array
 
 MAX_SKIP_NOTES = 20  # non-image files reported one by one, then summarised
 EDIT_SAVE_DELAY_MS = 800  # edits are written this long after the last stroke (one write per burst)
@@ -171,8 +173,9 @@ class FolderView(QWidget):
             self.position.setText(f"{session.position_text()} — unreadable")
             ctx.notify(f"Cannot show '{name}': {error}")
             return
-        layer = viewer.add_image(image, name=name, rgb=True,
-                                 metadata={PATH_KEY: str(session.paths[index]), "file_name": name})
+        data, large = image_layer_data(image)  # a very large image: a pyramid
+        layer = viewer.add_image(data, name=name, rgb=True,
+                                 metadata={PATH_KEY: str(session.paths[index]), "file_name": name}, **large)
         self.shown = layer.name
         viewer.layers.selection.active = layer
         viewer.reset_view()
@@ -267,7 +270,7 @@ class FolderView(QWidget):
         s, name, viewer = self.session, self.shown, self.ctx.viewer
         if s is None or name is None or name not in viewer.layers or labels_name(name) in viewer.layers:
             return
-        image = np.asarray(viewer.layers[name].data)
+        image = np.asarray(layer_array(viewer.layers[name]))
         worker = create_worker(self, _masks_from_cache, s, s.path, name, image, self.ctx.feature_config(),
                                *self._settings(), self.ctx.current_tiling(), _ignore_errors=True)
         worker.returned.connect(lambda out: self._on_cached_masks(image, out))
@@ -306,7 +309,8 @@ def _load(session: FolderSession, index: int, config, params, generators, from_r
         image = load_image(path)
         feats = session.cached_features(path, config, image, tiling)
         edits = session.load_edits(path)
-        if edits is not None and edits.labels.shape != image.shape[:2]:
+        shown = (image.shape[:2], preview_shape(image.shape, preview_factor(image.shape)))  # full size or preview
+        if edits is not None and edits.labels.shape not in shown:
             edits = None
         if from_round is not None and (edits is not None or (from_round.height, from_round.width) != image.shape[:2]):
             from_round = None

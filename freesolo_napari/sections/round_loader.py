@@ -15,6 +15,7 @@ from qtpy.QtWidgets import QComboBox, QHBoxLayout, QPushButton, QWidget
 
 from engine.selftrain.layout import RunLayout
 from freesolo_napari.exchange import image_file_name
+from freesolo_napari.planes import layer_array
 from freesolo_napari.sections.trainer_process import read_round
 
 
@@ -87,7 +88,7 @@ class RoundLoader(QWidget):
         shown, self.kept = 0, []
         for name, res in results.items():
             layer = layers.get(name) or layers.get(Path(name).name) or layers.get(Path(name).stem)
-            if layer is None or np.asarray(layer.data).shape[:2] != (res.height, res.width):
+            if layer is None or layer_array(layer).shape[:2] != (res.height, res.width):
                 continue
             if keep_edited and self.ctx.review.is_edited(layer.name):
                 self.kept.append(layer.name)

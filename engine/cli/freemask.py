@@ -21,7 +21,7 @@ from engine.cli.common import (
     params_from_args,
     sharded,
 )
-from engine.io.export import FREEMASK_INFO, ResultStream, write_overlays
+from engine.io.export import FREEMASK_INFO, ImageOutputs, ResultStream
 
 
 def add_freemask_commands(sub) -> None:
@@ -63,21 +63,21 @@ def add_freemask_commands(sub) -> None:
     demo.set_defaults(func=cmd_demo)
 
 
-def freemask_shard(args, fconf, params, *, shard, device, progress):
-    """One rank's share of ``freesolo freemask``: its masks, label images and overlays."""
-    from engine.io.coco import write_label_images
+def freemask_shard(args, fconf, params, *, shard, device, progress, on_result):
+    """One rank's share of ``freesolo freemask``: each image's masks to ``on_result`` (its part of the COCO
+    file), its label image and overlay written, as it finishes."""
     from engine.generators.pipeline import run_freemask_batch
 
+    files = ImageOutputs(args.labels, args.overlays, args.overwrite)
 
-    report = run_freemask_batch(args.images, feature_config=fconf, params=params, device=device,
-                                cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=progress, shard=shard,
-                                channel=args.channel, generators=generator_config_from_args(args),
-                                tile=args.tile, tile_overlap=args.tile_overlap)
-    if args.labels is not None:
-        write_label_images(report.results, args.labels, fmt="png", overwrite=args.overwrite)
-    if args.overlays is not None:
-        write_overlays(report, args.overlays, args.overwrite)
-    return report
+    def each(res, image) -> None:
+        on_result(res, image)
+        files.add(res, image)
+
+    return run_freemask_batch(args.images, feature_config=fconf, params=params, device=device,
+                              cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=progress, shard=shard,
+                              channel=args.channel, generators=generator_config_from_args(args),
+                              tile=args.tile, tile_overlap=args.tile_overlap, keep_results=False, on_result=each)
 
 
 def cmd_freemask(args: argparse.Namespace) -> int:

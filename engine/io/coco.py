@@ -215,6 +215,7 @@ class CocoStreamWriter:
         segmentation: Literal["rle", "polygon"] = "rle",
         info: Mapping[str, Any] | None = None,
         overwrite: bool = False,
+        backup: bool = True,
     ) -> None:
         _check_segmentation_kind(segmentation)
         self.path = Path(path)
@@ -222,6 +223,8 @@ class CocoStreamWriter:
             raise OutputExistsError(self.path)
         self.segmentation = segmentation
         self.overwrite = overwrite
+        self.backup = backup  # a replaced file is kept as .bak (atomic_save)
+        self.file_names: list[str] = []  # the images added, in order
         self.info = _default_info(info)
         self.n_images = 0
         self.n_annotations = 0
@@ -236,6 +239,7 @@ class CocoStreamWriter:
             raise ValueError(f"duplicate file_name {res.file_name!r} in results")
         image, anns = _image_entries(res, self.n_images + 1, self.n_annotations + 1, self.segmentation)
         self._seen.add(res.file_name)
+        self.file_names.append(res.file_name)
         self._images.write(("," if self.n_images else "") + json_text(image))
         self.n_images += 1
         for ann in anns:
@@ -243,19 +247,20 @@ class CocoStreamWriter:
             self.n_annotations += 1
         return len(anns)
 
-    def close(self) -> Path:
-        """Write the COCO file (atomically) and drop the spools."""
+    def close(self, extra: Mapping[str, Any] | None = None) -> Path:
+        """Write the COCO file (atomically, with the ``extra`` top-level keys after its own) and drop the spools."""
+        tail = "".join("," + json_text(str(k)) + ":" + json_text(v) for k, v in (extra or {}).items()) + "}"
         try:
             def _write(tmp: Path) -> None:
                 with open(tmp, "w", encoding="utf-8") as out:
                     out.write('{"info":' + json_text(self.info) + ',"licenses":[],"images":[')
                     for spool, after in ((self._images, '],"annotations":['),
-                                         (self._annotations, '],"categories":' + json_text([CATEGORY]) + "}")):
+                                         (self._annotations, '],"categories":' + json_text([CATEGORY]) + tail)):
                         spool.seek(0)
                         shutil.copyfileobj(spool, out)
                         out.write(after)
 
-            return atomic_save(self.path, _write, overwrite=self.overwrite)
+            return atomic_save(self.path, _write, overwrite=self.overwrite, backup=self.backup)
         finally:
             self.discard()
 

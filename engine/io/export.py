@@ -32,29 +32,43 @@ def write_outputs(report, out: Path, fmt: str, labels: Path | None, overlays: Pa
     return written
 
 
-class ResultStream:
-    """A batch's outputs written as each image finishes: its COCO entries spooled (``CocoStreamWriter``;
-    ``close`` writes the file), its label image and its overlay PNG written at once, so no image's masks
-    are kept until the end. A target that exists stops the run at that image unless ``overwrite``
-    (nothing is replaced; the COCO file is written only by ``close``)."""
+class ImageOutputs:
+    """One image's label image and overlay PNG written as it finishes (into ``labels`` / ``overlays``;
+    None: not written). A target that exists is refused unless ``overwrite`` (nothing is replaced);
+    two images that would write the same file are refused."""
 
-    def __init__(self, out: Path, fmt: str, labels: Path | None = None, overlays: Path | None = None,
-                 overwrite: bool = False, info=FREEMASK_INFO):
-        self.coco = CocoStreamWriter(out, segmentation=fmt, info=info, overwrite=overwrite)
+    def __init__(self, labels: Path | None = None, overlays: Path | None = None, overwrite: bool = False):
         self.labels, self.overlays, self.overwrite = labels, overlays, overwrite
         self._names: dict[Path, str] = {}  # each output's stem -> the image it came from
 
     def add(self, res, image: np.ndarray) -> None:
-        """Spool ``res`` into the COCO file and write its label image and overlay (``image``: its pixels)."""
+        """Write ``res``'s label image and overlay (``image``: its pixels)."""
+        if self.labels is None and self.overlays is None:
+            return
         stem = overlay_path(Path(), res.file_name)
-        if stem in self._names and (self.labels is not None or self.overlays is not None):
+        if stem in self._names:
             raise ValueError(f"{res.file_name!r} and {self._names[stem]!r} would both be written to '{stem}'")
         self._names[stem] = res.file_name
-        self.coco.add(res)
         if self.labels is not None:
             write_label_images([res], self.labels, fmt="png", overwrite=self.overwrite)
         if self.overlays is not None:
             write_overlay(res, image, self.overlays, self.overwrite)
+
+
+class ResultStream:
+    """A batch's outputs written as each image finishes: its COCO entries spooled (``CocoStreamWriter``;
+    ``close`` writes the file), its label image and overlay PNG (``ImageOutputs``) written at once, so
+    no image's masks are kept until the end. A label image or overlay that exists stops the run at that
+    image unless ``overwrite``; the COCO file is written only by ``close``."""
+
+    def __init__(self, out: Path, fmt: str, labels: Path | None = None, overlays: Path | None = None,
+                 overwrite: bool = False, info=FREEMASK_INFO):
+        self.coco = CocoStreamWriter(out, segmentation=fmt, info=info, overwrite=overwrite)
+        self.files = ImageOutputs(labels, overlays, overwrite)
+
+    def add(self, res, image: np.ndarray) -> None:
+        self.coco.add(res)
+        self.files.add(res, image)
 
     def close(self) -> Path:
         return self.coco.close()

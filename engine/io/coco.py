@@ -38,7 +38,9 @@ from engine.io.masks import (
     crop_to_rle,
     mask_to_polygons,
     masks_to_label_image,
+    polygons_to_crop,
     polygons_to_mask,
+    rle_to_crop,
     rle_to_mask,
 )
 from engine.io.stacks import split_plane_name
@@ -49,6 +51,7 @@ __all__ = [
     "CocoDataset",
     "CocoFormatError",
     "CocoStreamWriter",
+    "annotation_to_crop",
     "annotation_to_mask",
     "build_coco_dataset",
     "build_results",
@@ -524,6 +527,20 @@ def annotation_to_mask(ann: Mapping[str, Any], h: int | None, w: int | None) -> 
     return polygons_to_mask(seg, h, w)
 
 
+def annotation_to_crop(ann: Mapping[str, Any], h: int | None,
+                       w: int | None) -> tuple[np.ndarray, tuple[int, int, int, int], tuple[int, int]]:
+    """An annotation's segmentation as (tight bool crop, box (y0, y1, x0, x1), image (h, w)), decoded
+    into the crop only (``rle_to_crop``, ``polygons_to_crop``): no image-sized array."""
+    seg = ann["segmentation"]
+    if isinstance(seg, Mapping):
+        crop, box = rle_to_crop(seg, h, w)
+        return crop, box, check_rle(seg, h, w)
+    if h is None or w is None:
+        raise ValueError("polygon segmentation needs the image size")
+    crop, box = polygons_to_crop(seg, h, w)
+    return crop, box, (int(h), int(w))
+
+
 def load_image_results(
     path: str | os.PathLike[str],
     *,
@@ -563,7 +580,7 @@ def load_image_results(
                 key = str(ann["image_id"])
                 res = out.setdefault(key, ImageResult(key, h, w))
                 by_id[ann["image_id"]] = res
-            mask = annotation_to_mask(ann, res.height, res.width)
+            crop, box, shape = annotation_to_crop(ann, res.height, res.width)
         except (ValueError, TypeError) as exc:
             where = f" (image '{res.file_name}')" if res is not None else ""
             notes.append(f"{name}: cannot decode segmentation ({exc}){where}")
@@ -572,7 +589,9 @@ def load_image_results(
         maskness = ann.get("maskness")
         res.instances.append(
             InstanceMask(
-                mask,
+                crop,
+                box=box,
+                shape=shape,
                 score=float(ann.get("score", 1.0)),
                 maskness=float(maskness) if _is_number(maskness) else None,
                 source=source if source is not None else str(ann.get("source", "coco")),

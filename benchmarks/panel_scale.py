@@ -9,12 +9,12 @@ The GUI thread's longest stall is measured with the 10 ms heartbeat of ``panel_r
       runs on it (Run, current image; no feature cache) and shows its masks, and after one τ
       change. ``--old-way`` first shows the same image and a full-size label image as plain
       (single-scale) layers, as the panel did before, for comparison.
-  (F) ``--folder 2000``: N small generated photos (``--side`` px); stalls while the browser opens
+  (F) ``--folder 20 2000``: a folder of N small generated photos (``--side`` px); stalls while the browser opens
       the folder, while Next is pressed ``--steps`` times (each shows the next image), when it
       jumps to the last image, and during the first ``--run-seconds`` of Run whole folder (then
       Cancel), with the images done meanwhile.
 
-    python benchmarks/panel_scale.py --large 20000x15000 --folder 2000 --side 64
+    python benchmarks/panel_scale.py --large 20000x15000 --old-way --folder 20 2000 --side 64
 
 Without a display it re-runs itself under ``xvfb-run``. Feature cache and panel settings go to
 a temporary folder (never the user's).
@@ -133,14 +133,15 @@ def measure_folder(napari, n: int, side: int, steps: int, run_seconds: float, tm
     from engine.data.synthetic import make_sample
 
     folder = tmp / "folder"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     base = [make_sample(300 + i, (side, side), kind="photo")[0] for i in range(20)]
     for i in range(n):
         Image.fromarray(base[i % 20] if i % 40 < 20 else base[i % 20][::-1]).save(folder / f"img{i:05d}.png")
     print(f"(F) a folder of {n} photos {side}²")
     viewer, panel = open_viewer(napari)
     beat = Heartbeat()
-    StallTracer(beat, 200)
+    StallTracer(beat, 400)
+    wait_until(lambda: False, 2.0)  # the empty viewer's first draws are not the folder's
     panel.run_scope.set_scope("folder")
     view = panel.run_scope.folder_view
     r, s = _timed(beat, lambda: view.open_folder(folder), lambda: "img00000.png" in viewer.layers, 120)
@@ -151,7 +152,7 @@ def measure_folder(napari, n: int, side: int, steps: int, run_seconds: float, tm
             view.next_button.click()
             wait_until(lambda: False, 0.05)
 
-    last = f"img{steps:05d}.png"
+    last = f"img{min(steps, n - 1):05d}.png"
     r, s = _timed(beat, press_next, lambda: last in viewer.layers, 120)
     _say(f"Next pressed {steps} times, 50 ms apart", r, s)
     final = f"img{n - 1:05d}.png"
@@ -173,7 +174,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--large", default=None, help="HxW of the large image, e.g. 20000x15000 (as scale_memory.py)")
     ap.add_argument("--old-way", action="store_true", help="also show it as plain layers, as before")
-    ap.add_argument("--folder", type=int, default=0, help="images in the folder (0: skip)")
+    ap.add_argument("--folder", type=int, nargs="*", default=[], help="images per folder, one run each (e.g. 20 2000)")
     ap.add_argument("--side", type=int, default=64, help="their side in px (default: %(default)s)")
     ap.add_argument("--steps", type=int, default=40, help="Next presses (default: %(default)s)")
     ap.add_argument("--run-seconds", type=float, default=60, help="Run whole folder this long (default: %(default)s)")
@@ -185,8 +186,8 @@ def main() -> int:
     import napari
 
     try:
-        if args.folder:
-            measure_folder(napari, args.folder, args.side, args.steps, args.run_seconds, tmp)
+        for n in args.folder:
+            measure_folder(napari, n, args.side, args.steps, args.run_seconds, tmp / f"f{n}")
         if args.large:
             h, w = (int(v) for v in args.large.lower().split("x"))
             measure_large(napari, (h, w), tmp, args.old_way)

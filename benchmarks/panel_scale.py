@@ -162,10 +162,10 @@ def measure_folder(napari, n: int, side: int, steps: int, run_seconds: float, tm
     t0 = time.perf_counter()
     panel.run()
     wait_until(lambda: False, run_seconds)
-    done = panel.progress.value()
+    done = panel.status.text()  # "k / N · name" while the folder runs
     panel.cancel()
     wait_until(lambda: panel.run_button.isEnabled() and not panel.run_scope.busy, 600)
-    _say(f"Run whole folder for {run_seconds:.0f} s, then Cancel ({done} of {n} images done)", beat.stop(),
+    _say(f"Run whole folder for {run_seconds:.0f} s, then Cancel (status then: {done!r})", beat.stop(),
          time.perf_counter() - t0)
     viewer.close()
 

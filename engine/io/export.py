@@ -1,4 +1,5 @@
-"""Writing a finished batch: COCO JSON, label images and overlay PNGs (the CLI's and the demo's outputs)."""
+"""A batch's outputs: COCO JSON, label images and overlay PNGs, written as images finish (``ResultStream``, the
+CLI's) or for a finished batch (``write_outputs``, the demo's)."""
 
 from __future__ import annotations
 

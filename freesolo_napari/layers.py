@@ -156,7 +156,7 @@ def set_labels(viewer, image_name: str, labels: np.ndarray, table, *, scores: bo
     factor = labels_factor(viewer, image_name, labels)
     if name in viewer.layers and (np.ndim(viewer.layers[name].data) != labels.ndim
                                   or viewer.layers[name].metadata.get(FACTOR_KEY, 1) != factor):
-        viewer.layers.remove(name)  # a stack's masks, and the image is now read as one 2-D image
+        viewer.layers.remove(name)  # a stack's masks (the image is now one 2-D image), or another scale
     if name in viewer.layers:
         layer = viewer.layers[name]
         layer.data = labels

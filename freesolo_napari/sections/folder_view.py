@@ -25,6 +25,7 @@ from freesolo_napari.planes import layer_array
 
 MAX_SKIP_NOTES = 20  # non-image files reported one by one, then summarised
 EDIT_SAVE_DELAY_MS = 800  # edits are written this long after the last stroke (one write per burst)
+STEP_SHOW_MS = 100  # a folder run's progress and status line change at most this often (the latest step wins)
 
 
 class FolderView(QWidget):
@@ -48,6 +49,9 @@ class FolderView(QWidget):
                                wordWrap=True)
         self._save_timer = QTimer(self, singleShot=True, interval=EDIT_SAVE_DELAY_MS)
         self._save_timer.timeout.connect(self.save_current_edits)
+        self._step = None  # (done, total, name, from the cache) of a folder run, not shown yet
+        self._step_timer = QTimer(self, singleShot=True, interval=STEP_SHOW_MS)
+        self._step_timer.timeout.connect(self._show_step)
         ctx.viewer.layers.events.inserted.connect(self._on_layer_inserted)
         app = QApplication.instance()
         if app is not None:
@@ -248,6 +252,7 @@ class FolderView(QWidget):
         self.save_current_edits()
         worker = create_worker(self, _run_folder, self.ctx.extractor_source(), self.session, _ignore_errors=True)
         worker.yielded.connect(self._on_folder_step)
+        worker.finished.connect(self._show_step)  # before the batch's end counts the images done
         return self.batch.start_batch(worker, len(self.session),
                                       f"Computing {len(self.session)} image(s) of the folder…", on_done=self._folder_done)
 
@@ -256,12 +261,24 @@ class FolderView(QWidget):
         if kind == "failed":
             self.ctx.notify(f"Skipped: {item[1]}")
         elif kind == "progress":
+            self._step = None
             self.batch.step(item[1], item[2])
         else:
             _kind, done, total, name, hit, extractor, generation = item
             self.ctx.state.adopt_extractor(extractor, generation)  # backbone_calls counts what the folder ran
-            self.batch.step(done, total)
-            self.ctx.set_status(f"{done} / {total} · {name}" + (" (cached)" if hit else ""))
+            self._step = (done, total, name, hit)
+            if not self._step_timer.isActive():  # cached images arrive faster than a person reads
+                self._show_step()
+                self._step_timer.start()
+
+    def _show_step(self) -> None:
+        """Show the latest step of a folder run (at most every STEP_SHOW_MS, and when the run ends)."""
+        if self._step is None:
+            return
+        done, total, name, hit = self._step
+        self._step = None
+        self.batch.step(done, total)
+        self.ctx.set_status(f"{done} / {total} · {name}" + (" (cached)" if hit else ""))
 
     def _folder_done(self, cancelled: bool) -> None:
         """The image on screen gets its masks now if it had none (from the cache, in a worker:

@@ -120,8 +120,10 @@ def test_large_image_in_the_panel_is_multiscale_and_exports_full_size(make_napar
     data[data == present[0]] = 99  # one mask repainted by hand (at the view's resolution): a new label
     labels.data = data
     out = tmp_path / "out.json"
-    widget.export_coco(str(out), scope="all open images")
-    qtbot.waitUntil(out.exists, timeout=30_000)
+    worker = widget.export_coco(str(out), scope="all open images")
+    assert worker is not None  # a large image's masks are encoded in a worker, not on the GUI thread
+    qtbot.waitUntil(lambda: out.exists() and widget.run_button.isEnabled(), timeout=30_000)
+    assert "Exported 1 image(s)" in widget.status.text()
     res = load_image_results(out)["big.png"]
     assert (res.height, res.width) == (240, 320) and len(res.instances) == len(present)
     edited = [m for m in res.instances if m.source == "edited"]

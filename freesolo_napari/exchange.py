@@ -13,7 +13,9 @@ import numpy as np
 from engine.io.coco import build_coco_dataset, load_image_results, write_coco
 from engine.io.masks import label_image_to_crops
 from engine.structures import ImageResult, InstanceMask
+from freesolo_napari.large import FACTOR_KEY, INSTANCES_KEY, upscale_crop
 from freesolo_napari.layers import instance_table, labels_name, show_instances
+from freesolo_napari.planes import layer_array
 
 
 def image_file_name(layer) -> str:
@@ -28,6 +30,10 @@ def image_file_name(layer) -> str:
 
 def layer_result(image_layer, labels_layer, automatic: np.ndarray | None = None) -> ImageResult:
     """The masks currently painted in ``labels_layer`` (user edits included) as an ImageResult."""
+    meta = labels_layer.metadata
+    if meta.get(FACTOR_KEY, 1) > 1:
+        return preview_result(image_file_name(image_layer), labels_layer.data, labels_layer.features, automatic,
+                              layer_array(image_layer).shape[:2], meta[FACTOR_KEY], meta.get(INSTANCES_KEY) or ())
     return labels_result(image_file_name(image_layer), np.asarray(labels_layer.data), labels_layer.features, automatic)
 
 
@@ -57,6 +63,24 @@ def labels_result(file_name: str, data: np.ndarray, table, automatic: np.ndarray
             source = "edited"
         instances.append(InstanceMask(crop, score=score, maskness=mness, source=source, box=box, shape=(h, w)))
     return ImageResult(file_name, h, w, instances)
+
+
+def preview_result(file_name: str, data: np.ndarray, table, automatic: np.ndarray | None, shape,
+                   factor: int, full=()) -> ImageResult:
+    """A large image's downsampled masks ``data`` (every ``factor``-th pixel, ``large``) at full resolution,
+    ``shape`` (H, W): a label unchanged since the last automatic result whose full-resolution mask is in
+    ``full`` (label k + 1 = ``full[k]``) is that mask; any other label is its pixels scaled up."""
+    data = np.asarray(data)
+    small = labels_result(file_name, data, table, automatic)
+    instances = []
+    for (label_id, crop, box), m in zip(label_image_to_crops(data), small.instances):
+        if m.source != "edited" and 1 <= label_id <= len(full):
+            instances.append(full[label_id - 1])
+            continue
+        big, big_box = upscale_crop(crop, box, factor, shape)
+        instances.append(InstanceMask(big, score=m.score, maskness=m.maskness, source=m.source, box=big_box,
+                                      shape=tuple(shape)))
+    return ImageResult(file_name, int(shape[0]), int(shape[1]), instances)
 
 
 def open_results(viewer, automatic: dict[str, np.ndarray] | None = None,
@@ -144,7 +168,7 @@ def import_coco(viewer, path: str | Path) -> tuple[int, list[str]]:
         if layer is None:
             problems.append(f"{name}: no open image with this name")
             continue
-        if np.asarray(layer.data).shape[:2] != (res.height, res.width):
+        if layer_array(layer).shape[:2] != (res.height, res.width):
             problems.append(f"{name}: size {res.height}×{res.width} does not match the open image")
             continue
         show_instances(viewer, layer, res.instances)

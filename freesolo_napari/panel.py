@@ -29,7 +29,7 @@ from qtpy.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QLabel, QProgres
 
 from engine.freemask.postprocess import FreeMaskParams
 from engine.generators.merge import GeneratorConfig
-from freesolo_napari.compute import Computed, ExtractorSource, compute_update
+from freesolo_napari.compute import Computed, ExtractorSource, compute_view
 from freesolo_napari.context import PanelContext
 from freesolo_napari.folder import layer_path
 from freesolo_napari.layers import (
@@ -40,7 +40,7 @@ from freesolo_napari.layers import (
     show_instances,
     show_overlay,
 )
-from freesolo_napari.planes import channel_choice, current_view, layer_array, layout_of, plane_image, plane_view
+from freesolo_napari.planes import channel_choice, current_view, layer_array, layout_of, plane_view
 from freesolo_napari.sections.export import ExportControls
 from freesolo_napari.sections.inspector import QUERY_LAYER, QueryInspector
 from freesolo_napari.sections.model import ModelControls
@@ -314,13 +314,12 @@ class FreeSoloPanel(QWidget):
         try:  # a stack: the plane on screen; an RGB or multi-channel image: the chosen channel
             view = current_view(self.viewer, layer, self.state)
             layout = layout_of(layer, channel_choice(self.state, layer))
-            image = plane_image(layer_array(layer), layout, view.index, view.channel)
             params, generators = self._current_settings()
         except ValueError as exc:
             self.notify(str(exc))
             return
-        worker = create_worker(self, compute_update, self.extractor_source(), name, image, params, layer_path(layer),
-                               view, generators=generators, _ignore_errors=True)  # errors become a notification
+        worker = create_worker(self, compute_view, self.extractor_source(), layer_array(layer), layout, view, params,
+                               layer_path(layer), generators, _ignore_errors=True)  # errors become a notification
         worker.returned.connect(self.accept)
         worker.errored.connect(self.report_error)
         worker.finished.connect(lambda: self.set_busy(False))

@@ -243,13 +243,13 @@ def cmd_train(args) -> int:
     return 0
 
 
-def predict_shard(args, *, shard, device, progress):
-    """One rank's share of ``freesolo predict``."""
+def predict_shard(args, *, shard, device, progress, on_result):
+    """One rank's share of ``freesolo predict`` (each image's result to ``on_result`` as it finishes)."""
     from engine.solo.predict import predict_folder
 
     return predict_folder(args.images, args.model, score_thr=args.score_thr, max_per_image=args.max_per_image,
                           device=device, progress=progress, amp=args.amp is not False, shard=shard,
-                          channel=args.channel)
+                          channel=args.channel, on_result=on_result)
 
 
 def cmd_predict(args) -> int:

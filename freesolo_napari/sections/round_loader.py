@@ -16,7 +16,7 @@ from qtpy.QtWidgets import QComboBox, QHBoxLayout, QPushButton, QWidget
 from engine.io.stacks import split_plane_name
 from engine.selftrain.layout import RunLayout
 from freesolo_napari.exchange import image_file_name
-from freesolo_napari.planes import plane_view
+from freesolo_napari.planes import layer_array, plane_view
 from freesolo_napari.sections.trainer_process import read_round
 
 
@@ -99,7 +99,7 @@ class RoundLoader(QWidget):
                 elif view is not None:
                     shown += int(self.ctx.show_instances(layer.name, res.instances, plane))
                 continue
-            if np.asarray(layer.data).shape[:2] != (res.height, res.width):
+            if layer_array(layer).shape[:2] != (res.height, res.width):
                 continue
             if keep_edited and self.ctx.review.is_edited(layer.name):
                 self.kept.append(layer.name)

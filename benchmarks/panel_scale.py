@@ -27,11 +27,9 @@ a temporary folder (never the user's).
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import shutil
 import sys
-import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -42,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from panel_responsiveness import Heartbeat, StallTracer, _ensure_display, open_viewer, wait_until  # noqa: E402
+from panel_responsiveness import Heartbeat, StallTracer, bench_session, open_viewer, wait_until  # noqa: E402
 
 
 def _peak_gb() -> float:
@@ -188,10 +186,7 @@ def main() -> int:
                     help="print the GUI thread's stack during stalls over 400 ms (its watchdog thread polls a Qt "
                          "timer, which has crashed a run here: off by default)")
     args = ap.parse_args()
-    _ensure_display()
-    tmp = Path(tempfile.mkdtemp(prefix="freesolo-scale-"))
-    os.environ["FREESOLO_CACHE"] = str(tmp / "cache")
-    os.environ["FREESOLO_NAPARI_SETTINGS"] = str(tmp / "settings.json")
+    tmp = bench_session("freesolo-scale-")
     import napari
 
     try:

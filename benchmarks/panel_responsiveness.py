@@ -48,6 +48,16 @@ def _ensure_display() -> None:
     os.environ["QT_QPA_PLATFORM"] = "offscreen"  # no Xvfb: still runs, without real rendering
 
 
+def bench_session(prefix: str) -> Path:
+    """A display (Xvfb when there is none), and a fresh temp folder holding this run's feature cache
+    and panel settings (the user's are never touched); returns the folder."""
+    _ensure_display()
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    os.environ["FREESOLO_CACHE"] = str(tmp / "cache")
+    os.environ["FREESOLO_NAPARI_SETTINGS"] = str(tmp / "settings.json")
+    return tmp
+
+
 class Heartbeat:
     """Longest gap between 10 ms ticks of a GUI-thread timer while ``running``."""
 
@@ -135,11 +145,7 @@ def main() -> int:
     ap.add_argument("--only", default="afbc", help="which measurements to run: a (open images), f (a folder), "
                     "b (training), c (τ) (default: %(default)s)")
     args = ap.parse_args()
-    _ensure_display()
-
-    tmp = Path(tempfile.mkdtemp(prefix="freesolo-bench-"))
-    os.environ["FREESOLO_CACHE"] = str(tmp / "cache")
-    os.environ["FREESOLO_NAPARI_SETTINGS"] = str(tmp / "settings.json")
+    tmp = bench_session("freesolo-bench-")
 
     import napari
     import torch

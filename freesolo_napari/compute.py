@@ -77,6 +77,16 @@ def compute_update(source: ExtractorSource, name: str, image: np.ndarray, params
                     source.generation, source.tiling)
 
 
+def compute_view(source: ExtractorSource, data, layout, view, params, path: str | None = None,
+                 generators=None) -> Computed:
+    """:func:`compute_update` of ``view``'s plane and channel, read from ``data`` (the layer's array) here,
+    in the worker: converting a very large image to 8-bit RGB takes seconds."""
+    from freesolo_napari.planes import plane_image
+
+    image = plane_image(data, layout, view.index, view.channel)
+    return compute_update(source, view.name, image, params, path, view, generators=generators)
+
+
 def compute_many(source: ExtractorSource, jobs, params, generators=None):
     """Generator: one image after the other; yields (done, total, name, Computed or None, error or None).
 

@@ -44,7 +44,7 @@ class PanelContext:
     current_generators: Callable[[], object]  # GeneratorConfig of the generator toggles; ValueError: none is on
     show_update: Callable[["FreeMaskUpdate"], None]  # show a Free Mask result (asks before replacing edits)
     accept: Callable[["Computed"], None]  # store a worker's features (and extractor), then show its update
-    show_instances: Callable[[str, list], bool]  # show engine instances on an image (asks before replacing edits)
+    show_instances: Callable[..., bool]  # (name, instances, plane=None): show engine instances (asks before replacing edits)
     extractor_source: Callable[[], "ExtractorSource"]  # what a Free Mask job computes features with
     feature_config: Callable[[], object]  # the FeatureConfig runs compute with (the feature cache key)
     current_tiling: Callable[[], tuple]  # (tile px or None, overlap px) runs compute features with (sections.tiling)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from engine.io.coco import build_coco_dataset, write_coco
 from engine.io.images import list_images, relative_name
+from engine.io.stacks import plane_name, split_plane_name
 from engine.structures import ImageResult
 from freesolo_napari.exchange import labels_result
 
@@ -64,8 +65,9 @@ def corrected_names(session, extra: set[str] = frozenset()) -> set[str]:
 
 
 def match_training_names(results: list[ImageResult], images: Path) -> tuple[list[ImageResult], list[str]]:
-    """Results renamed as the training folder names its images (by relative name, else a unique file name);
-    returns (matched, names of the results with no image in the folder)."""
+    """Results renamed as the training folder names its images (by relative name, else a unique file name;
+    a stack's plane ``movie.tif[t=2]`` by its file, keeping the plane); returns (matched, names of the
+    results with no image in the folder)."""
     paths, _skipped = list_images([images])
     names = [relative_name(p, images) for p in paths]
     by_file: dict[str, list[str]] = {}
@@ -73,9 +75,10 @@ def match_training_names(results: list[ImageResult], images: Path) -> tuple[list
         by_file.setdefault(Path(name).name, []).append(name)
     known, matched, left_out = set(names), [], []
     for res in results:
-        candidates = [res.file_name] if res.file_name in known else by_file.get(Path(res.file_name).name, [])
+        base, plane = split_plane_name(res.file_name)
+        candidates = [base] if base in known else by_file.get(Path(base).name, [])
         if len(candidates) == 1:
-            matched.append(replace(res, file_name=candidates[0]))
+            matched.append(replace(res, file_name=plane_name(candidates[0], plane)))
         else:
             left_out.append(res.file_name)
     return matched, left_out

@@ -5,6 +5,7 @@ Only glue: encoding, validation and atomic writing are the engine's (``engine.io
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,9 @@ import numpy as np
 from engine.io.coco import build_coco_dataset, load_image_results, write_coco
 from engine.io.masks import label_image_to_crops
 from engine.structures import ImageResult, InstanceMask
+from freesolo_napari.large import FACTOR_KEY, INSTANCES_KEY, upscale_crop
 from freesolo_napari.layers import instance_table, labels_name, show_instances
+from freesolo_napari.planes import layer_array
 
 
 def image_file_name(layer) -> str:
@@ -27,6 +30,10 @@ def image_file_name(layer) -> str:
 
 def layer_result(image_layer, labels_layer, automatic: np.ndarray | None = None) -> ImageResult:
     """The masks currently painted in ``labels_layer`` (user edits included) as an ImageResult."""
+    meta = labels_layer.metadata
+    if meta.get(FACTOR_KEY, 1) > 1:
+        return preview_result(image_file_name(image_layer), labels_layer.data, labels_layer.features, automatic,
+                              layer_array(image_layer).shape[:2], meta[FACTOR_KEY], meta.get(INSTANCES_KEY) or ())
     return labels_result(image_file_name(image_layer), np.asarray(labels_layer.data), labels_layer.features, automatic)
 
 
@@ -58,9 +65,29 @@ def labels_result(file_name: str, data: np.ndarray, table, automatic: np.ndarray
     return ImageResult(file_name, h, w, instances)
 
 
+def preview_result(file_name: str, data: np.ndarray, table, automatic: np.ndarray | None, shape,
+                   factor: int, full=()) -> ImageResult:
+    """A large image's downsampled masks ``data`` (every ``factor``-th pixel, ``large``) at full resolution,
+    ``shape`` (H, W): a label unchanged since the last automatic result whose full-resolution mask is in
+    ``full`` (label k + 1 = ``full[k]``) is that mask; any other label is its pixels scaled up."""
+    data = np.asarray(data)
+    small = labels_result(file_name, data, table, automatic)
+    instances = []
+    for (label_id, crop, box), m in zip(label_image_to_crops(data), small.instances):
+        if m.source != "edited" and 1 <= label_id <= len(full):
+            instances.append(full[label_id - 1])
+            continue
+        big, big_box = upscale_crop(crop, box, factor, shape)
+        instances.append(InstanceMask(big, score=m.score, maskness=m.maskness, source=m.source, box=big_box,
+                                      shape=tuple(shape)))
+    return ImageResult(file_name, int(shape[0]), int(shape[1]), instances)
+
+
 def open_results(viewer, automatic: dict[str, np.ndarray] | None = None,
-                 names: list[str] | None = None) -> list[ImageResult]:
-    """One ImageResult per image layer that has a masks layer (only ``names`` when given)."""
+                 names: list[str] | None = None, choices: dict | None = None) -> list[ImageResult]:
+    """One ImageResult per image layer that has a masks layer (only ``names`` when given); with
+    ``choices`` (the panel's automatic choices per view key) each result records its image's
+    choices as ``automatic``, as ``freesolo freemask`` does."""
     from napari.layers import Image
 
     results = []
@@ -71,15 +98,22 @@ def open_results(viewer, automatic: dict[str, np.ndarray] | None = None,
             auto = (automatic or {}).get(layer.name)
             labels = viewer.layers[labels_name(layer.name)]
             if np.ndim(labels.data) > 2:
-                results.extend(stack_results(layer, labels, auto))
+                results.extend(stack_results(layer, labels, auto, choices=choices))
             else:
-                results.append(layer_result(layer, labels, auto))
+                results.append(_with_choices(layer_result(layer, labels, auto), (choices or {}).get(layer.name)))
     return results
 
 
-def stack_results(image_layer, labels_layer, automatic: np.ndarray | None = None) -> list[ImageResult]:
-    """One ImageResult per plane of a stack's masks that has masks (computed or painted), named as the
-    command line names planes: ``stack.tif[z=3]`` (``engine.io.stacks.plane_name``)."""
+def _with_choices(result: ImageResult, choices) -> ImageResult:
+    """``result`` with the automatic choices (``engine.generators.choices.AutoChoices``) of its image."""
+    return result if choices is None else replace(result, automatic=choices.as_dict())
+
+
+def stack_results(image_layer, labels_layer, automatic: np.ndarray | None = None,
+                  planes: list[tuple[int, ...]] | None = None, choices: dict | None = None) -> list[ImageResult]:
+    """One ImageResult per plane of a stack's masks that has masks (computed or painted; only the
+    ``planes`` given, when given), named as the command line names planes: ``stack.tif[z=3]``
+    (``engine.io.stacks.plane_name``); ``choices`` as in ``open_results``."""
     import pandas as pd
 
     from freesolo_napari.planes import View, default_letters
@@ -88,23 +122,24 @@ def stack_results(image_layer, labels_layer, automatic: np.ndarray | None = None
     data = np.asarray(labels_layer.data)
     n = data.ndim - 2
     axes = tuple(labels_layer.metadata.get(AXES_KEY) or default_letters(n))
-    planes = stack_planes(labels_layer) or {}
+    stored = stack_planes(labels_layer) or {}
     base = image_file_name(image_layer)
     if automatic is not None and automatic.shape != data.shape:
         automatic = None
     results = []
-    for index in computed_planes(labels_layer):
-        entry = planes.get(index)
+    for index in computed_planes(labels_layer) if planes is None else planes:
+        entry = stored.get(index)
         table = pd.DataFrame(entry.table if entry is not None else instance_table([]))
-        name = View(image_layer.name, index, None, axes).file_name(base)
-        results.append(labels_result(name, data[index], table, None if automatic is None else automatic[index]))
+        view = View(image_layer.name, index, None, axes)
+        result = labels_result(view.file_name(base), data[index], table, None if automatic is None else automatic[index])
+        results.append(_with_choices(result, (choices or {}).get(view.key)))
     return results
 
 
 def export_coco(viewer, path: str | Path, *, segmentation: str = "rle", overwrite: bool = False,
-                automatic: dict[str, np.ndarray] | None = None) -> tuple[Path, int]:
+                automatic: dict[str, np.ndarray] | None = None, choices: dict | None = None) -> tuple[Path, int]:
     """Write every image that has a masks layer; returns (path, number of images)."""
-    results = open_results(viewer, automatic)
+    results = open_results(viewer, automatic, choices=choices)
     if not results:
         raise ValueError("nothing to export: run Free Mask (or import masks) on an image first")
     written = write_coco(path, build_coco_dataset(results, segmentation=segmentation,
@@ -133,7 +168,7 @@ def import_coco(viewer, path: str | Path) -> tuple[int, list[str]]:
         if layer is None:
             problems.append(f"{name}: no open image with this name")
             continue
-        if np.asarray(layer.data).shape[:2] != (res.height, res.width):
+        if layer_array(layer).shape[:2] != (res.height, res.width):
             problems.append(f"{name}: size {res.height}×{res.width} does not match the open image")
             continue
         show_instances(viewer, layer, res.instances)

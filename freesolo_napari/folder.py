@@ -54,6 +54,7 @@ class Edits:
     labels: np.ndarray
     table: dict[str, np.ndarray]
     automatic: np.ndarray | None
+    shape: tuple[int, int] | None = None  # the image's (H, W) when ``labels`` is a large image's downsampled view
 
 
 class FolderSession:
@@ -114,8 +115,12 @@ class FolderSession:
     def _edits_path(self, path: Path) -> Path:
         return self.edits_dir / f"{self.file_hash(path)}.npz"
 
-    def save_edits(self, path: Path, labels: np.ndarray, table, automatic: np.ndarray | None) -> Path:
+    def save_edits(self, path: Path, labels: np.ndarray, table, automatic: np.ndarray | None,
+                   shape: tuple[int, int] | None = None) -> Path:
+        """Store edited ``labels`` (``shape``: the image's (H, W) when they are its downsampled view)."""
         arrays = {"labels": np.asarray(labels)}
+        if shape is not None and tuple(shape) != np.shape(labels):
+            arrays["image_shape"] = np.asarray(shape, dtype=np.int64)
         if automatic is not None:
             arrays["automatic"] = np.asarray(automatic)
         for col in _TABLE_COLUMNS:
@@ -140,7 +145,8 @@ class FolderSession:
                 table = {k[len("table_"):]: z[k] for k in z.files if k.startswith("table_")}
                 if "source" in table:
                     table["source"] = table["source"].astype(object)
-                return Edits(z["labels"], table, z["automatic"] if "automatic" in z.files else None)
+                shape = tuple(int(v) for v in z["image_shape"]) if "image_shape" in z.files else None
+                return Edits(z["labels"], table, z["automatic"] if "automatic" in z.files else None, shape)
         except (OSError, ValueError, KeyError):  # a damaged file is ignored, like a cache miss
             return None
 
@@ -162,10 +168,7 @@ class FolderSession:
         ``tiling``), with what was chosen automatically. Images never computed give (None, None);
         unreadable ones (None, a line naming the file).
         """
-        import pandas as pd
-
         from engine.io.images import ImageLoadError
-        from freesolo_napari.exchange import labels_result
 
         for i, (path, name) in enumerate(zip(self.paths, self.names)):
             if should_stop is not None and should_stop():
@@ -176,7 +179,7 @@ class FolderSession:
             try:
                 edits = self.load_edits(path)
                 if edits is not None:
-                    yield i, name, labels_result(name, edits.labels, pd.DataFrame(edits.table), edits.automatic), None
+                    yield i, name, _edits_result(name, edits), None
                     continue
                 image = load_image(path) if tiling[0] is not None else None  # tiles are planned on the image
                 feats = self.cached_features(path, config, image, tiling)
@@ -190,3 +193,16 @@ class FolderSession:
                 continue
             h, w = image.shape[:2]
             yield i, name, ImageResult(name, h, w, result.instances, automatic=choices.as_dict()), None
+
+
+def _edits_result(name: str, edits: Edits) -> ImageResult:
+    """Stored edits as an ImageResult at the image's size (a large image's view scaled up)."""
+    import pandas as pd
+
+    from freesolo_napari.exchange import labels_result, preview_result
+    from freesolo_napari.large import preview_factor
+
+    table = pd.DataFrame(edits.table)
+    if edits.shape is None:
+        return labels_result(name, edits.labels, table, edits.automatic)
+    return preview_result(name, edits.labels, table, edits.automatic, edits.shape, preview_factor(edits.shape))

@@ -10,6 +10,8 @@ import numpy as np
 
 from engine.io.masks import masks_to_label_image
 from engine.structures import InstanceMask
+from freesolo_napari.large import FACTOR_KEY, INSTANCES_KEY, preview_factor, preview_labels, preview_shape
+from freesolo_napari.planes import layer_array
 
 SCORE_COLORMAP = "viridis"  # low score dark purple, high score yellow
 _RANDOM_COLORMAP_KEY = "freesolo_random_colormap"
@@ -32,7 +34,7 @@ def image_from_layer(layer) -> np.ndarray:
     """RGB uint8 (H, W, 3) from a napari image layer (2D, grayscale or RGB/RGBA)."""
     from engine.io.images import to_uint8_rgb
 
-    data = np.asarray(layer.data)
+    data = np.asarray(layer_array(layer))
     if data.ndim == 3 and data.shape[-1] not in (3, 4) or data.ndim > 3:
         raise ValueError(f"layer '{layer.name}' is a stack (shape {data.shape}), not a 2D image: "
                          "Run Free Mask runs on the plane on screen, 'all planes of this image' on every plane")
@@ -78,17 +80,23 @@ class Overlay:
     would otherwise cost it tens of milliseconds per slider move).
     """
 
-    labels: np.ndarray  # (H, W) label image, label k + 1 = instance k
+    labels: np.ndarray  # (H, W) label image, label k + 1 = instance k (a large image's: every f-th pixel)
     table: dict[str, np.ndarray]  # the Labels layer's features
-    centres: np.ndarray  # (n, 2) where each mask's maskness text goes
+    centres: np.ndarray  # (n, 2) where each mask's maskness text goes (image pixels)
     texts: list[str]
+    factor: int = 1  # f of a large image's downsampled masks (``large.preview_factor``); 1: full size
+    instances: tuple = ()  # with f > 1: the full-resolution masks, for exports
 
 
-def prepare_overlay(instances: Sequence[InstanceMask], shape: tuple[int, int]) -> Overlay:
-    """Label image, features table and text positions of ``instances`` (no napari calls: any thread)."""
+def prepare_overlay(instances: Sequence[InstanceMask], shape: tuple[int, int], preview: bool = True) -> Overlay:
+    """Label image, features table and text positions of ``instances`` (no napari calls: any thread).
+
+    With ``preview`` a large image's label image is downsampled (``large.preview_labels``)."""
     centres = np.array([m.centre() if m.area else (0.0, 0.0) for m in instances], dtype=float).reshape(-1, 2)
-    return Overlay(instances_to_labels(instances, shape), instance_table(instances),
-                   centres, [f"{m.maskness or 0:.2f}" for m in instances])
+    factor = preview_factor(shape) if preview else 1
+    labels = instances_to_labels(instances, shape) if factor == 1 else preview_labels(instances, shape, factor)
+    return Overlay(labels, instance_table(instances), centres, [f"{m.maskness or 0:.2f}" for m in instances],
+                   factor, tuple(instances) if factor > 1 else ())
 
 
 @dataclass
@@ -119,40 +127,56 @@ def freemask_update(name: str, features, params, image: np.ndarray, view=None, g
     from engine.generators.image import generate_image
 
     result, choices = generate_image(features, params, image, generators)
-    return FreeMaskUpdate(name, result, prepare_overlay(result.instances, image.shape[:2]), params, view,
+    preview = view is None or not view.index  # a stack's planes go into one nD layer at full size
+    return FreeMaskUpdate(name, result, prepare_overlay(result.instances, image.shape[:2], preview), params, view,
                           generators, choices)
 
 
 def show_instances(viewer, image_layer, instances: Sequence[InstanceMask]):
     """Create or update the image's Labels layer (reused, never duplicated) and its score text."""
-    h, w = np.asarray(image_layer.data).shape[:2]
+    h, w = layer_array(image_layer).shape[:2]
     return show_overlay(viewer, image_layer.name, prepare_overlay(instances, (h, w)))
 
 
 def show_overlay(viewer, image_name: str, overlay: Overlay):
     """Put a prepared :class:`Overlay` into the image's reused Labels and text layers."""
-    layer = set_labels(viewer, image_name, overlay.labels, overlay.table, scores=False)
+    layer = set_labels(viewer, image_name, overlay.labels, overlay.table, scores=False, instances=overlay.instances)
     show_scores(viewer, image_name, overlay.centres, overlay.texts)
     return layer
 
 
-def set_labels(viewer, image_name: str, labels: np.ndarray, table, *, scores: bool = True):
+def set_labels(viewer, image_name: str, labels: np.ndarray, table, *, scores: bool = True, instances=()):
     """Put ``labels`` with its ``features`` table into the image's (reused) Labels layer.
 
+    A large image's downsampled labels (``large.preview_shape``) get the layer scale that lays them
+    over the image, and ``instances`` (their full-resolution masks) go into the layer's metadata.
     With ``scores`` the maskness text is rebuilt from the labels and the table's maskness column.
     """
     name = labels_name(image_name)
-    if name in viewer.layers and np.ndim(viewer.layers[name].data) != labels.ndim:
-        viewer.layers.remove(name)  # a stack's masks, and the image is now read as one 2-D image
+    factor = labels_factor(viewer, image_name, labels)
+    if name in viewer.layers and (np.ndim(viewer.layers[name].data) != labels.ndim
+                                  or viewer.layers[name].metadata.get(FACTOR_KEY, 1) != factor):
+        viewer.layers.remove(name)  # a stack's masks (the image is now one 2-D image), or another scale
     if name in viewer.layers:
         layer = viewer.layers[name]
         layer.data = labels
         layer.features = table
     else:
-        layer = viewer.add_labels(labels, name=name, opacity=0.5, features=table)
+        layer = viewer.add_labels(labels, name=name, opacity=0.5, features=table,
+                                  scale=(factor,) * labels.ndim, metadata={FACTOR_KEY: factor})
+    layer.metadata[INSTANCES_KEY] = tuple(instances) if factor > 1 else ()
     if scores:
         show_label_scores(viewer, image_name, layer)
     return layer
+
+
+def labels_factor(viewer, image_name: str, labels: np.ndarray) -> int:
+    """f of ``labels`` as masks of image layer ``image_name``: >1 when they are its downsampled view."""
+    if labels.ndim != 2 or image_name not in viewer.layers:
+        return 1
+    shape = layer_array(viewer.layers[image_name]).shape
+    factor = preview_factor(shape)
+    return factor if factor > 1 and labels.shape == preview_shape(shape, factor) else 1
 
 
 def show_label_scores(viewer, image_name: str, labels_layer) -> None:
@@ -162,6 +186,7 @@ def show_label_scores(viewer, image_name: str, labels_layer) -> None:
     data = np.asarray(labels_layer.data)
     ids = [int(i) for i in np.unique(data) if i > 0]
     centres = np.array(ndimage.center_of_mass(data > 0, data, ids)).reshape(-1, 2) if ids else np.zeros((0, 2))
+    centres = centres * labels_layer.metadata.get(FACTOR_KEY, 1)  # image pixels
     table = labels_layer.features
     rows = {}
     if "index" in getattr(table, "columns", []) and "maskness" in table.columns:

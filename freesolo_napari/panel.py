@@ -29,11 +29,18 @@ from qtpy.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QLabel, QProgres
 
 from engine.freemask.postprocess import FreeMaskParams
 from engine.generators.merge import GeneratorConfig
-from freesolo_napari.compute import Computed, ExtractorSource, compute_update
+from freesolo_napari.compute import Computed, ExtractorSource, compute_view
 from freesolo_napari.context import PanelContext
 from freesolo_napari.folder import layer_path
-from freesolo_napari.layers import FreeMaskUpdate, freemask_update, image_name_of, show_instances, show_overlay
-from freesolo_napari.planes import channel_choice, current_view, layer_array, layout_of, plane_image
+from freesolo_napari.layers import (
+    FreeMaskUpdate,
+    freemask_update,
+    image_name_of,
+    prepare_overlay,
+    show_instances,
+    show_overlay,
+)
+from freesolo_napari.planes import channel_choice, current_view, layer_array, layout_of, plane_view
 from freesolo_napari.sections.export import ExportControls
 from freesolo_napari.sections.inspector import QUERY_LAYER, QueryInspector
 from freesolo_napari.sections.model import ModelControls
@@ -307,13 +314,12 @@ class FreeSoloPanel(QWidget):
         try:  # a stack: the plane on screen; an RGB or multi-channel image: the chosen channel
             view = current_view(self.viewer, layer, self.state)
             layout = layout_of(layer, channel_choice(self.state, layer))
-            image = plane_image(layer_array(layer), layout, view.index, view.channel)
             params, generators = self._current_settings()
         except ValueError as exc:
             self.notify(str(exc))
             return
-        worker = create_worker(self, compute_update, self.extractor_source(), name, image, params, layer_path(layer),
-                               view, generators=generators, _ignore_errors=True)  # errors become a notification
+        worker = create_worker(self, compute_view, self.extractor_source(), layer_array(layer), layout, view, params,
+                               layer_path(layer), generators, _ignore_errors=True)  # errors become a notification
         worker.returned.connect(self.accept)
         worker.errored.connect(self.report_error)
         worker.finished.connect(lambda: self.set_busy(False))
@@ -456,25 +462,45 @@ class FreeSoloPanel(QWidget):
 
     def _show_plane(self, update: FreeMaskUpdate, leading: tuple[int, ...]):
         """One plane of a stack into its nD masks layer; the plane's automatic labels are recorded."""
-        view, state = update.view, self.state
-        layer = show_plane_overlay(self.viewer, self.viewer.layers[view.name], view, leading, update.overlay)
+        return self._plane_overlay(update.view, update.overlay, leading)
+
+    def _plane_overlay(self, view, overlay, leading: tuple[int, ...]):
+        state = self.state
+        layer = show_plane_overlay(self.viewer, self.viewer.layers[view.name], view, leading, overlay)
         auto = state.automatic.get(view.name)
         if auto is None or auto.shape != layer.data.shape:
             auto = np.zeros(layer.data.shape, layer.data.dtype)  # a new masks layer: no other plane computed yet
-        auto[tuple(view.index)] = update.overlay.labels
+        auto[tuple(view.index)] = overlay.labels
         state.automatic[view.name] = auto
         return layer
 
-    def show_instances(self, name: str, instances) -> bool:
-        """Show engine instances in the image's reused Labels layer (asking first if the user edited it)."""
+    def show_instances(self, name: str, instances, plane=None) -> bool:
+        """Show engine instances in the image's reused Labels layer (asking first if the user edited it);
+        ``plane`` (``engine.io.stacks.Plane``, e.g. of ``movie.tif[t=2]``): into that plane of a stack."""
         if name not in self.viewer.layers:
             return False
+        if plane is not None and plane.index:
+            return self._show_plane_instances(name, instances, plane)
         if not self.review.allow_update(name):
             return False
         layer = show_instances(self.viewer, self.viewer.layers[name], instances)
         self.state.automatic[name] = np.asarray(layer.data).copy()
         self.state.params_shown.pop(name, None)  # not a Free Mask overlay: the sliders leave it alone
         self.review.after_update(layer)
+        return True
+
+    def _show_plane_instances(self, name: str, instances, plane) -> bool:
+        layer, leading = self.viewer.layers[name], self._leading(name)
+        view = plane_view(self.viewer, layer, self.state, plane) if leading else None
+        if view is None:
+            return False
+        shape = tuple(layer_array(layer).shape[len(leading): len(leading) + 2])
+        if instances and tuple(instances[0].shape) != shape:
+            return False
+        if not self.review.allow_update(name, view.index):
+            return False
+        labels = self._plane_overlay(view, prepare_overlay(instances, shape), leading)
+        self.review.after_update(labels)
         return True
 
     def report_error(self, exc: Exception) -> None:

@@ -195,3 +195,17 @@ def all_views(viewer, layer, state) -> tuple[Layout, list[View]]:
     layout = layout_of(layer, channel_choice(state, layer))
     combos = itertools.product(*(range(n) for n in layout.leading))
     return layout, [View(first.name, tuple(c), first.channel, first.axes) for c in combos]
+
+
+def plane_view(viewer, layer, state, plane: Plane) -> View | None:
+    """The view of ``layer`` that shows ``plane`` of its file (``movie.tif[t=2]`` -> t = 2), with the
+    layer's channel choice; None when the layer has no such plane (other axes, out of range)."""
+    first = current_view(viewer, layer, state)
+    leading = layout_of(layer, channel_choice(state, layer)).leading
+    wanted = dict(plane.index)
+    if not wanted or set(wanted) != set(first.axes):
+        return None
+    index = tuple(wanted[a] for a in first.axes)
+    if any(not 0 <= i < n for i, n in zip(index, leading)):
+        return None
+    return View(first.name, index, first.channel, first.axes)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from engine.io.coco import CocoFormatError, inside, load_image_results
 from freesolo_napari.folder import PATH_KEY
-from freesolo_napari.layers import instance_table, instances_to_labels, labels_name
+from freesolo_napari.large import FACTOR_KEY, INSTANCES_KEY, image_layer_data
+from freesolo_napari.layers import labels_name, prepare_overlay
 
 
 def get_reader(path):
@@ -54,17 +55,24 @@ def read_coco_layers(path) -> list[tuple]:
         else:
             missing.append(name)
         if image is not None:
-            layers.append((image, {"name": name, "rgb": True, "metadata": {PATH_KEY: str(file), "file_name": name}},
-                           "image"))
-        labels = instances_to_labels(res.instances, (res.height, res.width))
-        layers.append((labels, {"name": labels_name(name), "features": instance_table(res.instances),
-                                "opacity": 0.5}, "labels"))
+            data, large = image_layer_data(image)  # a very large image: a pyramid
+            layers.append((data, {"name": name, "rgb": True, "metadata": {PATH_KEY: str(file), "file_name": name},
+                                  **large}, "image"))
+        layers.append(_labels_layer(name, res))
     if missing:
         problems.append(f"{len(missing)} image(s) not found next to '{path.name}' (masks shown alone): "
                         + ", ".join(missing[:5]) + (" …" if len(missing) > 5 else ""))
     if problems:
         _warn(f"{path.name}: " + "; ".join(problems[:5]) + (f"; {len(problems) - 5} more" if len(problems) > 5 else ""))
     return layers
+
+
+def _labels_layer(name: str, res) -> tuple:
+    """The Labels layer tuple of one image's masks (a large image's downsampled, as the panel shows them)."""
+    overlay = prepare_overlay(res.instances, (res.height, res.width))
+    meta = {FACTOR_KEY: overlay.factor, INSTANCES_KEY: overlay.instances}
+    return (overlay.labels, {"name": labels_name(name), "features": overlay.table, "opacity": 0.5,
+                             "scale": (overlay.factor, overlay.factor), "metadata": meta}, "labels")
 
 
 def _warn(message: str) -> None:

@@ -83,9 +83,9 @@ def test_existing_output_is_refused_then_overwritten_with_backup(folder, tmp_pat
 
 
 def test_streamed_coco_file_equals_the_one_written_with_label_images(folder, tmp_path, capsys):
-    # without --labels/--overlays the COCO file is written as images finish (CocoStreamWriter);
-    # with them every result is kept to the end: the two files are the same bytes (both without the
-    # feature cache: cached features are stored at lower precision, so a cached run can differ)
+    # the COCO file is written as images finish (CocoStreamWriter), with or without label images
+    # written beside it: the two files are the same bytes (both without the feature cache: cached
+    # features are stored at lower precision, so a cached run can differ)
     streamed, kept = tmp_path / "streamed.json", tmp_path / "kept.json"
     code, stdout, _ = run(["freemask", folder / "images", "--out", streamed, "--top-k", "4", "--no-cache"], capsys)
     assert code == 0 and stdout.splitlines()[-1].startswith("2 images, ")
@@ -93,6 +93,20 @@ def test_streamed_coco_file_equals_the_one_written_with_label_images(folder, tmp
                      capsys)
     assert code == 0 and streamed.read_bytes() == kept.read_bytes()
     assert json.loads(streamed.read_text())["annotations"]
+
+
+def test_label_images_and_overlays_are_written_as_images_finish(folder, tmp_path, capsys):
+    # the second image's overlay exists: the run stops there, after the first image's outputs were
+    # written (nothing kept to the end), replaces nothing and leaves no COCO file
+    out, labels, overlays = tmp_path / "pred.json", tmp_path / "labels", tmp_path / "overlays"
+    overlays.mkdir()
+    (overlays / "img_0001_overlay.png").write_bytes(b"precious")
+    code, _, err = run(["freemask", folder / "images", "--out", out, "--labels", labels, "--overlays", overlays,
+                        "--top-k", "3"], capsys)
+    assert code == 2 and "already exists" in err and not out.exists()
+    assert (labels / "img_0000.png").is_file()
+    assert (overlays / "img_0000_overlay.png").is_file()
+    assert (overlays / "img_0001_overlay.png").read_bytes() == b"precious"
 
 
 def test_empty_folder_missing_path_and_unwritable_output(tmp_path, folder, capsys):

@@ -300,3 +300,67 @@ def test_label_images_name_clash_and_escape(tmp_path: Path) -> None:
         write_label_images(clash, tmp_path)
     with pytest.raises(ValueError, match="outside"):
         write_label_images([ImageResult("../evil.png", 8, 8)], tmp_path / "o")
+
+
+def _random_mask(rng, h: int, w: int, kind: int) -> np.ndarray:
+    m = np.zeros((h, w), bool)
+    if kind == 0:
+        m = rng.random((h, w)) < 0.3
+    elif kind == 1:
+        y0, x0 = rng.integers(0, h), rng.integers(0, w)
+        m[y0: y0 + rng.integers(1, h + 1), x0: x0 + rng.integers(1, w + 1)] = True
+    elif kind == 2:
+        m[:] = True
+    return m  # kind 3: empty
+
+
+def test_rle_and_polygons_decode_to_the_crop_of_the_full_mask() -> None:
+    from engine.io.masks import mask_to_rle, polygons_to_crop, polygons_to_mask, rle_to_crop
+
+    def placed(crop, box, h, w):
+        full = np.zeros((h, w), bool)
+        y0, y1, x0, x1 = box
+        full[y0:y1, x0:x1] = crop
+        return full
+
+    rng = np.random.default_rng(0)
+    for t in range(200):
+        h, w = (int(v) for v in rng.integers(1, 40, 2))
+        m = _random_mask(rng, h, w, t % 4)
+        rle = mask_to_rle(m)
+        runs = np.diff(np.flatnonzero(np.diff(np.concatenate([[0], m.T.ravel(), [2]]))), prepend=0)
+        uncompressed = {"size": [h, w], "counts": [int(v) for v in runs]}  # first run may be 0 (foreground first)
+        for given in (rle, uncompressed):
+            crop, box = rle_to_crop(given)
+            assert np.array_equal(placed(crop, box, h, w), m), t
+            if m.any():
+                ys, xs = np.nonzero(m)
+                assert box == (ys.min(), ys.max() + 1, xs.min(), xs.max() + 1)  # tight
+        polys = [list(p) for p in rng.uniform(-5, max(h, w) + 5, size=(int(rng.integers(1, 3)), 8))]
+        crop, box = polygons_to_crop(polys, h, w)
+        assert np.array_equal(placed(crop, box, h, w), polygons_to_mask(polys, h, w)), t
+
+
+def test_import_of_a_small_mask_on_a_huge_image_allocates_its_crop_only(tmp_path: Path) -> None:
+    import tracemalloc
+
+    from engine.io.masks import crop_to_rle
+
+    shape = (20000, 15000)  # 300 Mpx: a full-size boolean would be 300 MB
+    rle = crop_to_rle(np.ones((300, 400), bool), (5000, 5300, 7000, 7400), shape)
+    dataset = {"images": [{"id": 1, "file_name": "huge.tif", "height": shape[0], "width": shape[1]}],
+               "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": rle},
+                               {"id": 2, "image_id": 1, "category_id": 1,
+                                "segmentation": [[100.0, 100.0, 300.0, 100.0, 300.0, 250.0]]}],
+               "categories": [{"id": 1, "name": "object"}]}
+    path = tmp_path / "huge.json"
+    path.write_text(json.dumps(dataset))
+    tracemalloc.start()
+    try:
+        res = load_image_results(path)["huge.tif"]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [m.box for m in res.instances][0] == (5000, 5300, 7000, 7400) and res.instances[0].area == 120_000
+    assert res.instances[1].shape == shape and res.instances[1].area > 0
+    assert peak < 20e6, f"decoding allocated {peak / 1e6:.0f} MB"

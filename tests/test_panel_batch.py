@@ -259,3 +259,29 @@ def test_cancel_mid_folder_then_run_again_resumes(make_napari_viewer, qtbot, tmp
     widget.run_button.click()  # again: the images already in the cache are not recomputed
     qtbot.waitUntil(lambda: _idle(widget) and "Done: 4 of 4" in widget.status.text(), timeout=120_000)
     assert widget.backbone_calls == 4, "each image's backbone ran exactly once over both runs"
+
+
+def test_folder_run_of_cached_images_ends_with_every_count_shown(make_napari_viewer, qtbot, tmp_path):
+    """Cached images arrive faster than the status line is redrawn (it shows the latest step at most
+    every 100 ms): the run still ends with the right counts on the progress bar and status line."""
+    from engine.data.synthetic import make_sample
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    image = make_sample(9, (48, 48), kind="photo")[0]
+    for i in range(40):  # one content: after the first image every one is a cache hit
+        Image.fromarray(image).save(folder / f"img{i:02d}.png")
+    viewer, widget = _panel(make_napari_viewer)
+    widget.run_scope.set_scope("folder")
+    view = widget.run_scope.folder_view
+    assert view.open_folder(folder)
+    qtbot.waitUntil(lambda: "img00.png" in viewer.layers, timeout=30_000)
+    shown = []
+    widget.progress.valueChanged.connect(shown.append)
+    widget.run_button.click()
+    qtbot.waitUntil(lambda: _idle(widget), timeout=120_000)
+    assert "Done: 40 of 40" in widget.status.text() or "img00.png" in widget.status.text()
+    counts = shown[:-1]  # the run's end sets the bar back to 0
+    assert counts[-1] == 40 and counts == sorted(counts)  # the counts only go up, and the last is shown
+    assert len(counts) < 40  # steps that came within 100 ms of each other were shown once (one per step before)
+    assert widget.backbone_calls == 1

@@ -228,3 +228,75 @@ def test_corrections_are_named_as_the_training_folder_names_its_images(tmp_path)
     pick = next_to_fix(rows, {"x"})
     assert (pick.file_name, pick.rank, pick.total, pick.uncertainty, pick.skipped) == ("y", 2, 3, 0.5, 1)
     assert next_to_fix(rows, {"x", "y", "z"}) is None
+
+
+def test_planes_of_a_stack_are_named_as_the_training_folder_names_them(tmp_path):
+    import tifffile
+
+    from engine.structures import ImageResult
+    from freesolo_napari.corrections import match_training_names
+
+    tifffile.imwrite(tmp_path / "movie.tif", np.zeros((3, 8, 8), np.uint8), imagej=True, metadata={"axes": "TYX"})
+    results = [ImageResult(n, 8, 8, []) for n in ("movie.tif[t=2]", "elsewhere/movie.tif[t=0]", "other.tif[z=1]")]
+    matched, left_out = match_training_names(results, tmp_path)
+    assert [r.file_name for r in matched] == ["movie.tif[t=2]", "movie.tif[t=0]"]
+    assert left_out == ["other.tif[z=1]"]
+
+
+def test_an_edited_plane_of_a_stack_is_a_correction_the_others_are_not(make_napari_viewer, qtbot, tmp_path):
+    import tifffile
+
+    from engine.io.coco import load_image_results
+    from engine.solo.data import load_training_set
+    from freesolo_napari.corrections import write_trusted
+    from freesolo_napari.stack_layers import computed_planes
+
+    from engine.data.synthetic import make_sample
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    stack = np.stack([make_sample(40 + k, (96, 96), kind="microscopy")[0][..., 1] for k in range(3)])
+    tifffile.imwrite(folder / "movie.tif", stack, imagej=True, metadata={"axes": "TYX"})
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget("freesolo-napari", "FreeSOLO")
+    viewer.open(str(folder / "movie.tif"), plugin="napari")
+    for t in (0, 1):  # Free Mask on planes 0 and 1; only plane 1 is then edited
+        viewer.dims.set_current_step(0, t)
+        widget.run_button.click()
+        qtbot.waitUntil(lambda: "movie · free masks" in viewer.layers and widget.run_button.isEnabled()
+                        and not widget.run_scope.busy and widget._update_worker is None, timeout=120_000)
+    layer = viewer.layers["movie · free masks"]
+    qtbot.waitUntil(lambda: computed_planes(layer) == [(0,), (1,)], timeout=30_000)
+    painted = np.asarray(layer.data).copy()
+    painted[1, 5:25, 60:90] = painted.max() + 1  # one new mask on plane 1
+    layer.data = painted
+    edited = widget.training.loop._edited_open_results()
+    assert [r.file_name for r in edited] == ["movie.tif[t=1]"]
+    trusted = write_trusted(tmp_path / "trusted.json", edited, None, folder)
+    assert trusted.names == ["movie.tif[t=1]"]
+    masks = load_image_results(trusted.path)["movie.tif[t=1]"].instances
+    assert any(np.array_equal(m.mask, painted[1] == painted.max()) for m in masks)
+    # training reads that plane of the file with these masks as trusted labels
+    samples, problems = load_training_set(folder, trusted.path, 96, trusted_json=trusted.path)
+    assert not problems and [s.file_name for s in samples] == ["movie.tif[t=1]"] and samples[0].trusted
+
+    # a round's predictions, named by plane, come back onto the stack's planes; the edited plane is kept
+    from engine.io.coco import build_coco_dataset, write_coco
+    from engine.selftrain.layout import RunLayout
+    from engine.structures import ImageResult, InstanceMask
+
+    box = np.zeros((96, 96), bool)
+    box[40:60, 10:30] = True
+    run = RunLayout(tmp_path / "run")
+    run.predictions(1).parent.mkdir(parents=True)
+    write_coco(run.predictions(1), build_coco_dataset(
+        [ImageResult(f"movie.tif[t={t}]", 96, 96, [InstanceMask(box, 0.9)]) for t in range(3)]))
+    loader = widget.training.rounds_view
+    loader.run_folder = lambda: run
+    loader.load(1, keep_edited=True)
+    qtbot.waitUntil(lambda: loader.shown_round == (1, 2), timeout=30_000)
+    data = np.asarray(layer.data)
+    assert np.array_equal(data[1], painted[1]) and loader.kept == ["movie.tif[t=1]"]
+    for t in (0, 2):  # replaced / filled with the round's one mask
+        assert np.array_equal(data[t] > 0, box)
+    assert computed_planes(layer) == [(0,), (1,), (2,)]

@@ -120,7 +120,10 @@ def test_export_scope_and_format(ran, qtbot, tmp_path):
     ex = widget.export_controls
     ex.scope.setCurrentText("current image")
     widget.export_coco(str(tmp_path / "current.json"))
-    assert [im["file_name"] for im in read_coco(tmp_path / "current.json").images] == ["a.png"]
+    [image] = read_coco(tmp_path / "current.json").images
+    assert image["file_name"] == "a.png"
+    # the automatic choices the panel showed for the image are written with it, as the command line does
+    assert image["automatic"] == widget.state.choices["a"].as_dict()
     ex.scope.setCurrentText("all open images")
     ex.format.setCurrentText("polygons")
     widget.export_coco(str(tmp_path / "open.json"))

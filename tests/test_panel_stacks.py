@@ -183,6 +183,7 @@ def test_tiff_stack_exports_planes_named_like_the_command_line(make_napari_viewe
     out = tmp_path / "movie.json"
     widget.export_coco(str(out), scope="current image")
     assert list(load_image_results(out)) == ["movie.tif[t=2]"]
+    assert load_image_results(out)["movie.tif[t=2]"].automatic == widget.state.choices["movie[t=2]"].as_dict()
 
 
 @pytest.mark.gui

@@ -13,7 +13,7 @@ from engine.cli import main
 from engine.io.masks import rle_to_mask
 from engine.runtime.batch import BatchReport, shard_of
 from engine.runtime.sharding import ShardError, merge_parts, part_path, write_part
-from engine.io.coco import build_coco_dataset
+from engine.io.coco import CocoStreamWriter, build_coco_dataset
 from engine.structures import ImageResult, InstanceMask
 
 
@@ -74,12 +74,14 @@ def test_merge_renumbers_keeps_listing_order_and_refuses_to_overwrite(tmp_path):
     names = [f"im{k}.png" for k in range(5)]
     for rank in range(2):
         report = BatchReport()
-        for pos in shard_of(5, (rank, 2)):
+        part = CocoStreamWriter(part_path(out, rank, 2), info={"description": "x"}, overwrite=True, backup=False)
+        for pos in shard_of(5, (rank, 2)):  # each result spooled as it comes, none kept in the report
             report.order[names[pos]] = pos
-            report.results.append(ImageResult(names[pos], 8, 8, [_square(pos), _square(pos + 1)][: pos % 3]))
+            part.add(ImageResult(names[pos], 8, 8, [_square(pos), _square(pos + 1)][: pos % 3]))
         report.failures.append((f"bad{rank}.png", f"bad{rank}.png: broken"))
         report.skipped.append(("notes.txt", "not an image"))
-        write_part(out, rank, 2, report, build_coco_dataset(report.results, info={"description": "x"}))
+        write_part(out, rank, 2, report, part)
+        assert not report.results
     single = build_coco_dataset([ImageResult(n, 8, 8, [_square(p), _square(p + 1)][: p % 3])
                                  for p, n in enumerate(names)], info={"description": "x"})
     out.write_text("old")

@@ -245,3 +245,12 @@ def test_render_overlay_colours_masks_and_keeps_background() -> None:
     assert grey.shape == (40, 50, 3)
     as_float = render_overlay(img.astype(np.float32) / 255.0, [a])
     np.testing.assert_array_equal(as_float, render_overlay(img, [a]))
+    # masks as crops at their boxes (only the crops are drawn): the same picture
+    crops = render_overlay(img, [a[5:20, 5:20], b[20:36, 25:45]], [0.9, 0.2], boxes=[(5, 20, 5, 20), (20, 36, 25, 45)])
+    np.testing.assert_array_equal(crops, out)
+    edge = np.zeros((40, 50), dtype=bool)
+    edge[30:, 40:] = True  # a mask on the image's corner: outlined along the border too
+    np.testing.assert_array_equal(render_overlay(img, [edge[30:, 40:]], boxes=[(30, 40, 40, 50)]),
+                                  render_overlay(img, [edge]))
+    with pytest.raises(ValueError, match="does not fit"):
+        render_overlay(img, [a[5:20, 5:20]], boxes=[(30, 45, 5, 20)])

@@ -44,10 +44,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         from engine.runtime.sharding import ShardError
         from engine.solo.checkpoint import CheckpointError
+        from engine.solo.train import MissingEmbeddingsError
         from engine.solo.trainer import TrainingDivergedError
 
         user_errors += (BackboneError, CocoFormatError, NoImagesError, CheckpointError, TrainingDivergedError,
-                        ShardError)
+                        ShardError, MissingEmbeddingsError)
     except ImportError:  # pragma: no cover - partial installs still report cleanly
         pass
     started = time.perf_counter()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from pathlib import Path
@@ -22,8 +21,7 @@ from engine.cli.common import (
     params_from_args,
     sharded,
 )
-from engine.io.coco import CocoStreamWriter
-from engine.io.export import FREEMASK_INFO, write_outputs, write_overlays
+from engine.io.export import FREEMASK_INFO, ImageOutputs, ResultStream
 
 
 def add_freemask_commands(sub) -> None:
@@ -65,21 +63,21 @@ def add_freemask_commands(sub) -> None:
     demo.set_defaults(func=cmd_demo)
 
 
-def freemask_shard(args, fconf, params, *, shard, device, progress):
-    """One rank's share of ``freesolo freemask``: its masks, label images and overlays."""
-    from engine.io.coco import write_label_images
+def freemask_shard(args, fconf, params, *, shard, device, progress, on_result):
+    """One rank's share of ``freesolo freemask``: each image's masks to ``on_result`` (its part of the COCO
+    file), its label image and overlay written, as it finishes."""
     from engine.generators.pipeline import run_freemask_batch
 
+    files = ImageOutputs(args.labels, args.overlays, args.overwrite)
 
-    report = run_freemask_batch(args.images, feature_config=fconf, params=params, device=device,
-                                cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=progress, shard=shard,
-                                channel=args.channel, generators=generator_config_from_args(args),
-                                tile=args.tile, tile_overlap=args.tile_overlap)
-    if args.labels is not None:
-        write_label_images(report.results, args.labels, fmt="png", overwrite=args.overwrite)
-    if args.overlays is not None:
-        write_overlays(report, args.overlays, args.overwrite)
-    return report
+    def each(res, image) -> None:
+        on_result(res, image)
+        files.add(res, image)
+
+    return run_freemask_batch(args.images, feature_config=fconf, params=params, device=device,
+                              cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=progress, shard=shard,
+                              channel=args.channel, generators=generator_config_from_args(args),
+                              tile=args.tile, tile_overlap=args.tile_overlap, keep_results=False, on_result=each)
 
 
 def cmd_freemask(args: argparse.Namespace) -> int:
@@ -98,34 +96,27 @@ def cmd_freemask(args: argparse.Namespace) -> int:
     check_outputs_free([args.out], args.overwrite)
     if sharded(args):
         return _freemask_sharded(args, fconf, params)
-    # Without label images or overlays (which need every mask at the end) the COCO file is
-    # written as images finish, so memory stays flat over long folders.
-    stream = None
-    if args.labels is None and args.overlays is None:
-        stream = CocoStreamWriter(args.out, segmentation=args.format, info=FREEMASK_INFO, overwrite=args.overwrite)
+    # Every output is written as images finish (the COCO file's entries are spooled and the file
+    # written at the end), so memory stays flat over long folders.
+    stream = ResultStream(args.out, args.format, args.labels, args.overlays, args.overwrite)
     choices: list[tuple[str, dict | None]] = []  # each image's automatic choices, printed at the end
 
-    def on_result(res, _image) -> None:
+    def on_result(res, image) -> None:
         choices.append((res.file_name, res.automatic))
-        if stream is not None:
-            stream.add(res)
+        stream.add(res, image)
 
-    with stream if stream is not None else contextlib.nullcontext():  # a run that fails leaves no file
+    with stream:  # a run that fails leaves no COCO file
         report = run_freemask_batch(
             args.images, feature_config=fconf, params=params, device=args.device,
             cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=ProgressBar("freemask"),
             channel=args.channel, generators=generator_config_from_args(args), tile=args.tile,
-            tile_overlap=args.tile_overlap, keep_results=stream is None, on_result=on_result,
+            tile_overlap=args.tile_overlap, keep_results=False, on_result=on_result,
         )
         for path, why in report.skipped:
             print(f"skipped {path}: {why}", file=sys.stderr)
         for _path, why in report.failures:
             print(f"error: {why}", file=sys.stderr)
-        if stream is not None:
-            written, n_images, n_masks = stream.close(), stream.n_images, stream.n_annotations
-        else:
-            written = write_outputs(report, args.out, args.format, args.labels, args.overlays, args.overwrite)[0]
-            n_images, n_masks = len(report.results), sum(len(r.instances) for r in report.results)
+        written, n_images, n_masks = stream.close(), stream.coco.n_images, stream.coco.n_annotations
     if not args.quiet:
         print_choices(choices)
     print(f"{n_images} images, {n_masks} masks -> {written}"

@@ -113,6 +113,9 @@ def _train_options(p: argparse.ArgumentParser, d) -> None:
     p.add_argument("--copy-paste", type=float, default=d.copy_paste,
                    help="chance that a training image is the strong view, with objects of another image and their "
                    "masks pasted in (costs a backbone pass each time; default: %(default)s)")
+    p.add_argument("--embedding-weight", type=float, default=d.embedding_weight,
+                   help="weight of FreeSOLO's semantic embedding loss: the student also learns each mask's Free Mask "
+                   "query embedding (the official code uses 4; 0: no embedding branch; default: %(default)s)")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--labels", type=Path, default=None, metavar="TRUSTED.json",
                    help="COCO file of trusted masks (your corrections) for some images: those images are complete "
@@ -151,7 +154,7 @@ def _train_config(args):
                        optimizer=args.optimizer,
                        mask_loss=args.mask_loss, copy_paste=args.copy_paste,
                        checkpoint_every=args.checkpoint_every, amp=args.amp is not False, amp_dtype=args.amp_dtype,
-                       trusted_weight=args.trusted_weight)
+                       trusted_weight=args.trusted_weight, embedding_weight=args.embedding_weight)
 
 
 def _model_config(args):
@@ -240,13 +243,13 @@ def cmd_train(args) -> int:
     return 0
 
 
-def predict_shard(args, *, shard, device, progress):
-    """One rank's share of ``freesolo predict``."""
+def predict_shard(args, *, shard, device, progress, on_result):
+    """One rank's share of ``freesolo predict`` (each image's result to ``on_result`` as it finishes)."""
     from engine.solo.predict import predict_folder
 
     return predict_folder(args.images, args.model, score_thr=args.score_thr, max_per_image=args.max_per_image,
                           device=device, progress=progress, amp=args.amp is not False, shard=shard,
-                          channel=args.channel)
+                          channel=args.channel, on_result=on_result)
 
 
 def cmd_predict(args) -> int:

@@ -38,7 +38,9 @@ from engine.io.masks import (
     crop_to_rle,
     mask_to_polygons,
     masks_to_label_image,
+    polygons_to_crop,
     polygons_to_mask,
+    rle_to_crop,
     rle_to_mask,
 )
 from engine.io.stacks import split_plane_name
@@ -49,6 +51,7 @@ __all__ = [
     "CocoDataset",
     "CocoFormatError",
     "CocoStreamWriter",
+    "annotation_to_crop",
     "annotation_to_mask",
     "build_coco_dataset",
     "build_results",
@@ -215,6 +218,7 @@ class CocoStreamWriter:
         segmentation: Literal["rle", "polygon"] = "rle",
         info: Mapping[str, Any] | None = None,
         overwrite: bool = False,
+        backup: bool = True,
     ) -> None:
         _check_segmentation_kind(segmentation)
         self.path = Path(path)
@@ -222,6 +226,8 @@ class CocoStreamWriter:
             raise OutputExistsError(self.path)
         self.segmentation = segmentation
         self.overwrite = overwrite
+        self.backup = backup  # a replaced file is kept as .bak (atomic_save)
+        self.file_names: list[str] = []  # the images added, in order
         self.info = _default_info(info)
         self.n_images = 0
         self.n_annotations = 0
@@ -236,6 +242,7 @@ class CocoStreamWriter:
             raise ValueError(f"duplicate file_name {res.file_name!r} in results")
         image, anns = _image_entries(res, self.n_images + 1, self.n_annotations + 1, self.segmentation)
         self._seen.add(res.file_name)
+        self.file_names.append(res.file_name)
         self._images.write(("," if self.n_images else "") + json_text(image))
         self.n_images += 1
         for ann in anns:
@@ -243,19 +250,20 @@ class CocoStreamWriter:
             self.n_annotations += 1
         return len(anns)
 
-    def close(self) -> Path:
-        """Write the COCO file (atomically) and drop the spools."""
+    def close(self, extra: Mapping[str, Any] | None = None) -> Path:
+        """Write the COCO file (atomically, with the ``extra`` top-level keys after its own) and drop the spools."""
+        tail = "".join("," + json_text(str(k)) + ":" + json_text(v) for k, v in (extra or {}).items()) + "}"
         try:
             def _write(tmp: Path) -> None:
                 with open(tmp, "w", encoding="utf-8") as out:
                     out.write('{"info":' + json_text(self.info) + ',"licenses":[],"images":[')
                     for spool, after in ((self._images, '],"annotations":['),
-                                         (self._annotations, '],"categories":' + json_text([CATEGORY]) + "}")):
+                                         (self._annotations, '],"categories":' + json_text([CATEGORY]) + tail)):
                         spool.seek(0)
                         shutil.copyfileobj(spool, out)
                         out.write(after)
 
-            return atomic_save(self.path, _write, overwrite=self.overwrite)
+            return atomic_save(self.path, _write, overwrite=self.overwrite, backup=self.backup)
         finally:
             self.discard()
 
@@ -519,6 +527,20 @@ def annotation_to_mask(ann: Mapping[str, Any], h: int | None, w: int | None) -> 
     return polygons_to_mask(seg, h, w)
 
 
+def annotation_to_crop(ann: Mapping[str, Any], h: int | None,
+                       w: int | None) -> tuple[np.ndarray, tuple[int, int, int, int], tuple[int, int]]:
+    """An annotation's segmentation as (tight bool crop, box (y0, y1, x0, x1), image (h, w)), decoded
+    into the crop only (``rle_to_crop``, ``polygons_to_crop``): no image-sized array."""
+    seg = ann["segmentation"]
+    if isinstance(seg, Mapping):
+        crop, box = rle_to_crop(seg, h, w)
+        return crop, box, check_rle(seg, h, w)
+    if h is None or w is None:
+        raise ValueError("polygon segmentation needs the image size")
+    crop, box = polygons_to_crop(seg, h, w)
+    return crop, box, (int(h), int(w))
+
+
 def load_image_results(
     path: str | os.PathLike[str],
     *,
@@ -558,7 +580,7 @@ def load_image_results(
                 key = str(ann["image_id"])
                 res = out.setdefault(key, ImageResult(key, h, w))
                 by_id[ann["image_id"]] = res
-            mask = annotation_to_mask(ann, res.height, res.width)
+            crop, box, shape = annotation_to_crop(ann, res.height, res.width)
         except (ValueError, TypeError) as exc:
             where = f" (image '{res.file_name}')" if res is not None else ""
             notes.append(f"{name}: cannot decode segmentation ({exc}){where}")
@@ -567,7 +589,9 @@ def load_image_results(
         maskness = ann.get("maskness")
         res.instances.append(
             InstanceMask(
-                mask,
+                crop,
+                box=box,
+                shape=shape,
                 score=float(ann.get("score", 1.0)),
                 maskness=float(maskness) if _is_number(maskness) else None,
                 source=source if source is not None else str(ann.get("source", "coco")),

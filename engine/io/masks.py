@@ -27,7 +27,9 @@ __all__ = [
     "mask_to_polygons",
     "mask_to_rle",
     "masks_to_label_image",
+    "polygons_to_crop",
     "polygons_to_mask",
+    "rle_to_crop",
     "rle_to_mask",
     "split_components",
 ]
@@ -172,6 +174,63 @@ def rle_to_mask(rle: Mapping[str, Any], h: int | None = None, w: int | None = No
         counts = counts.encode("ascii")
     decoded = mask_utils.decode({"size": [rh, rw], "counts": counts})
     return decoded.astype(bool)
+
+
+def rle_to_crop(rle: Mapping[str, Any], h: int | None = None,
+                w: int | None = None) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Decode COCO RLE (as :func:`rle_to_mask`) into its tight bool crop and box (y0, y1, x0, x1).
+
+    Made from the runs alone: each foreground run is cut into its column segments, which are
+    marked in the crop, so memory follows the mask's box, not the image. An empty mask gives a
+    (0, 0) crop at (0, 0, 0, 0).
+    """
+    rh, rw = check_rle(rle, h, w)
+    counts = rle["counts"]
+    runs = np.asarray(_string_to_counts(counts) if isinstance(counts, (str, bytes)) else counts, dtype=np.int64)
+    bounds = np.concatenate([[0], np.cumsum(runs)])
+    starts, ends = bounds[1:-1:2], bounds[2::2]  # foreground runs [start, end) in column-major order
+    keep = ends > starts
+    starts, ends = starts[keep], ends[keep]
+    if not starts.size:
+        return np.zeros((0, 0), bool), (0, 0, 0, 0)
+    first, last = starts // rh, (ends - 1) // rh  # the columns each run starts and ends in
+    per_run = last - first + 1
+    run = np.repeat(np.arange(starts.size), per_run)
+    col = first[run] + (np.arange(run.size) - np.repeat(np.cumsum(per_run) - per_run, per_run))
+    top = np.where(col == first[run], starts[run] % rh, 0)
+    bottom = np.where(col == last[run], (ends[run] - 1) % rh + 1, rh)
+    y0, y1, x0, x1 = int(top.min()), int(bottom.max()), int(col.min()), int(col.max()) + 1
+    # one row per crop column: +1 at each segment's top, -1 past its bottom; segments of a column
+    # never overlap, so the running sum is 0 or 1 and fits the int8 array it is summed into
+    steps = np.zeros((x1 - x0, y1 - y0 + 1), np.int8)
+    np.add.at(steps, (col - x0, top - y0), 1)
+    np.add.at(steps, (col - x0, bottom - y0), -1)
+    np.cumsum(steps, axis=1, dtype=np.int8, out=steps)
+    return np.ascontiguousarray(steps[:, :-1].T).view(np.bool_), (y0, y1, x0, x1)
+
+
+def polygons_to_crop(polygons: Sequence[Sequence[float]], h: int,
+                     w: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Rasterise COCO polygons (as :func:`polygons_to_mask`) into a crop of the image and its box: the
+    polygons are shifted into their bounding box (one pixel of margin, within the image) and rasterised
+    there, so memory follows the polygons' extent."""
+    coords = [np.asarray(poly, dtype=np.float64).reshape(-1) for poly in polygons]
+    finite = [c for c in coords if c.size >= 2 and np.isfinite(c).all()]
+    if not finite:  # nothing to bound: polygons_to_mask says what is wrong, or gives the empty mask
+        return polygons_to_mask(polygons, 1, 1)[:0, :0], (0, 0, 0, 0)
+    xs = np.concatenate([c[0::2] for c in finite])
+    ys = np.concatenate([c[1::2] for c in finite])
+    x0, x1 = max(int(np.floor(xs.min())) - 1, 0), min(int(np.ceil(xs.max())) + 2, int(w))
+    y0, y1 = max(int(np.floor(ys.min())) - 1, 0), min(int(np.ceil(ys.max())) + 2, int(h))
+    if x1 <= x0 or y1 <= y0:  # wholly outside the image
+        return np.zeros((0, 0), bool), (0, 0, 0, 0)
+    shifted = []
+    for c in coords:
+        c = c.copy()
+        c[0::2] -= x0
+        c[1::2] -= y0
+        shifted.append(c.tolist())
+    return polygons_to_mask(shifted, y1 - y0, x1 - x0), (y0, y1, x0, x1)
 
 
 def split_components(

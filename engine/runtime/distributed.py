@@ -79,7 +79,7 @@ class HeadsOnly(nn.Module):
 
     def forward(self, feats):
         out = self.model.forward_from_features(feats)  # a plain tuple: DDP must see every tensor
-        return tuple(out.categories), tuple(out.kernels), out.mask_features, out.strides
+        return tuple(out.categories), tuple(out.kernels), out.mask_features, out.strides, tuple(out.embeddings)
 
 
 def wrap(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:

@@ -27,8 +27,7 @@ from typing import Any, Callable
 
 import torch
 
-from engine.io.atomic import atomic_write_json
-from engine.io.coco import build_coco_dataset, write_coco
+from engine.io.coco import CocoStreamWriter, write_coco
 from engine.runtime.batch import BatchReport
 
 __all__ = ["ShardError", "ShardSummary", "env_world", "merge_parts", "part_path", "print_summary", "run_sharded",
@@ -38,7 +37,9 @@ PART_KEY = "freesolo_shard"
 # ranks meet only once all their images are done: allow for very unequal shares
 BARRIER_TIMEOUT = timedelta(days=2)
 
-# job(*job_args, shard=(rank, world), device=torch.device, progress=callable | None) -> BatchReport
+# job(*job_args, shard=(rank, world), device=torch.device, progress=callable | None,
+#     on_result=callable(ImageResult, image)) -> BatchReport: each image's result goes to on_result as it
+# finishes (the rank's part of the output, spooled to disk), so a rank keeps no image's masks
 Job = Callable[..., BatchReport]
 
 
@@ -73,12 +74,12 @@ def part_path(out: str | os.PathLike[str], rank: int, world: int) -> Path:
     return out.with_name(f"{out.name}.rank{rank}-of-{world}.part")
 
 
-def write_part(out: Path, rank: int, world: int, report: BatchReport, dataset: dict[str, Any]) -> Path:
-    """This rank's share: the COCO dataset of its images plus where they go and what failed."""
+def write_part(out: Path, rank: int, world: int, report: BatchReport, part: CocoStreamWriter) -> Path:
+    """This rank's share: the COCO dataset of its images (spooled in ``part``) plus where they go and what failed."""
     meta = {
         "rank": rank,
         "world": world,
-        "index": [report.order[img["file_name"]] for img in dataset["images"]],
+        "index": [report.order[name] for name in part.file_names],
         "failures": [list(f) for f in report.failures],
         "skipped": [list(s) for s in report.skipped],
         "cache_hits": report.cache_hits,
@@ -87,7 +88,7 @@ def write_part(out: Path, rank: int, world: int, report: BatchReport, dataset: d
         "total_seconds": report.total_seconds,
         "cancelled": report.cancelled,
     }
-    return atomic_write_json(part_path(out, rank, world), {**dataset, PART_KEY: meta}, overwrite=True, backup=False)
+    return part.close(extra={PART_KEY: meta})
 
 
 def _read_part(path: Path, rank: int, world: int) -> dict[str, Any]:
@@ -211,8 +212,11 @@ def _rank_main(job: Job, job_args: tuple, *, out: Path, device, fmt: str, info, 
     finished = False
     try:
         progress = ProgressBar(f"{title} (rank 0 of {world})") if rank == 0 else None
-        report = job(*job_args, shard=(rank, world), device=local, progress=progress)
-        write_part(out, rank, world, report, build_coco_dataset(report.results, segmentation=fmt, info=info))
+        with CocoStreamWriter(part_path(out, rank, world), segmentation=fmt, info=info, overwrite=True,
+                              backup=False) as part:
+            report = job(*job_args, shard=(rank, world), device=local, progress=progress,
+                         on_result=lambda res, _image: part.add(res))
+            write_part(out, rank, world, report, part)
         if group.world > 1:
             torch.distributed.barrier()  # every part is on disk
         summary = merge_parts(out, world, overwrite=overwrite) if merge and rank == 0 else None

@@ -77,4 +77,4 @@ def gradients_finite(params) -> bool:
 def to_float(outputs: SoloOutputs) -> SoloOutputs:
     """Network outputs in float32 (losses and post-processing never run in half precision)."""
     return SoloOutputs([c.float() for c in outputs.categories], [k.float() for k in outputs.kernels],
-                       outputs.mask_features.float(), outputs.strides)
+                       outputs.mask_features.float(), outputs.strides, [e.float() for e in outputs.embeddings])

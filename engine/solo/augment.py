@@ -43,7 +43,7 @@ def copy_paste(target: TrainSample, source: TrainSample, rng: random.Random, max
     picks = rng.sample(range(source.masks.shape[0]), min(max_objects, source.masks.shape[0]))
     image = target.image.clone()
     masks = target.masks.clone()
-    pasted, union = [], torch.zeros(target.image.shape[-2:], dtype=torch.bool)
+    pasted, used, union = [], [], torch.zeros(target.image.shape[-2:], dtype=torch.bool)
     ch, cw = target.content
     for k in picks:
         m = source.masks[k]
@@ -58,6 +58,7 @@ def copy_paste(target: TrainSample, source: TrainSample, rng: random.Random, max
         image = torch.where(moved[None], _shifted(source.image, dy, dx), image)
         masks &= ~moved
         pasted = [p & ~moved for p in pasted] + [moved]
+        used.append(k)
         union |= moved
     if not pasted:
         return target
@@ -74,4 +75,16 @@ def copy_paste(target: TrainSample, source: TrainSample, rng: random.Random, max
         content=target.content,
         ignore=ignore,
         trusted=target.trusted,
+        embeddings=_pasted_embeddings(target, source, kept, torch.tensor(used)[alive]),
     )
+
+
+def _pasted_embeddings(target: TrainSample, source: TrainSample, kept: torch.Tensor, pasted: torch.Tensor
+                       ) -> torch.Tensor | None:
+    """The embeddings of the kept target masks, then of the pasted source masks (zero rows where
+    the source has none)."""
+    if target.embeddings is None:
+        return None
+    dim = target.embeddings.shape[1]
+    rows = source.embeddings[pasted] if source.embeddings is not None else torch.zeros(len(pasted), dim)
+    return torch.cat([target.embeddings[kept], rows])

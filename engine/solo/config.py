@@ -57,6 +57,8 @@ class HeadConfig:
     inference to drop masks smaller than it (official values: 8, 8, 16, 32, 32, since P2
     is halved and P6 upsampled to P5 in the official code). ``scale_ranges[k]`` is the
     range of sqrt(box area) in input pixels assigned to that level during training.
+    ``embedding_dim`` > 0 adds FreeSOLO's semantic embedding branch: every cell also predicts a
+    vector that learns the direction of its object's Free Mask query embedding.
     """
 
     num_grids: tuple[int, ...] = (40, 36, 24, 16, 12)
@@ -73,6 +75,7 @@ class HeadConfig:
     num_convs: int = 4
     kernel_dim: int = 256
     prior_prob: float = 0.01
+    embedding_dim: int = 0  # 0: no embedding branch (set by training from the masks' embeddings)
 
     def __post_init__(self) -> None:
         n = len(self.num_grids)
@@ -86,6 +89,8 @@ class HeadConfig:
             raise ValueError(f"HeadConfig: {len(self.num_grids)} grids but lengths {wrong}")
         if not 0.0 < self.prior_prob < 1.0:
             raise ValueError(f"prior_prob must be in (0, 1), got {self.prior_prob}")
+        if self.embedding_dim < 0:
+            raise ValueError(f"embedding_dim must be >= 0, got {self.embedding_dim}")
 
 
 @dataclass(frozen=True)
@@ -224,6 +229,9 @@ class TrainConfig:
     positive_only_focal: bool = False  # self-training: no push to background for unlabeled objects
     checkpoint_every: int = 100
     seed: int = 0
+    # > 0: the semantic embedding branch learns Free Mask's query embeddings with this weight
+    # (the official code uses 4); masks without an embedding (classical, trusted) take no part
+    embedding_weight: float = 0.0
     trusted_weight: float = 3.0  # images with trusted (corrected) labels are sampled this many times as often
     amp: bool = True  # mixed precision on CUDA (see engine/solo/amp.py); float32 on the CPU
     amp_dtype: Literal["float16", "bfloat16"] = "float16"  # bfloat16 also autocasts on the CPU

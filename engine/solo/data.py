@@ -31,6 +31,9 @@ class TrainSample:
     content: tuple[int, int]  # (h, w) of the real image inside the S×S square
     ignore: torch.Tensor | None = None  # (K, S, S) bool: unselected candidates (negatives down-weighted there)
     trusted: bool = False  # the masks are a person's (complete: everything else is background)
+    # (M, E) float: each mask's Free Mask query embedding, a zero row where it has none (classical
+    # proposals, trusted masks); None when the run learns no embeddings
+    embeddings: torch.Tensor | None = None
 
 
 def letterbox_masks(masks: list[np.ndarray], content: tuple[int, int], size: int) -> torch.Tensor:
@@ -45,7 +48,7 @@ def letterbox_masks(masks: list[np.ndarray], content: tuple[int, int], size: int
 
 def load_training_set(
     image_dir: str | Path, masks_json: str | Path, size: int, *, min_score: float | None = None,
-    trusted_json: str | Path | None = None, scale: float = 0.0,
+    trusted_json: str | Path | None = None, scale: float = 0.0, embedding_dim: int = 0,
 ) -> tuple[list[TrainSample], list[str]]:
     """(samples, problems) for the images of ``masks_json`` (and ``trusted_json``) found in ``image_dir``.
 
@@ -72,7 +75,7 @@ def load_training_set(
             problems.append(str(exc))
             continue
         kept, ignored = _split_instances(name, res.instances, image, min_score, name in trusted, problems)
-        samples += _samples(name, kept, ignored, image, size, scale, name in trusted)
+        samples += _samples(name, kept, ignored, image, size, scale, name in trusted, embedding_dim)
     return samples, problems
 
 
@@ -87,6 +90,29 @@ def read_training_masks(masks_json: str | Path, trusted_json: str | Path | None,
 def positive_masks(results: dict[str, ImageResult], trusted: dict[str, ImageResult]) -> list[InstanceMask]:
     """The masks training takes as objects (trusted ones, and the others not marked ignore)."""
     return [m for name, res in results.items() for m in res.instances if name in trusted or not is_ignored(m)]
+
+
+def embedding_dim_of(masks: list[InstanceMask]) -> int:
+    """Length of the query embeddings the training masks carry (``extra["embedding"]``, written by
+    Free Mask and by a student with the embedding branch); 0 when none has one."""
+    for m in masks:
+        vector = m.extra.get("embedding")
+        if isinstance(vector, list) and vector:
+            return len(vector)
+    return 0
+
+
+def _embedding_rows(kept: list[InstanceMask], dim: int, trusted: bool) -> torch.Tensor | None:
+    """(M, dim) embeddings of ``kept``; zero rows for masks without one of that length (and for
+    trusted masks: a person's mask has no query)."""
+    if not dim:
+        return None
+    rows = torch.zeros(len(kept), dim)
+    for k, m in enumerate(kept):
+        vector = m.extra.get("embedding")
+        if not trusted and isinstance(vector, list) and len(vector) == dim:
+            rows[k] = torch.tensor([float(v) for v in vector])
+    return torch.nan_to_num(rows, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def _split_instances(name: str, instances: list, image: np.ndarray, min_score: float | None, trusted: bool,
@@ -106,27 +132,30 @@ def _split_instances(name: str, instances: list, image: np.ndarray, min_score: f
 
 
 def _samples(name: str, kept: list[InstanceMask], ignored: list[InstanceMask], image: np.ndarray, size: int,
-             scale: float, trusted: bool) -> list[TrainSample]:
+             scale: float, trusted: bool, embedding_dim: int = 0) -> list[TrainSample]:
     """The image letterboxed whole, or one sample per window of ``tiles.windows``."""
     weights = [1.0 if trusted else float(m.extra.get("weight", 1.0)) for m in kept]
+    embeddings = _embedding_rows(kept, embedding_dim, trusted)
     plan = tiles.windows(image.shape[:2], scale, size)
     if plan is None:
         tensor, _scale, content = letterbox(image, size)
         return [_sample(name, tensor, content, size, [m.mask for m in kept], weights,
-                        [m.mask for m in ignored], trusted)]
+                        [m.mask for m in ignored], trusted, embeddings)]
     out = []
     for y0, y1, x0, x1 in plan.windows:
         tensor, _scale, content = letterbox(np.ascontiguousarray(image[y0:y1, x0:x1]), size, scale)
         inside, cut = tiles.split_masks(kept, (y0, y1, x0, x1))
         ignored_inside, ignored_cut = tiles.split_masks(ignored, (y0, y1, x0, x1))
         ignore = cut + ignored_cut + [m for _k, m in ignored_inside]  # objects cut by the edge: neither
+        rows = None if embeddings is None else embeddings[[k for k, _m in inside]]
         out.append(_sample(name, tensor, content, size, [m for _k, m in inside], [weights[k] for k, _m in inside],
-                           ignore, trusted))
+                           ignore, trusted, rows))
     return out
 
 
 def _sample(name: str, tensor: torch.Tensor, content: tuple[int, int], size: int, masks: list[np.ndarray],
-            weights: list[float], ignore: list[np.ndarray], trusted: bool) -> TrainSample:
+            weights: list[float], ignore: list[np.ndarray], trusted: bool,
+            embeddings: torch.Tensor | None = None) -> TrainSample:
     return TrainSample(
         file_name=name,
         image=tensor,
@@ -135,6 +164,7 @@ def _sample(name: str, tensor: torch.Tensor, content: tuple[int, int], size: int
         content=content,
         ignore=letterbox_masks(ignore, content, size) if ignore else None,
         trusted=trusted,
+        embeddings=embeddings,
     )
 
 
@@ -142,4 +172,4 @@ def flip_sample(sample: TrainSample) -> TrainSample:
     """Horizontal flip of the whole square (padding moves to the left; the model never minds)."""
     ignore = None if sample.ignore is None else sample.ignore.flip(-1)
     return TrainSample(sample.file_name, sample.image.flip(-1), sample.masks.flip(-1), sample.weights, sample.content,
-                       ignore, sample.trusted)
+                       ignore, sample.trusted, sample.embeddings)

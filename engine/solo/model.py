@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -83,13 +83,15 @@ class SoloOutputs:
 
     ``categories[k]`` (B, 1, S, S) objectness logits and ``kernels[k]`` (B, D, S, S) dynamic
     kernels of grid level k; ``mask_features`` (B, D, H/4, W/4); ``strides[k]`` the level's
-    nominal stride, carried along so post-processing needs no second config.
+    nominal stride, carried along so post-processing needs no second config; ``embeddings[k]``
+    (B, E, S, S) semantic embeddings, an empty list without the embedding branch.
     """
 
     categories: list[torch.Tensor]
     kernels: list[torch.Tensor]
     mask_features: torch.Tensor
     strides: tuple[int, ...]
+    embeddings: list[torch.Tensor] = field(default_factory=list)
 
 
 class FPN(nn.Module):
@@ -128,7 +130,9 @@ class SoloHead(nn.Module):
     """Per-level S x S grids: shared category and kernel towers over resized FPN features.
 
     The kernel branch sees normalised coordinates (CoordConv) because a cell's kernel must
-    single out *its* object among identical-looking ones; the category branch does not.
+    single out *its* object among identical-looking ones; the category branch does not. The
+    optional embedding predictor shares the category tower (as in the official FreeSOLO code):
+    what an object is, like whether it is one, does not depend on where it is.
     """
 
     def __init__(self, in_channels: int, cfg: HeadConfig) -> None:
@@ -144,6 +148,7 @@ class SoloHead(nn.Module):
         )
         self.cate_pred = nn.Conv2d(c, 1, 3, padding=1)
         self.kernel_pred = nn.Conv2d(c, cfg.kernel_dim, 3, padding=1)
+        self.emb_pred = nn.Conv2d(c, cfg.embedding_dim, 3, padding=1) if cfg.embedding_dim else None
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, std=0.01)
@@ -152,15 +157,19 @@ class SoloHead(nn.Module):
         # Start every cell at objectness ~prior_prob so the focal loss is not swamped at step 0.
         nn.init.constant_(self.cate_pred.bias, -math.log((1.0 - cfg.prior_prob) / cfg.prior_prob))
 
-    def forward(self, pyramid: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Category logits (B, 1, S, S) and kernels (B, D, S, S) for each grid level."""
-        categories, kernels = [], []
+    def forward(self, pyramid: list[torch.Tensor]) -> tuple[list[torch.Tensor], ...]:
+        """Category logits (B, 1, S, S), kernels (B, D, S, S) and embeddings (B, E, S, S; none
+        without the branch) for each grid level."""
+        categories, kernels, embeddings = [], [], []
         for grid, level in zip(self.num_grids, self.fpn_levels, strict=True):
             feat = F.interpolate(pyramid[level], size=(grid, grid), mode="bilinear", align_corners=False)
             coords = coord_features(feat.shape[0], grid, grid, feat)
             kernels.append(self.kernel_pred(self.kernel_tower(torch.cat([feat, coords], dim=1))))
-            categories.append(self.cate_pred(self.cate_tower(feat)))
-        return categories, kernels
+            tower = self.cate_tower(feat)
+            categories.append(self.cate_pred(tower))
+            if self.emb_pred is not None:
+                embeddings.append(self.emb_pred(tower))
+        return categories, kernels, embeddings
 
 
 class MaskBranch(nn.Module):
@@ -260,6 +269,6 @@ class SoloV2(nn.Module):
         if missing:
             raise KeyError(f"missing backbone levels {missing}; have {sorted(feats)}")
         pyramid = self.fpn([feats[level] for level in self.levels])
-        categories, kernels = self.head(pyramid)
+        categories, kernels, embeddings = self.head(pyramid)
         mask_features = self.mask_branch(pyramid)
-        return SoloOutputs(categories, kernels, mask_features, self.strides)
+        return SoloOutputs(categories, kernels, mask_features, self.strides, embeddings)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-COLOURS = {"total": (20, 20, 20), "category": (214, 39, 40), "mask": (31, 119, 180), "pairwise": (44, 160, 44)}
+COLOURS = {"total": (20, 20, 20), "category": (214, 39, 40), "mask": (31, 119, 180), "pairwise": (44, 160, 44),
+           "embedding": (148, 103, 189)}
 
 
 def plot_losses(log: Path, out: Path, size: tuple[int, int] = (640, 360)) -> Path:

@@ -65,6 +65,15 @@ def _to_image(
     return out
 
 
+def _embeddings(outputs: SoloOutputs, b: int, cells: torch.Tensor) -> list[list[float]] | None:
+    """Unit-length semantic embeddings of the flat cells ``cells`` (the order of ``_flatten_levels``),
+    rounded as Free Mask writes its own; None without the embedding branch."""
+    if not outputs.embeddings:
+        return None
+    flat = torch.cat([e[b].reshape(e.shape[1], -1).T for e in outputs.embeddings])[cells]
+    return np.round(F.normalize(flat.float(), dim=1).cpu().numpy(), 4).tolist()
+
+
 @torch.no_grad()
 def predict_instances(
     outputs: SoloOutputs,
@@ -93,8 +102,8 @@ def predict_instances(
     big = area > strides[levels]  # masks smaller than their level's stride are noise
     if not bool(big.any()):
         return []
-    soft, binary, area, mness, cate, levels, rows, cols = (
-        t[big] for t in (soft, binary, area, mness, cate, levels, rows, cols)
+    soft, binary, area, mness, cate, levels, rows, cols, keep = (
+        t[big] for t in (soft, binary, area, mness, cate, levels, rows, cols, keep)
     )
     score = cate * mness
 
@@ -105,9 +114,13 @@ def predict_instances(
     kept = kept[torch.argsort(decayed[kept], descending=True)[: cfg.max_per_image]]
 
     masks = _to_image(soft[kept], image_size, input_size, cfg.mask_thr)
+    embeddings = _embeddings(outputs, image_index, keep[kept])
 
     out = []
     for n, k in enumerate(kept.tolist()):  # one InstanceMask per kept mask (<= max_per_image)
+        extra = {"level": int(levels[k]), "cell": [int(rows[k]), int(cols[k])]}
+        if embeddings is not None:
+            extra["embedding"] = embeddings[n]
         out.append(
             InstanceMask(
                 masks[n][0],
@@ -116,7 +129,7 @@ def predict_instances(
                 score=float(decayed[k]),
                 maskness=float(mness[k]),
                 source="solo",
-                extra={"level": int(levels[k]), "cell": [int(rows[k]), int(cols[k])]},
+                extra=extra,
             )
         )
     return out

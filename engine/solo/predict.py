@@ -73,11 +73,13 @@ def predict_folder(
     amp: bool = True,
     shard: tuple[int, int] | None = None,
     channel: int | None = None,
+    on_result: Callable[[ImageResult, np.ndarray], None] | None = None,
 ) -> BatchReport:
     """Predict instances for every image (every plane of a stack) of ``inputs``; bad files are reported, not fatal.
 
     ``amp``: float16 autocast on CUDA (ignored elsewhere). ``shard = (rank, world)``: only that
     share of the images (``engine.runtime.sharding`` runs the shares in parallel and merges them).
+    ``on_result``: each image's result goes there as it finishes instead of into ``report.results``.
     """
     model, state = load_model(model_path, device)
     size, inference, scale = inference_settings(model, state, score_thr, max_per_image)
@@ -85,6 +87,10 @@ def predict_folder(
     report = BatchReport()
     for name, path, image in iter_batch(inputs, report, progress, should_stop, shard, channel):
         instances = predict_image(model, image, size, inference, precision, scale)
-        report.results.append(ImageResult(name, image.shape[0], image.shape[1], instances))
+        result = ImageResult(name, image.shape[0], image.shape[1], instances)
+        if on_result is None:
+            report.results.append(result)
+        else:
+            on_result(result, image)
         report.images[name] = path
     return report

@@ -14,6 +14,7 @@ intact. ``resume=True`` continues from the last checkpoint with the same optimis
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,9 +29,16 @@ from engine.runtime import distributed
 from engine.solo.config import SoloConfig, TrainConfig
 from engine.solo.checkpoint import CHECKPOINT, CheckpointError, load_model, weights_shape
 from engine.solo import tiles
-from engine.solo.data import TrainSample, load_training_set, positive_masks, read_training_masks
+from engine.solo.data import (
+    TrainSample,
+    embedding_dim_of,
+    load_training_set,
+    positive_masks,
+    read_training_masks,
+)
 from engine.solo.losses import (
     dice_loss,
+    embedding_cosine_loss,
     focal_loss_positive_only,
     lab_color_similarity,
     pairwise_affinity_loss,
@@ -40,6 +48,7 @@ from engine.solo.losses import (
 )
 from engine.solo.model import SoloOutputs, SoloV2, dynamic_masks
 from engine.solo.targets import TargetConfig, batch_targets
+from engine.structures import InstanceMask
 from engine.solo.trainer import (
     AmpSkipHook,
     CheckpointHook,
@@ -50,6 +59,10 @@ from engine.solo.trainer import (
     Trainer,
     TrainerRng,
 )
+
+
+class MissingEmbeddingsError(ValueError):
+    """The embedding branch was asked for but the training masks carry no query embeddings."""
 
 
 @dataclass
@@ -120,12 +133,32 @@ def compute_losses(
                                                  threshold=cfg.pairwise_threshold))
     # every output takes part in the graph, so every trainable parameter gets a gradient even in
     # a batch without positives (DistributedDataParallel needs the same parameters on all ranks)
-    zero = (mf.sum() + sum(k.sum() for k in outputs.kernels) + sum(c.sum() for c in outputs.categories)) * 0.0
+    zero = (mf.sum() + sum(k.sum() for k in outputs.kernels) + sum(c.sum() for c in outputs.categories)
+            + sum(e.sum() for e in outputs.embeddings)) * 0.0
     losses = {"category": cfg.focal_weight * torch.stack(cate).sum() / max(n_pos, 1) + zero}
     losses["mask"] = cfg.mask_weight * torch.cat(mask_terms).mean() if mask_terms else zero
     ramp = warmup_factor(step, cfg.pairwise_warmup)
     losses["pairwise"] = cfg.pairwise_weight * ramp * torch.cat(pair_terms).mean() if pair_terms else zero
+    if cfg.embedding_weight > 0 and outputs.embeddings:
+        losses["embedding"] = cfg.embedding_weight * embedding_loss(outputs, batch, targets) + zero
     return losses
+
+
+def embedding_loss(outputs: SoloOutputs, batch: list[TrainSample], targets) -> torch.Tensor:
+    """FreeSOLO's semantic embedding loss: the mean of 1 - cos(predicted, Free Mask embedding)
+    over every positive cell whose object has an embedding (0 when none has)."""
+    rows = [s.embeddings if s.embeddings is not None else torch.zeros(s.masks.shape[0], 0) for s in batch]
+    dim = outputs.embeddings[0].shape[1]
+    table = torch.cat([r if r.shape[1] == dim else torch.zeros(r.shape[0], dim) for r in rows])
+    first = torch.tensor([0] + [r.shape[0] for r in rows[:-1]]).cumsum(0)  # each image's first row
+    terms = []
+    for level, emb in enumerate(outputs.embeddings):
+        wanted = table[first[targets.batch_index[level]] + targets.instance_index[level]].to(emb.device)
+        has = wanted.abs().sum(1) > 0
+        if bool(has.any()):
+            predicted = emb.permute(0, 2, 3, 1).reshape(-1, dim)[targets.flat_index(level)]
+            terms.append(embedding_cosine_loss(predicted[has], wanted[has]))
+    return torch.cat(terms).mean() if terms else outputs.embeddings[0].sum() * 0.0
 
 
 def _fit(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -162,8 +195,11 @@ def train(
         t0 = time.perf_counter()
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        cfg = resolve_scale(cfg, masks_json, labels)
-        samples, problems = load_training_set(image_dir, masks_json, cfg.size, trusted_json=labels, scale=cfg.scale)
+        positives = functools.cache(lambda: positive_masks(*read_training_masks(masks_json, labels, [])))
+        cfg = resolve_scale(cfg, positives)
+        model_cfg, dim = with_embedding_branch(model_cfg, cfg, positives, masks_json)
+        samples, problems = load_training_set(image_dir, masks_json, cfg.size, trusted_json=labels, scale=cfg.scale,
+                                              embedding_dim=dim)
         if not samples:
             raise NoImagesError(f"no usable training images: {'; '.join(problems[:3]) or 'empty coarse-mask file'}")
         trainer = build_trainer(samples, out, cfg, model_cfg, device, info, resume)
@@ -179,13 +215,28 @@ def train(
         distributed.teardown(info)
 
 
-def resolve_scale(cfg: TrainConfig, masks_json: str | Path, labels: str | Path | None) -> TrainConfig:
-    """``cfg`` with its ``scale`` set from ``object_px`` and the training masks (kept when already set),
-    so that the checkpoint tells prediction the scale the student learnt at."""
+def resolve_scale(cfg: TrainConfig, positives: Callable[[], list[InstanceMask]]) -> TrainConfig:
+    """``cfg`` with its ``scale`` set from ``object_px`` and the training masks (``positives()``; kept
+    when already set), so that the checkpoint tells prediction the scale the student learnt at."""
     if cfg.scale > 0 or cfg.object_px <= 0:
         return cfg
-    results, trusted = read_training_masks(masks_json, labels, [])
-    return replace(cfg, scale=tiles.folder_scale(positive_masks(results, trusted), cfg.object_px))
+    return replace(cfg, scale=tiles.folder_scale(positives(), cfg.object_px))
+
+
+def with_embedding_branch(model_cfg: SoloConfig | None, cfg: TrainConfig,
+                          positives: Callable[[], list[InstanceMask]], masks_json: str | Path
+                          ) -> tuple[SoloConfig | None, int]:
+    """(model config, embedding length): with ``cfg.embedding_weight`` > 0 the head gets an
+    embedding branch as long as the training masks' (``positives()``) query embeddings; without
+    embeddings in the masks that is an error, said once."""
+    if cfg.embedding_weight <= 0:
+        return model_cfg, 0
+    dim = embedding_dim_of(positives())
+    if not dim:
+        raise MissingEmbeddingsError(f"{masks_json}: no mask has a query embedding, so the embedding branch has nothing to "
+                         "learn (Free Mask's COCO files carry them); train without --embedding-weight")
+    base = model_cfg or SoloConfig.cpu_small()
+    return replace(base, head=replace(base.head, embedding_dim=dim)), dim
 
 
 def build_trainer(samples: list[TrainSample], out: Path, cfg: TrainConfig, model_cfg: SoloConfig | None,

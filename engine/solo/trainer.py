@@ -155,8 +155,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with self.precision.autocast():
-            cats, kernels, mask_feats, strides = self.net(stacked)
-        outputs = amp_mod.to_float(SoloOutputs(list(cats), list(kernels), mask_feats, strides))
+            cats, kernels, mask_feats, strides, embeddings = self.net(stacked)
+        outputs = amp_mod.to_float(SoloOutputs(list(cats), list(kernels), mask_feats, strides, list(embeddings)))
         losses = self.losses_fn(outputs, batch, self.tcfg, self.cfg, self.step_no, self.rng.torch)
         total = sum(losses.values())
         if not torch.isfinite(total):  # the unscaled loss: a step the scaler skips never trips this

@@ -72,17 +72,26 @@ class CorrectionLoop(QWidget):
         return worker
 
     def _edited_open_results(self) -> list:
-        """The open 2-D images whose masks the user edited or imported, as they are painted now."""
+        """The open images whose masks the user edited or imported, as they are painted now; of a
+        stack, each edited plane (``stack.tif[z=3]``), the others are not corrections."""
         from napari.layers import Image
 
-        from freesolo_napari.exchange import open_results
+        from freesolo_napari.exchange import open_results, stack_results
         from freesolo_napari.layers import labels_name
+        from freesolo_napari.stack_layers import computed_planes
 
-        viewer = self.ctx.viewer
-        names = [layer.name for layer in viewer.layers if isinstance(layer, Image)
-                 and labels_name(layer.name) in viewer.layers and viewer.layers[labels_name(layer.name)].data.ndim == 2
-                 and self.ctx.review.is_edited(layer.name)]
-        return open_results(viewer, self.ctx.state.automatic, names=names) if names else []
+        viewer, review, automatic = self.ctx.viewer, self.ctx.review, self.ctx.state.automatic
+        flat, planes = [], []
+        for layer in viewer.layers:
+            if not isinstance(layer, Image) or labels_name(layer.name) not in viewer.layers:
+                continue
+            labels = viewer.layers[labels_name(layer.name)]
+            if labels.data.ndim == 2:
+                flat += [layer.name] if review.is_edited(layer.name) else []
+                continue
+            edited = [index for index in computed_planes(labels) if review.is_edited(layer.name, index)]
+            planes += stack_results(layer, labels, automatic.get(layer.name), edited) if edited else []
+        return (open_results(viewer, automatic, names=flat) if flat else []) + planes
 
     # ---- train with my corrections --------------------------------------------------------
     def _plan(self):

@@ -13,6 +13,8 @@ from typing import Callable
 
 from qtpy.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QMessageBox, QPushButton, QVBoxLayout, QWidget
 
+from freesolo_napari.large import is_large
+
 CURRENT, OPEN, FOLDER = "current image", "all open images", "whole folder"
 FORMATS = {"RLE": "rle", "polygons": "polygon"}
 
@@ -78,6 +80,8 @@ class ExportControls(QWidget):
             return self._export_folder(write, done_text)
         try:
             results = self._results(scope)
+            if any(is_large((r.height, r.width)) for r in results):  # seconds of encoding: not on the GUI thread
+                return self._write_in_worker(write, results, done_text)
             target = write(results)
         except (ValueError, OSError) as exc:
             self.ctx.notify(f"Export failed: {exc}")
@@ -85,12 +89,25 @@ class ExportControls(QWidget):
         self.ctx.set_status(done_text.format(n=len(results), target=target))
         return None
 
+    def _write_in_worker(self, write, results, done_text):
+        """Encode and write ``results`` (of a very large image) in a worker; returns it."""
+        from freesolo_napari.workers import create_worker
+
+        ctx = self.ctx
+        worker = create_worker(self, write, results, _ignore_errors=True)
+        worker.returned.connect(lambda target: ctx.set_status(done_text.format(n=len(results), target=target)))
+        worker.errored.connect(lambda exc: ctx.notify(f"Export failed: {exc}"))
+        worker.finished.connect(lambda: ctx.set_busy(False, job=worker))
+        ctx.set_busy(True, f"Exporting {len(results)} image(s)…", job=worker)
+        worker.start()
+        return worker
+
     def _results(self, scope: str):
         from freesolo_napari.exchange import open_results
 
         ctx = self.ctx
         names = [ctx.current_image()] if scope == CURRENT else None
-        results = open_results(ctx.viewer, ctx.state.automatic, names=names)
+        results = open_results(ctx.viewer, ctx.state.automatic, names=names, choices=ctx.state.choices)
         if not results:
             what = "the selected image" if scope == CURRENT else "any open image"
             raise ValueError(f"nothing to export: {what} has no masks (run Free Mask or import masks first)")

@@ -19,10 +19,13 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QApplication, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from freesolo_napari.folder import PATH_KEY, FolderSession
+from freesolo_napari.large import image_layer_data, preview_factor, preview_shape
 from freesolo_napari.layers import freemask_update, labels_name, points_name, set_labels
+from freesolo_napari.planes import layer_array
 
 MAX_SKIP_NOTES = 20  # non-image files reported one by one, then summarised
 EDIT_SAVE_DELAY_MS = 800  # edits are written this long after the last stroke (one write per burst)
+STEP_SHOW_MS = 100  # a folder run's progress and status line change at most this often (the latest step wins)
 
 
 class FolderView(QWidget):
@@ -46,6 +49,9 @@ class FolderView(QWidget):
                                wordWrap=True)
         self._save_timer = QTimer(self, singleShot=True, interval=EDIT_SAVE_DELAY_MS)
         self._save_timer.timeout.connect(self.save_current_edits)
+        self._step = None  # (done, total, name, from the cache) of a folder run, not shown yet
+        self._step_timer = QTimer(self, singleShot=True, interval=STEP_SHOW_MS)
+        self._step_timer.timeout.connect(self._show_step)
         ctx.viewer.layers.events.inserted.connect(self._on_layer_inserted)
         app = QApplication.instance()
         if app is not None:
@@ -171,8 +177,9 @@ class FolderView(QWidget):
             self.position.setText(f"{session.position_text()} — unreadable")
             ctx.notify(f"Cannot show '{name}': {error}")
             return
-        layer = viewer.add_image(image, name=name, rgb=True,
-                                 metadata={PATH_KEY: str(session.paths[index]), "file_name": name})
+        data, large = image_layer_data(image)  # a very large image: a pyramid
+        layer = viewer.add_image(data, name=name, rgb=True,
+                                 metadata={PATH_KEY: str(session.paths[index]), "file_name": name}, **large)
         self.shown = layer.name
         viewer.layers.selection.active = layer
         viewer.reset_view()
@@ -219,7 +226,8 @@ class FolderView(QWidget):
         try:
             if labels_name(name) in viewer.layers and self.ctx.review.is_edited(name):
                 lab = viewer.layers[labels_name(name)]
-                self.session.save_edits(path, np.asarray(lab.data), lab.features, self.ctx.state.automatic.get(name))
+                self.session.save_edits(path, np.asarray(lab.data), lab.features, self.ctx.state.automatic.get(name),
+                                        layer_array(layer).shape[:2])
             elif labels_name(name) in viewer.layers:
                 self.session.clear_edits(path)
         except OSError as exc:
@@ -244,6 +252,7 @@ class FolderView(QWidget):
         self.save_current_edits()
         worker = create_worker(self, _run_folder, self.ctx.extractor_source(), self.session, _ignore_errors=True)
         worker.yielded.connect(self._on_folder_step)
+        worker.finished.connect(self._show_step)  # before the batch's end counts the images done
         return self.batch.start_batch(worker, len(self.session),
                                       f"Computing {len(self.session)} image(s) of the folder…", on_done=self._folder_done)
 
@@ -252,12 +261,24 @@ class FolderView(QWidget):
         if kind == "failed":
             self.ctx.notify(f"Skipped: {item[1]}")
         elif kind == "progress":
+            self._step = None
             self.batch.step(item[1], item[2])
         else:
             _kind, done, total, name, hit, extractor, generation = item
             self.ctx.state.adopt_extractor(extractor, generation)  # backbone_calls counts what the folder ran
-            self.batch.step(done, total)
-            self.ctx.set_status(f"{done} / {total} · {name}" + (" (cached)" if hit else ""))
+            self._step = (done, total, name, hit)
+            if not self._step_timer.isActive():  # cached images arrive faster than a person reads
+                self._show_step()
+                self._step_timer.start()
+
+    def _show_step(self) -> None:
+        """Show the latest step of a folder run (at most every STEP_SHOW_MS, and when the run ends)."""
+        if self._step is None:
+            return
+        done, total, name, hit = self._step
+        self._step = None
+        self.batch.step(done, total)
+        self.ctx.set_status(f"{done} / {total} · {name}" + (" (cached)" if hit else ""))
 
     def _folder_done(self, cancelled: bool) -> None:
         """The image on screen gets its masks now if it had none (from the cache, in a worker:
@@ -267,7 +288,7 @@ class FolderView(QWidget):
         s, name, viewer = self.session, self.shown, self.ctx.viewer
         if s is None or name is None or name not in viewer.layers or labels_name(name) in viewer.layers:
             return
-        image = np.asarray(viewer.layers[name].data)
+        image = np.asarray(layer_array(viewer.layers[name]))
         worker = create_worker(self, _masks_from_cache, s, s.path, name, image, self.ctx.feature_config(),
                                *self._settings(), self.ctx.current_tiling(), _ignore_errors=True)
         worker.returned.connect(lambda out: self._on_cached_masks(image, out))
@@ -306,7 +327,8 @@ def _load(session: FolderSession, index: int, config, params, generators, from_r
         image = load_image(path)
         feats = session.cached_features(path, config, image, tiling)
         edits = session.load_edits(path)
-        if edits is not None and edits.labels.shape != image.shape[:2]:
+        shown = (image.shape[:2], preview_shape(image.shape, preview_factor(image.shape)))  # full size or preview
+        if edits is not None and edits.labels.shape not in shown:
             edits = None
         if from_round is not None and (edits is not None or (from_round.height, from_round.width) != image.shape[:2]):
             from_round = None

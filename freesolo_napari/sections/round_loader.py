@@ -13,8 +13,10 @@ from typing import Callable
 import numpy as np
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QPushButton, QWidget
 
+from engine.io.stacks import split_plane_name
 from engine.selftrain.layout import RunLayout
 from freesolo_napari.exchange import image_file_name
+from freesolo_napari.planes import layer_array, plane_view
 from freesolo_napari.sections.trainer_process import read_round
 
 
@@ -86,8 +88,18 @@ class RoundLoader(QWidget):
         layers = _image_layers_by_file(self.ctx.viewer)
         shown, self.kept = 0, []
         for name, res in results.items():
-            layer = layers.get(name) or layers.get(Path(name).name) or layers.get(Path(name).stem)
-            if layer is None or np.asarray(layer.data).shape[:2] != (res.height, res.width):
+            base, plane = split_plane_name(name)  # a stack's plane: movie.tif[t=2]
+            layer = layers.get(base) or layers.get(Path(base).name) or layers.get(Path(base).stem)
+            if layer is None:
+                continue
+            if plane.index:
+                view = plane_view(self.ctx.viewer, layer, self.ctx.state, plane)
+                if view is not None and keep_edited and self.ctx.review.is_edited(layer.name, view.index):
+                    self.kept.append(name)
+                elif view is not None:
+                    shown += int(self.ctx.show_instances(layer.name, res.instances, plane))
+                continue
+            if layer_array(layer).shape[:2] != (res.height, res.width):
                 continue
             if keep_edited and self.ctx.review.is_edited(layer.name):
                 self.kept.append(layer.name)

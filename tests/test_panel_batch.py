@@ -227,6 +227,15 @@ def test_folder_export_coco_and_label_images(make_napari_viewer, qtbot, image_fo
     qtbot.waitUntil(lambda: _idle(widget) and (folder / "img1.png.bak").exists(), timeout=60_000)
 
 
+def _folder_panel(make_napari_viewer, qtbot, folder, first: str):
+    """The panel set to run on ``folder``, opened in the folder browser with ``first`` shown."""
+    viewer, widget = _panel(make_napari_viewer)
+    widget.run_scope.set_scope("folder")
+    assert widget.run_scope.folder_view.open_folder(folder)
+    qtbot.waitUntil(lambda: first in viewer.layers, timeout=30_000)
+    return viewer, widget
+
+
 def test_cancel_mid_folder_then_run_again_resumes(make_napari_viewer, qtbot, tmp_path):
     """Cancel during 'Run whole folder' stops between images; running again computes only the rest."""
     from engine.data.synthetic import make_sample
@@ -235,11 +244,7 @@ def test_cancel_mid_folder_then_run_again_resumes(make_napari_viewer, qtbot, tmp
     folder.mkdir()
     for i in range(4):  # large enough that the Cancel arrives while images are left
         Image.fromarray(make_sample(40 + i, (448, 448), kind="photo")[0]).save(folder / f"img{i}.png")
-    viewer, widget = _panel(make_napari_viewer)
-    widget.run_scope.set_scope("folder")
-    view = widget.run_scope.folder_view
-    assert view.open_folder(folder)
-    qtbot.waitUntil(lambda: "img0.png" in viewer.layers, timeout=30_000)
+    viewer, widget = _folder_panel(make_napari_viewer, qtbot, folder, "img0.png")
 
     done = []
 
@@ -271,11 +276,7 @@ def test_folder_run_of_cached_images_ends_with_every_count_shown(make_napari_vie
     image = make_sample(9, (48, 48), kind="photo")[0]
     for i in range(40):  # one content: after the first image every one is a cache hit
         Image.fromarray(image).save(folder / f"img{i:02d}.png")
-    viewer, widget = _panel(make_napari_viewer)
-    widget.run_scope.set_scope("folder")
-    view = widget.run_scope.folder_view
-    assert view.open_folder(folder)
-    qtbot.waitUntil(lambda: "img00.png" in viewer.layers, timeout=30_000)
+    viewer, widget = _folder_panel(make_napari_viewer, qtbot, folder, "img00.png")
     shown = []
     widget.progress.valueChanged.connect(shown.append)
     widget.run_button.click()

@@ -147,9 +147,9 @@ def compute_losses(
 def embedding_loss(outputs: SoloOutputs, batch: list[TrainSample], targets) -> torch.Tensor:
     """FreeSOLO's semantic embedding loss: the mean of 1 - cos(predicted, Free Mask embedding)
     over every positive cell whose object has an embedding (0 when none has)."""
-    rows = [s.embeddings if s.embeddings is not None else torch.zeros(s.masks.shape[0], 0) for s in batch]
     dim = outputs.embeddings[0].shape[1]
-    table = torch.cat([r if r.shape[1] == dim else torch.zeros(r.shape[0], dim) for r in rows])
+    rows = [s.embeddings if s.embeddings is not None else torch.zeros(s.masks.shape[0], dim) for s in batch]
+    table = torch.cat(rows)
     first = torch.tensor([0] + [r.shape[0] for r in rows[:-1]]).cumsum(0)  # each image's first row
     terms = []
     for level, emb in enumerate(outputs.embeddings):

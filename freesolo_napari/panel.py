@@ -428,7 +428,7 @@ class FreeSoloPanel(QWidget):
             return  # the image is read another way since (channels marked, layer replaced)
         if not self.review.allow_update(name, index):  # the user keeps edited masks
             return
-        layer = self._show_plane(update, leading) if index else show_overlay(self.viewer, name, update.overlay)
+        layer = self._plane_overlay(update.view, update.overlay, leading) if index else show_overlay(self.viewer, name, update.overlay)
         if not index:
             self.state.automatic[name] = np.asarray(layer.data).copy()
         self.state.params_shown[key] = update.params
@@ -460,11 +460,8 @@ class FreeSoloPanel(QWidget):
         except (ValueError, AttributeError):
             return None
 
-    def _show_plane(self, update: FreeMaskUpdate, leading: tuple[int, ...]):
-        """One plane of a stack into its nD masks layer; the plane's automatic labels are recorded."""
-        return self._plane_overlay(update.view, update.overlay, leading)
-
     def _plane_overlay(self, view, overlay, leading: tuple[int, ...]):
+        """One plane of a stack into its nD masks layer; the plane's automatic labels are recorded."""
         state = self.state
         layer = show_plane_overlay(self.viewer, self.viewer.layers[view.name], view, leading, overlay)
         auto = state.automatic.get(view.name)

@@ -10,7 +10,10 @@ them, on the same images: Free Mask's coarse masks (round 0, the teacher) and th
 baselines. One markdown row per run, with minutes per round::
 
     python benchmarks/corrections_curve.py --images DIR/images --gt DIR/gt.json --out /tmp/curve \
-        [--corrected 0 1 3 10] [--iters 1500] [--rounds 1] [--object-px PX]
+        [--corrected 0 1 3 10] [--iters 1500] [--rounds 1] [--object-px PX] [--plot curve.png]
+
+``--plot`` also draws the curve (AP50 against corrected images, beside the teacher and the best
+classical baseline) as a PNG.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--object-px", type=float, default=TrainConfig().object_px,
                     help="the student's --object-px (default: the default's)")
+    ap.add_argument("--plot", type=Path, default=None, help="also draw the curve into this PNG")
     args = ap.parse_args()
 
     gt = json.loads(args.gt.read_text())
@@ -88,7 +92,7 @@ def main() -> None:
     print(f"scored on {len(scored)} images ({len(scored_subset['annotations'])} objects); "
           f"{args.rounds} round(s) of {args.iters} iterations")
     print("| method | AP | AP50 | AR100 | min/round |\n|---|---:|---:|---:|---:|", flush=True)
-    teacher_done, coarse = False, None
+    teacher, coarse, curve = None, None, []
     for k in args.corrected:
         trusted = None
         if k:
@@ -98,16 +102,51 @@ def main() -> None:
         minutes = run_round(args.images, trusted, run, args, coarse)
         layout = RunLayout(run)
         coarse = layout.coarse()
-        if not teacher_done:
-            teacher = load_image_results(layout.coarse())
-            print(row("Free Mask (teacher, defaults)", score(scored_gt, [teacher[n] for n in scored if n in teacher])),
-                  flush=True)
-            teacher_done = True
+        if teacher is None:
+            coarse_masks = load_image_results(layout.coarse())
+            teacher = score(scored_gt, [coarse_masks[n] for n in scored if n in coarse_masks])
+            print(row("Free Mask (teacher, defaults)", teacher), flush=True)
         preds = load_image_results(layout.predictions(args.rounds))
-        print(row(f"SOLO round {args.rounds}, {k} corrected", score(scored_gt, [preds[n] for n in scored if n in preds]),
-                  minutes), flush=True)
-    for baseline in run_baselines("", args.images, scored_gt):
+        curve.append((k, score(scored_gt, [preds[n] for n in scored if n in preds])))
+        print(row(f"SOLO round {args.rounds}, {k} corrected", curve[-1][1], minutes), flush=True)
+    baselines = run_baselines("", args.images, scored_gt)
+    for baseline in baselines:
         print(row(baseline["method"], baseline), flush=True)
+    if args.plot is not None:
+        best = max(baselines, key=lambda b: b["AP50"])
+        print(f"plot: {plot_curve(curve, teacher['AP50'], (best['method'], best['AP50']), args.plot)}")
+
+
+def plot_curve(curve: list[tuple[int, dict]], teacher: float, baseline: tuple[str, float], out: Path,
+               size: tuple[int, int] = (560, 340)) -> Path:
+    """AP50 against the number of corrected images (points joined), the teacher's and the best
+    classical baseline's AP50 as horizontal lines; drawn with PIL."""
+    from PIL import Image, ImageDraw
+
+    w, h, pad = size[0], size[1], 44
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([pad, pad // 2, w - pad // 2, h - pad], outline=(160, 160, 160))
+    ks = [k for k, _m in curve]
+    span = max(max(ks) - min(ks), 1)
+
+    def at(k: float, ap50: float) -> tuple[float, float]:
+        return (pad + (w - 1.5 * pad) * (k - min(ks)) / span, h - pad - (h - 1.5 * pad) * ap50)
+
+    for label, value, colour in (("teacher", teacher, (214, 39, 40)), (baseline[0], baseline[1], (120, 120, 120))):
+        draw.line([at(min(ks), value), at(max(ks), value)], fill=colour, width=1)
+        draw.text((at(max(ks), value)[0] - 150, at(max(ks), value)[1] - 12), f"{label} {value:.3f}", fill=colour)
+    points = [at(k, m["AP50"]) for k, m in curve]
+    draw.line(points, fill=(31, 119, 180), width=2)
+    for (k, m), (x, y) in zip(curve, points):
+        draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(31, 119, 180))
+        draw.text((x - 4, h - pad + 4), str(k), fill=(80, 80, 80))
+        draw.text((x + 5 if x < w - 70 else x - 40, y - 14), f"{m['AP50']:.3f}", fill=(31, 119, 180))
+    draw.text((4, 4), "AP50 of the student (blue) against corrected images", fill=(40, 40, 40))
+    draw.text((4, h - 16), "1.0 at the top, 0 at the frame's bottom", fill=(120, 120, 120))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    img.save(out, format="PNG")
+    return out
 
 
 if __name__ == "__main__":

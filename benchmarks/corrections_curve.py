@@ -133,9 +133,10 @@ def plot_curve(curve: list[tuple[int, dict]], teacher: float, baseline: tuple[st
     def at(k: float, ap50: float) -> tuple[float, float]:
         return (pad + (w - 1.5 * pad) * (k - min(ks)) / span, h - pad - (h - 1.5 * pad) * ap50)
 
-    for label, value, colour in (("teacher", teacher, (214, 39, 40)), (baseline[0], baseline[1], (120, 120, 120))):
+    lines = (("teacher", teacher, (214, 39, 40), max(ks), -150), (baseline[0], baseline[1], (120, 120, 120), min(ks), 4))
+    for label, value, colour, k_text, dx in lines:  # labels at opposite ends: the two lines may nearly touch
         draw.line([at(min(ks), value), at(max(ks), value)], fill=colour, width=1)
-        draw.text((at(max(ks), value)[0] - 150, at(max(ks), value)[1] - 12), f"{label} {value:.3f}", fill=colour)
+        draw.text((at(k_text, value)[0] + dx, at(k_text, value)[1] - 12), f"{label} {value:.3f}", fill=colour)
     points = [at(k, m["AP50"]) for k, m in curve]
     draw.line(points, fill=(31, 119, 180), width=2)
     for (k, m), (x, y) in zip(curve, points):

@@ -75,6 +75,7 @@ class FreeSoloPanel(QWidget):
         self._build_ui()
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.viewer.layers.events.renamed.connect(self._refresh_layers)  # the folder browser reuses its layers
         self.viewer.layers.selection.events.active.connect(self._follow_selection)
         self.viewer.dims.events.current_step.connect(self._dims_changed)  # a stack's masks follow the slider
         self.layer_combo.currentTextChanged.connect(self._image_changed)

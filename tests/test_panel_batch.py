@@ -227,6 +227,37 @@ def test_folder_export_coco_and_label_images(make_napari_viewer, qtbot, image_fo
     qtbot.waitUntil(lambda: _idle(widget) and (folder / "img1.png.bak").exists(), timeout=60_000)
 
 
+def test_folder_browser_reuses_its_layers(make_napari_viewer, qtbot, image_folder):
+    """Next and Previous put the next image into the same layers (napari collects garbage for every
+    layer removed): new data and names, the panel follows, nothing of the old image carries over."""
+    viewer, widget = _folder_panel(make_napari_viewer, qtbot, image_folder, "img1.png")
+    view = widget.run_scope.folder_view
+    widget.run_button.click()  # Run whole folder
+    qtbot.waitUntil(lambda: _idle(widget) and "img1.png · free masks" in viewer.layers, timeout=120_000)
+    image, labels = viewer.layers["img1.png"], viewer.layers["img1.png · free masks"]
+    labels.paint((10, 10), int(labels.data.max()) + 1)  # an edit of img1, with undo history
+    view.next_button.click()
+    assert not labels.editable, "while the next image loads the old masks take no strokes"
+    qtbot.waitUntil(lambda: "img2.png · free masks" in viewer.layers, timeout=30_000)
+    assert viewer.layers["img2.png"] is image and viewer.layers["img2.png · free masks"] is labels
+    assert "img1.png" not in viewer.layers and "img1.png · free masks" not in viewer.layers
+    assert image.data.shape[:2] == (160, 128) == labels.data.shape and labels.editable
+    assert image.metadata["file_name"] == "img2.png" and image.metadata["freesolo_path"].endswith("img2.png")
+    assert np.array_equal(labels.data, widget.state.automatic["img2.png"]), "img2's own masks, not edited"
+    assert widget.current_image() == "img2.png"
+    assert [widget.layer_combo.itemText(i) for i in range(widget.layer_combo.count())] == ["img2.png"]
+    labels.undo()  # the history of img1's strokes is gone
+    assert np.array_equal(labels.data, widget.state.automatic["img2.png"])
+    session = view.session
+    labels.paint((20, 20), int(labels.data.max()) + 1)  # a stroke on img2 is stored as img2's
+    qtbot.waitUntil(lambda: session.load_edits(session.paths[1]) is not None, timeout=10_000)
+    assert session.load_edits(session.paths[0]).labels[10, 10] > 0  # img1's edit stayed img1's
+
+    view.next_button.click()  # the broken file: the old layers go, nothing stale stays on screen
+    qtbot.waitUntil(lambda: "unreadable" in view.position.text(), timeout=30_000)
+    assert "img2.png" not in viewer.layers and not _labels_layers(viewer)
+
+
 def _folder_panel(make_napari_viewer, qtbot, folder, first: str):
     """The panel set to run on ``folder``, opened in the folder browser with ``first`` shown."""
     viewer, widget = _panel(make_napari_viewer)

@@ -19,7 +19,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QApplication, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from freesolo_napari.folder import PATH_KEY, FolderSession
-from freesolo_napari.large import image_layer_data, preview_factor, preview_shape
+from freesolo_napari.large import FACTOR_KEY, image_layer_data, preview_factor, preview_shape
 from freesolo_napari.layers import freemask_update, labels_name, points_name, set_labels
 from freesolo_napari.planes import layer_array
 
@@ -37,6 +37,7 @@ class FolderView(QWidget):
         self.batch = batch  # start_batch / step: progress and Cancel of 'Run whole folder'
         self.session: FolderSession | None = None
         self.shown: str | None = None  # name of the image layer showing the current folder image
+        self._parked: dict = {}  # 'image' / 'labels' / 'points' layers of the image left, for the next one
         self.round: tuple[int, dict] | None = None  # (K, {file name: ImageResult}) of the round loaded last
         self._loaders: list = []  # running load workers (kept referenced)
         self.open_button = QPushButton("Open folder…", toolTip="Choose a folder of images to browse and segment")
@@ -174,18 +175,20 @@ class FolderView(QWidget):
             return  # the user moved on while this image loaded
         name = session.names[index]
         if error is not None:
+            self._drop_parked()
             self.position.setText(f"{session.position_text()} — unreadable")
             ctx.notify(f"Cannot show '{name}': {error}")
             return
-        data, large = image_layer_data(image)  # a very large image: a pyramid
-        layer = viewer.add_image(data, name=name, rgb=True,
-                                 metadata={PATH_KEY: str(session.paths[index]), "file_name": name}, **large)
+        layer = self._place_image(image, name, str(session.paths[index]))
         self.shown = layer.name
         viewer.layers.selection.active = layer
         viewer.reset_view()
         ctx.select_image(layer.name)
         if feats is not None:
             ctx.state.store_features(layer.name, image, feats)
+        if edits is not None or from_round is not None or update is not None:
+            self._adopt_parked_masks(layer.name, image.shape[:2])
+        self._drop_parked()  # what nothing takes over
         if edits is not None:
             labels = set_labels(viewer, layer.name, edits.labels, edits.table)
             if edits.automatic is not None:
@@ -201,17 +204,70 @@ class FolderView(QWidget):
             ctx.set_status(f"'{name}' has no masks yet: Run whole folder, or pick 'current image' and Run.")
 
     def _leave_current(self) -> None:
-        """Store the shown image's edits (or forget stale ones) and take its layers away."""
+        """Store the shown image's edits (or forget stale ones) and park its layers for the next image.
+
+        napari collects garbage after every layer it removes (0.5–1.5 s of the GUI thread per step
+        here), so the next image reuses the layers: until it arrives the old image stays on screen
+        with its masks locked (a stroke there would belong to no image)."""
         if self.shown is None or self.session is None:
             return
         name, viewer = self.shown, self.ctx.viewer
         self.save_current_edits()
-        for layer_name in (labels_name(name), points_name(name), name):
-            if layer_name in viewer.layers:
-                viewer.layers.remove(layer_name)
+        self._parked = {kind: viewer.layers[n] for kind, n in
+                        (("image", name), ("labels", labels_name(name)), ("points", points_name(name)))
+                        if n in viewer.layers}
+        if "labels" in self._parked:
+            self._parked["labels"].editable = False  # also clears its undo history
         self.ctx.state.forget(name)
         self.ctx.review.forget(name)
         self.shown = None
+
+    def _place_image(self, image: np.ndarray, name: str, path: str):
+        """The image layer of the folder image ``name``: the parked layer with new data and name when it
+        can show it (neither is a pyramid), else a new layer (the parked one removed)."""
+        viewer = self.ctx.viewer
+        data, large = image_layer_data(image)  # a very large image: a pyramid
+        metadata = {PATH_KEY: path, "file_name": name}
+        layer = self._parked.pop("image", None)
+        if layer is not None and (large or layer.multiscale or layer not in viewer.layers):
+            if layer in viewer.layers:
+                viewer.layers.remove(layer)
+            layer = None
+        if layer is None:
+            return viewer.add_image(data, name=name, rgb=True, metadata=metadata, **large)
+        layer.data = data
+        layer.metadata = metadata
+        layer.reset_contrast_limits()
+        layer.name = name  # napari adds a suffix if another layer has the name
+        return layer
+
+    def _adopt_parked_masks(self, image_name: str, shape: tuple[int, int]) -> None:
+        """The parked masks and text layers become (emptied) those of ``image_name``, about to get its masks."""
+        viewer = self.ctx.viewer
+        if preview_factor(shape) > 1:
+            return  # a large image's masks are a downsampled layer of their own
+        for kind, renamed in (("labels", labels_name(image_name)), ("points", points_name(image_name))):
+            layer = self._parked.pop(kind, None)
+            if layer is None or layer not in viewer.layers or renamed in viewer.layers:
+                continue
+            if layer.metadata.get(FACTOR_KEY, 1) > 1 or layer.ndim != 2:
+                self._parked[kind] = layer  # made for a large image or a stack: removed instead
+                continue
+            if kind == "labels":
+                layer.data = np.zeros(shape, np.uint16)  # not the old image's masks: nothing counts as edited
+                layer.editable = True
+                layer.events.paint.connect(self._edited)  # connected once (napari skips a repeat)
+            else:
+                layer.data = np.zeros((0, 2))
+            layer.name = renamed
+
+    def _drop_parked(self) -> None:
+        """Remove parked layers nothing took over (the new image has no masks, or another scale)."""
+        viewer, parked = self.ctx.viewer, self._parked
+        self._parked = {}
+        for layer in parked.values():
+            if layer in viewer.layers:
+                viewer.layers.remove(layer)
 
     def save_current_edits(self) -> None:
         """Keep the shown image's masks in the edits store if the user changed them."""

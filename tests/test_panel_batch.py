@@ -94,6 +94,13 @@ def test_folder_browse_run_cache_edits_and_new_session(make_napari_viewer, qtbot
     assert all(w.toolTip() for w in (view.open_button, view.prev_button, view.next_button, view.position))
     assert not view.open_folder(image_folder / "missing")  # a bad folder is a message
     assert "Cannot open folder" in widget.status.text()
+    empty = image_folder.parent / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("no images here")
+    listing = view.open_folder(empty)  # listed in a worker: the GUI stays free, the message comes after
+    assert listing is not None and "Listing" in widget.status.text()
+    qtbot.waitUntil(lambda: "Cannot open folder" in widget.status.text(), timeout=30_000)
+    assert view.session is None
 
     assert view.open_folder(image_folder)
     qtbot.waitUntil(lambda: "img1.png" in viewer.layers, timeout=30_000)

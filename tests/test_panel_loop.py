@@ -53,6 +53,7 @@ def loop_panel(make_napari_viewer, qtbot, tmp_path):
     _dock, widget = viewer.window.add_plugin_dock_widget("freesolo-napari", "FreeSOLO")
     view = widget.run_scope.folder_view
     assert view.open_folder(images)
+    qtbot.waitUntil(lambda: view.session is not None, timeout=30_000)  # listed in a worker
     names = list(view.session.names)
     qtbot.waitUntil(lambda: view.shown == names[0], timeout=30_000)
     view.run_folder()
@@ -79,7 +80,7 @@ def _show(qtbot, view, viewer, index: int, name: str) -> None:
     qtbot.waitUntil(lambda: view.shown == name and f"{name} · free masks" in viewer.layers, timeout=30_000)
 
 
-def test_train_with_my_corrections_then_next_image_to_fix(loop_panel, qtbot):
+def test_train_with_my_corrections_then_next_image_to_fix(loop_panel, qtbot, make_napari_viewer):
     from engine.io.coco import load_image_results
     from engine.selftrain.layout import RunLayout
     from freesolo_napari.sections.trainer_process import is_running
@@ -150,6 +151,20 @@ def test_train_with_my_corrections_then_next_image_to_fix(loop_panel, qtbot):
     assert loop.next_image() is not proc and loop.ranker is proc
     qtbot.waitUntil(lambda: loop.picked is not None, timeout=30_000)
     assert loop.picked.file_name in names[2:] and loop.picked.rank > picked.rank  # ranked below the corrected one
+
+    # in another panel with no folder open, Next image to fix opens the training folder (listed in a
+    # worker), then picks from the saved ranking
+    viewer2 = make_napari_viewer()
+    _dock, widget2 = viewer2.window.add_plugin_dock_widget("freesolo-napari", "FreeSOLO")
+    widget2.training.out_edit.setText(str(run_dir))
+    widget2.training.images_edit.setText(str(view.session.folder))
+    assert widget2.run_scope.folder_view.session is None
+    assert widget2.training.loop.next_image() is not None
+    qtbot.waitUntil(lambda: widget2.training.loop.picked is not None, timeout=30_000)
+    assert widget2.training.loop.picked.file_name in names and widget2.training.loop.ranker is None
+    qtbot.waitUntil(lambda: widget2.run_scope.folder_view.shown == widget2.training.loop.picked.file_name,
+                    timeout=30_000)
+    viewer2.close()
 
     # a second round with the three corrected images; round 1 is kept, the round on screen loads
     assert loop.train_with_corrections() is not None

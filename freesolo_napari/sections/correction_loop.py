@@ -166,8 +166,8 @@ class CorrectionLoop(QWidget):
         if k is None:
             self.ctx.notify("Next image to fix: no trained round in the run folder yet (train first)")
             return None
-        if self._session() is None and not self._open_training_folder():
-            return None
+        if self._session() is None:  # open the training folder first, then rank it
+            return self._open_training_folder()
         self.folder.save_current_edits()
         session, ranking = self._session(), run.ranking(k)
         if _fresh(ranking, run.model(k), session.names):
@@ -184,16 +184,18 @@ class CorrectionLoop(QWidget):
         proc.start()
         return proc
 
-    def _open_training_folder(self) -> bool:
+    def _open_training_folder(self):
+        """Open the training images in the folder browser, then go on with Next image to fix (the
+        listing's worker; None with a message if there is no such folder)."""
         if self.folder is None:
             self.ctx.notify("Next image to fix: open a folder first")
-            return False
+            return None
         try:
             images = self.training.images_folder()
         except ValueError as exc:
             self.ctx.notify(f"Next image to fix: open a folder first ({exc})")
-            return False
-        return self.folder.open_folder(images)
+            return None
+        return self.folder.open_folder(images, then=lambda _session: self.next_image())
 
     def _ranked(self, proc: QProcess, k: int, ranking: Path, code: int) -> None:
         self.next_button.setText("Next image to fix")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from qtpy.QtCore import QTimer
@@ -38,6 +39,7 @@ class FolderView(QWidget):
         self.session: FolderSession | None = None
         self.shown: str | None = None  # name of the image layer showing the current folder image
         self._parked: dict = {}  # 'image' / 'labels' / 'points' layers of the image left, for the next one
+        self._listing = None  # the worker listing the folder being opened
         self.round: tuple[int, dict] | None = None  # (K, {file name: ImageResult}) of the round loaded last
         self._loaders: list = []  # running load workers (kept referenced)
         self.open_button = QPushButton("Open folder…", toolTip="Choose a folder of images to browse and segment")
@@ -100,22 +102,36 @@ class FolderView(QWidget):
         if folder:
             self.open_folder(folder)
 
-    def open_folder(self, folder: str | Path) -> bool:
-        """List the folder's images and show the first; False (with a notification) if there are none."""
-        from engine.io.images import NoImagesError
+    def open_folder(self, folder: str | Path, then: Callable[[FolderSession], None] | None = None):
+        """List the folder's images in a worker (thousands of files take a while), then show the first and
+        call ``then(session)``. Returns the worker; None, with a message, when ``folder`` is no folder (a
+        folder without images is said when the listing ends)."""
+        from freesolo_napari.workers import create_worker
 
-        try:
-            session = FolderSession(folder)
-        except (NoImagesError, OSError) as exc:
-            self.ctx.notify(f"Cannot open folder: {exc}")
-            return False
+        folder = Path(folder)
+        if not folder.is_dir():
+            self.ctx.notify(f"Cannot open folder: '{folder}' is not a folder")
+            return None
+        worker = create_worker(self, FolderSession, folder, _ignore_errors=True)
+        self._listing = worker
+        worker.returned.connect(lambda session: self._opened(worker, session, then))
+        worker.errored.connect(lambda exc: self._listing is worker and self.ctx.notify(f"Cannot open folder: {exc}"))
+        self.ctx.set_status(f"Listing '{folder}'…")
+        worker.start()
+        return worker
+
+    def _opened(self, worker, session: FolderSession, then) -> None:
+        if self._listing is not worker:
+            return  # another folder was opened since
+        self._listing = None
         self._leave_current()
         self.session = session
         self.setVisible(True)
         self.ctx.set_status(f"{len(session)} image(s) in '{session.folder}'"
-                                  + (f"; {len(session.skipped)} other entries skipped" if session.skipped else ""))
+                            + (f"; {len(session.skipped)} other entries skipped" if session.skipped else ""))
         self.show_image(0)
-        return True
+        if then is not None:
+            then(session)
 
     def set_round(self, k: int, results: dict) -> None:
         """Round ``k``'s masks become what unedited folder images show (file names as the run names them)."""

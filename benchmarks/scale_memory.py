@@ -14,6 +14,8 @@ the kernel's figure for that child (``os.wait4``), its time the wall clock aroun
    process (load, input scale, backbone, Free Mask, COCO), with the resident set after each step
    and its peak during the step (sampled every 20 ms), and the largest mask crops: where the
    peak of a large image comes from.
+4. RLE (``--rle 20000x15000``): the COCO RLE of one image-sized mask (a filled image with a margin
+   and a hole) in a child process: its peak resident set over the mask itself, and the time.
 
     python benchmarks/scale_memory.py --large 12000x9000 --folder 2000 --side 96
 """
@@ -179,6 +181,29 @@ def stages(height: int, width: int, work: Path) -> None:
     print(f"  largest mask crops (MB): {[round(c / 1e6) for c in crops[:5]]}, all {sum(crops) / 1e9:.2f} GB", flush=True)
 
 
+_RLE_CHILD = """
+import resource, sys, time
+import numpy as np
+from engine.io.masks import crop_to_rle
+h, w = int(sys.argv[1]), int(sys.argv[2])
+m = np.zeros((h, w), bool)
+m[h // 200: -h // 200, w // 300: -w // 300] = True
+m[h // 4: h // 4 + h // 20, w // 5: w // 5 * 3] = False
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0 = time.perf_counter()
+rle = crop_to_rle(m, (0, h, 0, w), (h, w))
+print(f"{(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1e6:.3f} {time.perf_counter() - t0:.2f}")
+"""
+
+
+def rle_encoding(height: int, width: int) -> None:
+    """Peak memory over an image-sized mask while it is RLE-encoded (child process: a clean peak)."""
+    out = subprocess.run([sys.executable, "-c", _RLE_CHILD, str(height), str(width)], capture_output=True,
+                         text=True, check=True, cwd=ROOT).stdout.split()
+    print(f"RLE of a {height}x{width} mask ({height * width / 1e9:.2f} GB as bool): "
+          f"peak {float(out[0]):.3f} GB over the mask, {float(out[1]):.2f} s", flush=True)
+
+
 def _size(text: str) -> tuple[int, int]:
     h, _, w = text.lower().partition("x")
     return int(h), int(w)
@@ -188,6 +213,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--large", nargs="*", type=_size, default=[], help="image sizes HxW, e.g. 12000x9000")
     ap.add_argument("--stages", type=_size, default=None, help="profile one image HxW step by step in this process")
+    ap.add_argument("--rle", type=_size, default=None, help="RLE-encode one image-sized mask HxW")
     ap.add_argument("--folder", type=int, default=0, help="images in the folder run (0: none)")
     ap.add_argument("--checkpoints", nargs="*", type=int, default=[100, 1000, 2000])
     ap.add_argument("--side", type=int, default=96, help="side of the folder's images in px")
@@ -198,6 +224,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         work = Path(tmp)
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs visible", flush=True)
+        if args.rle is not None:
+            rle_encoding(*args.rle)
         large_images(args.large, work, extra)
         if args.stages is not None:
             stages(*args.stages, work)

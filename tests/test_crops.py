@@ -102,6 +102,20 @@ def test_rle_from_crops_equals_the_full_mask_encoding(seed):
             assert np.array_equal(decoded.astype(bool), m)
 
 
+@pytest.mark.parametrize("band_px", [1, 7, 40])
+def test_rle_encoded_a_few_columns_at_a_time_is_the_same(monkeypatch, band_px):
+    """crop_to_rle pads RLE_BAND_PX pixels of columns at a time (an image-sized mask would otherwise be
+    copied twice): bands of one column, a few, and runs going on across a band's edge."""
+    import engine.io.masks as masks
+
+    monkeypatch.setattr(masks, "RLE_BAND_PX", band_px)
+    full = np.zeros((6, 9), bool)
+    full[2:, 3] = full[:, 4] = full[:3, 5] = True  # one run over three columns, across band edges
+    for m in [full, np.ones((6, 9), bool)] + _random_masks(3, (23, 31)):
+        inst = InstanceMask(m, 1.0)
+        assert crop_to_rle(inst.crop, inst.box, inst.shape) == _old_rle(m)
+
+
 def test_runs_across_columns_are_joined():
     """A mask filling the bottom of one column and the top of the next is one COCO run."""
     m = np.zeros((5, 3), bool)

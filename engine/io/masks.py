@@ -42,6 +42,9 @@ def _as_2d_bool(mask: np.ndarray) -> np.ndarray:
     return m.astype(bool, copy=False)
 
 
+RLE_BAND_PX = 1 << 24  # crop_to_rle pads this many pixels at a time (16 MB of int8, twice)
+
+
 def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
     """Compressed COCO RLE with ``counts`` as ``str`` so it can go straight into JSON."""
     m = _as_2d_bool(mask)
@@ -54,19 +57,17 @@ def crop_to_rle(crop: np.ndarray, box: tuple[int, int, int, int], shape: tuple[i
     COCO runs go down the columns of the whole image; they are computed from the crop alone
     (the crop with a false row above and below, read column by column, gives each run's first and
     past-the-end pixel, which map to image positions; a run that ends at the bottom of the image
-    and goes on at the top of the next column is joined), so no image-sized array is made.
+    and goes on at the top of the next column is joined), so no image-sized array is made: the
+    padded copy holds at most ``RLE_BAND_PX`` pixels of columns at a time.
     """
     c = _as_2d_bool(crop)
     H, W = int(shape[0]), int(shape[1])
     y0, y1, x0, x1 = (int(v) for v in box)
     if c.shape != (y1 - y0, x1 - x0) or not (0 <= y0 <= y1 <= H and 0 <= x0 <= x1 <= W):
         raise ValueError(f"crop {c.shape} does not fit box {box} in an image of {(H, W)}")
-    tall = c.shape[0] + 2
-    padded = np.zeros((c.shape[1], tall), dtype=np.int8)  # one row per crop column
-    padded[:, 1:-1] = c.T
-    steps = np.diff(padded.ravel())
-    at = np.flatnonzero(steps) + 1  # flat positions where a run starts or ends (alternately)
-    pos = (x0 + at // tall).astype(np.int64) * H + (y0 - 1) + at % tall
+    band = max(1, RLE_BAND_PX // (c.shape[0] + 2))  # crop columns per padded copy
+    pos = np.concatenate([np.zeros(0, np.int64)] + [_run_bounds(c[:, j: j + band], H) + (x0 + j) * H + (y0 - 1)
+                                                     for j in range(0, c.shape[1], band)])
     starts, ends = pos[0::2], pos[1::2]
     if starts.size:
         apart = ends[:-1] != starts[1:]
@@ -80,6 +81,16 @@ def crop_to_rle(crop: np.ndarray, box: tuple[int, int, int, int], shape: tuple[i
     rle = mask_utils.frPyObjects({"counts": counts.tolist(), "size": [H, W]}, H, W)
     counts = rle["counts"]
     return {"size": [H, W], "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+
+
+def _run_bounds(cols: np.ndarray, H: int) -> np.ndarray:
+    """Run starts and ends (alternately) of boolean ``cols`` read column by column, each column with a
+    false pixel above and below: column * H + row + 1, in an image ``H`` tall (int64)."""
+    tall = cols.shape[0] + 2
+    padded = np.zeros((cols.shape[1], tall), dtype=np.int8)  # one row per column
+    padded[:, 1:-1] = cols.T
+    at = np.flatnonzero(np.diff(padded.ravel())) + 1
+    return (at // tall).astype(np.int64) * H + at % tall
 
 
 def box_to_bbox(box: tuple[int, int, int, int]) -> list[float]:

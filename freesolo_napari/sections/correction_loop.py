@@ -4,8 +4,9 @@
 images and the folder's stored edits, ``freesolo_napari.corrections``) as trusted labels,
 ``RUN/corrections/round_K_trusted.json``, in a worker, then runs the next round of the run folder
 with ``--labels`` (``selftrain --rounds K --resume``: earlier rounds are kept; a new run folder gets
-the section's rounds). When the round ends its predictions are loaded onto the open images and the
-folder's, except images you corrected, which keep your masks.
+the section's rounds). When the round ends its predictions are previewed over the open images
+(``round_loader``); accepting them puts them on the open images and the folder's, except images you
+corrected, which keep your masks.
 
 **Next image to fix** ranks the folder's images by how unsure the newest round's model is
 (``freesolo next-to-fix`` in a separate process, written to ``RUN/round_K/next_to_fix.json`` and
@@ -38,7 +39,8 @@ class CorrectionLoop(QWidget):
         self._workers: list = []
         self.train_button = QPushButton("Train with my corrections", toolTip="Train the next round with the images "
                                         "you edited or imported as trusted labels; the others keep learning "
-                                        "from predictions. Your masks are kept when the round's masks load.")
+                                        "from predictions. The round's masks come as a preview to accept; your "
+                                        "masks are always kept.")
         self.next_button = QPushButton("Next image to fix", toolTip="Open the uncorrected folder image the newest "
                                        "round's model is least sure about (ranked in a separate process)")
         self.status = QLabel("", wordWrap=True)
@@ -147,8 +149,9 @@ class CorrectionLoop(QWidget):
         if k is None:
             return
         if state == "finished":
-            self.training.rounds_view.load(k, keep_edited=True)
-            self.status.setText(f"Round {k} finished: its masks load onto the images you did not correct.")
+            self.training.rounds_view.load(k)
+            self.status.setText(f"Round {k} finished: its masks are shown as a preview (outlined); Accept round {k} "
+                                "puts them on the images you did not correct, Discard keeps what is on screen.")
         else:
             self.status.setText(f"Round {k} {state}: nothing loaded (Resume continues it).")
 

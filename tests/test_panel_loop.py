@@ -371,3 +371,61 @@ def test_a_round_is_previewed_then_accepted_or_discarded(loop_panel, qtbot):
     _show(qtbot, view, viewer, 2, names[2])  # edited: its own masks
     assert np.array_equal(viewer.layers[f"{names[2]} · free masks"].data, painted)
 
+
+def test_next_image_to_fix_ranks_and_shows_the_planes_of_a_stack(make_napari_viewer, qtbot, tmp_path):
+    """A ranking with a stack's planes (as ``freesolo next-to-fix`` writes it for a folder holding a stack):
+    the most uncertain plane opens its stack on that plane; a corrected plane is skipped next time."""
+    import json
+
+    import tifffile
+    from PIL import Image
+
+    from engine.data.synthetic import make_sample
+    from engine.io.stacks import Plane
+    from engine.selftrain.layout import RunLayout
+    from engine.structures import InstanceMask
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(make_sample(len(name), (96, 96), kind="cartoon")[0]).save(folder / name)
+    tifffile.imwrite(folder / "movie.tif", np.stack([make_sample(50 + t, (96, 96), kind="microscopy")[0][..., 1]
+                                                     for t in range(3)]), imagej=True, metadata={"axes": "TYX"})
+    run = RunLayout(tmp_path / "run")
+    for k in (0, 1):
+        run.round_dir(k).mkdir(parents=True)
+    run.coarse().write_text("[]")
+    run.predictions(1).write_text("[]")
+    run.model(1).write_bytes(b"a model")  # the saved ranking below is newer: no ranking process runs
+    rows = [("movie.tif[t=2]", 0.9), ("b.png", 0.7), ("movie.tif[t=0]", 0.5), ("a.png", 0.3), ("movie.tif[t=1]", 0.1)]
+    run.ranking(1).write_text(json.dumps([{"file_name": n, "uncertainty": u} for n, u in rows]))
+
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget("freesolo-napari", "FreeSOLO")
+    t, loop, view = widget.training, widget.training.loop, widget.run_scope.folder_view
+    t.out_edit.setText(str(run.root))
+    t.images_edit.setText(str(folder))
+    assert loop.next_image() is not None and loop.ranker is None  # the saved ranking, no process
+    qtbot.waitUntil(lambda: loop.picked is not None, timeout=30_000)
+    assert loop.picked.file_name == "movie.tif[t=2]" and loop.picked.rank == 1
+    assert "movie" in viewer.layers and widget.current_image() == "movie"  # opened by napari's reader
+    assert viewer.dims.current_step[0] == 2 and widget.current_view().key == "movie[t=2]"
+    assert "'movie.tif[t=2]'" in loop.status.text() and "rank 1 of 5" in loop.status.text()
+
+    box = np.zeros((96, 96), bool)
+    box[20:50, 20:50] = True
+    assert widget.import_plane("movie", [InstanceMask(box, 1.0)], Plane((("t", 2),)))  # the plane corrected
+    loop.picked = None
+    loop.next_image()
+    qtbot.waitUntil(lambda: loop.picked is not None, timeout=30_000)
+    assert loop.picked.file_name == "b.png" and loop.picked.skipped == 1
+    qtbot.waitUntil(lambda: view.shown == "b.png", timeout=30_000)  # the folder browser moved to it
+
+    viewer.dims.set_current_step(0, 1)  # the next plane of the stack, once b.png is corrected
+    view.session.save_edits(view.session.paths[1], np.ones((96, 96), np.int32), {"index": np.arange(2)}, None,
+                            (96, 96))
+    loop.picked = None
+    loop.next_image()
+    qtbot.waitUntil(lambda: loop.picked is not None, timeout=30_000)
+    assert loop.picked.file_name == "movie.tif[t=0]" and loop.picked.rank == 3
+    assert widget.current_image() == "movie" and viewer.dims.current_step[0] == 0

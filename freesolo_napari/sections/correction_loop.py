@@ -44,8 +44,9 @@ class CorrectionLoop(QWidget):
                                         "you edited or imported as trusted labels; the others keep learning "
                                         "from predictions. The round's masks come as a preview to accept; your "
                                         "masks are always kept.")
-        self.next_button = QPushButton("Next image to fix", toolTip="Open the uncorrected folder image the newest "
-                                       "round's model is least sure about (ranked in a separate process)")
+        self.next_button = QPushButton("Next image to fix", toolTip="Open the uncorrected folder image (or stack "
+                                       "plane) the newest round's model is least sure about (ranked in a separate "
+                                       "process)")
         self.status = QLabel("", wordWrap=True)
         self.train_button.clicked.connect(lambda: self.train_with_corrections())
         self.next_button.clicked.connect(self._next_clicked)

@@ -114,6 +114,13 @@ def next_to_fix(rows: list[dict], corrected: set[str]) -> NextToFix | None:
     return None
 
 
-def pick_next(ranking: Path, session, extra: set[str] = frozenset()) -> NextToFix | None:
-    """Worker body: the ranking read and the corrected images (stored edits, ``extra``) skipped."""
-    return next_to_fix(read_ranking(ranking), corrected_names(session, extra))
+def ranked_files(rows: list[dict]) -> set[str]:
+    """The files a ranking covers (a stack's planes ``movie.tif[t=1]`` by their file ``movie.tif``)."""
+    return {split_plane_name(r["file_name"])[0] for r in rows}
+
+
+def pick_next(ranking: Path, session, live: list[ImageResult] = ()) -> NextToFix | None:
+    """Worker body: the ranking read and the corrected images skipped: the folder's stored edits and the
+    ``live`` open ones (a stack's edited planes among them), named as the folder names its images."""
+    matched, _left_out = match_training_names(list(live), session.folder) if live else ([], [])
+    return next_to_fix(read_ranking(ranking), corrected_names(session, {r.file_name for r in matched}))

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from engine.io.coco import build_coco_dataset, load_image_results, write_coco
 from engine.io.masks import label_image_to_crops
+from engine.io.stacks import split_plane_name
 from engine.structures import ImageResult, InstanceMask
 from freesolo_napari.large import FACTOR_KEY, INSTANCES_KEY, upscale_crop
 from freesolo_napari.layers import instance_table, labels_name, show_instances
@@ -147,26 +149,47 @@ def export_coco(viewer, path: str | Path, *, segmentation: str = "rle", overwrit
     return written, len(results)
 
 
-def import_coco(viewer, path: str | Path) -> tuple[int, list[str]]:
-    """Show a COCO file's masks on the open images whose file (or layer) name matches.
-
-    Returns (images matched, problems). Entries the engine's reader rejects are reported,
-    never fatal; images of the file that are not open are listed as problems.
-    """
+def image_layers_by_file(viewer) -> dict:
+    """Open image layers by file name (``image_file_name``), file stem and layer name (the first layer wins)."""
     from napari.layers import Image
 
-    problems: list[str] = []
-    results = load_image_results(path, source=None, problems=problems)
     layers = {}
     for layer in viewer.layers:
         if isinstance(layer, Image):
-            layers[image_file_name(layer)] = layer
-            layers[Path(image_file_name(layer)).stem] = layer
+            for key in (image_file_name(layer), Path(image_file_name(layer)).stem, layer.name):
+                layers.setdefault(key, layer)
+    return layers
+
+
+def find_image_layer(layers: dict, file_name: str):
+    """(the open image layer of COCO image ``file_name``, its plane): a stack's plane ``movie.tif[t=1]`` is
+    looked up by its file; (None, plane) when no open image has this name. ``layers``: ``image_layers_by_file``."""
+    base, plane = split_plane_name(file_name)
+    return layers.get(base) or layers.get(Path(base).name) or layers.get(Path(base).stem), plane
+
+
+def import_coco(viewer, path: str | Path, show_plane: Callable[..., bool] | None = None) -> tuple[int, list[str]]:
+    """Show a COCO file's masks on the open images whose file (or layer) name matches.
+
+    A stack's plane (``movie.tif[t=1]``, as exports name them) goes onto that plane of the open stack
+    through ``show_plane(layer name, instances, plane) -> bool`` (the panel's; False: no such plane, or
+    another size). Returns (images matched, problems). Entries the engine's reader rejects are
+    reported, never fatal; images of the file that are not open are listed as problems.
+    """
+    problems: list[str] = []
+    results = load_image_results(path, source=None, problems=problems)
+    layers = image_layers_by_file(viewer)
     matched = 0
     for name, res in results.items():
-        layer = layers.get(name) or layers.get(Path(name).stem)
+        layer, plane = find_image_layer(layers, name)
         if layer is None:
             problems.append(f"{name}: no open image with this name")
+            continue
+        if plane.index:
+            if show_plane is not None and show_plane(layer.name, res.instances, plane):
+                matched += 1
+            else:
+                problems.append(f"{name}: '{layer.name}' has no such plane of size {res.height}×{res.width}")
             continue
         if layer_array(layer).shape[:2] != (res.height, res.width):
             problems.append(f"{name}: size {res.height}×{res.width} does not match the open image")

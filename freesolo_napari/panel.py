@@ -384,7 +384,7 @@ class FreeSoloPanel(QWidget):
         from freesolo_napari.exchange import import_coco
 
         try:
-            matched, problems = import_coco(self.viewer, path)
+            matched, problems = import_coco(self.viewer, path, show_plane=self.import_plane)
         except (ValueError, OSError) as exc:
             self.notify(f"Import failed: {exc}")
             return
@@ -487,17 +487,39 @@ class FreeSoloPanel(QWidget):
         self.review.after_update(layer)
         return True
 
-    def _show_plane_instances(self, name: str, instances, plane) -> bool:
+    def _plane_target(self, name: str, instances, plane):
+        """(view, leading axes, plane shape) of ``plane`` of stack ``name`` when ``instances`` fit it; None otherwise."""
         layer, leading = self.viewer.layers[name], self._leading(name)
         view = plane_view(self.viewer, layer, self.state, plane) if leading else None
         if view is None:
-            return False
+            return None
         shape = tuple(layer_array(layer).shape[len(leading): len(leading) + 2])
         if instances and tuple(instances[0].shape) != shape:
+            return None
+        return view, leading, shape
+
+    def _show_plane_instances(self, name: str, instances, plane) -> bool:
+        target = self._plane_target(name, instances, plane)
+        if target is None or not self.review.allow_update(name, target[0].index):
             return False
-        if not self.review.allow_update(name, view.index):
-            return False
+        view, leading, shape = target
         labels = self._plane_overlay(view, prepare_overlay(instances, shape), leading)
+        self.review.after_update(labels)
+        return True
+
+    def import_plane(self, name: str, instances, plane) -> bool:
+        """A COCO file's masks of one plane of stack ``name`` (``movie.tif[t=1]``) onto that plane, as
+        imported masks: not an automatic result, so the plane counts as edited (a correction) and the
+        sliders leave it alone; False when the stack has no such plane of that size."""
+        if name not in self.viewer.layers:
+            return False
+        target = self._plane_target(name, instances, plane)
+        if target is None:
+            return False
+        view, leading, shape = target
+        labels = self._plane_overlay(view, prepare_overlay(instances, shape), leading)
+        self.state.automatic[name][tuple(view.index)] = 0  # imported, not computed
+        self.state.params_shown.pop(view.key, None)
         self.review.after_update(labels)
         return True
 

@@ -103,6 +103,12 @@ def layout_of(layer, choice=None) -> Layout:
     return Layout(shape[:-2], "", shape[0] if may_be_channels(layer) else 0)
 
 
+def plane_shape(layer, layout: Layout) -> tuple[int, int]:
+    """(H, W) of one plane of ``layer`` read with ``layout`` (a layer of channels first: its last two axes)."""
+    shape = tuple(int(n) for n in layer_array(layer).shape)
+    return shape[-3:-1] if layout.channels == "rgb" else shape[-2:]
+
+
 def channel_items(layer) -> list[tuple[str, object]]:
     """(text, choice) of the channel combo for ``layer``; [] when it has no channel to choose."""
     if not layer.rgb and not may_be_channels(layer):

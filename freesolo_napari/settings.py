@@ -7,11 +7,12 @@ file, which never changes once released), the attribute path of its input widget
 fails until that is done; renaming a key needs a migration (:data:`MIGRATIONS`). Values are saved
 shortly after any change; a new panel restores them.
 
-File: ``{"version": 4, "values": {key: value}}``. Version 1 files (``{"format": 1, ...}``,
+File: ``{"version": 5, "values": {key: value}}``. Version 1 files (``{"format": 1, ...}``,
 written when the keys were found by walking the panel's attributes) hold the same keys and are
 migrated; version 2 files predate the generator toggles and colour by source: they are migrated
 to Free Mask alone, coloured as they were; version 3 files predate the tiles control: they are
-migrated to tiles off (the overlap at the command line's default). A file of an unknown version is ignored with one
+migrated to tiles off (the overlap at the command line's default); version 4 files predate the
+classical-methods choice and Free Mask's merge weight: they are migrated to 'auto' and 0.5. A file of an unknown version is ignored with one
 notice, and the defaults are used.
 
 Location: ``$FREESOLO_NAPARI_SETTINGS`` if set (tests point it at a temporary file), else
@@ -38,7 +39,7 @@ from freesolo_napari.sections.tiling import DEFAULT_OVERLAP
 
 SETTINGS_ENV = "FREESOLO_NAPARI_SETTINGS"
 SAVE_DELAY_MS = 300
-VERSION = 4
+VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,8 @@ SCHEMA: tuple[Setting, ...] = (
     *(Setting(f"controls.generators.{g}", f"controls.generator_checks.{i}", g in _G.generators)
       for i, g in enumerate(GENERATORS)),
     Setting("controls.generators.on_microscopy", "controls.on_microscopy", _G.classical_on_microscopy),
+    Setting("controls.classical_methods", "controls.classical_methods", "auto"),
+    Setting("controls.freemask_weight", "controls.freemask_weight", _G.freemask_weight),
     Setting("tiling.tile", "tiling.tile", 0),
     Setting("tiling.overlap", "tiling.overlap", DEFAULT_OVERLAP),
     Setting("run_scope.combo", "run_scope.combo", "current image"),
@@ -104,8 +107,13 @@ def _from_v3(values: dict) -> dict:
     return {**values, "tiling.tile": 0, "tiling.overlap": DEFAULT_OVERLAP}
 
 
+def _from_v4(values: dict) -> dict:
+    """Version 4 had no classical-methods choice and no Free Mask weight: the engine's defaults, as before."""
+    return {**values, "controls.classical_methods": "auto", "controls.freemask_weight": _G.freemask_weight}
+
+
 # version -> its values in the next version's keys
-MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _from_v1, 2: _from_v2, 3: _from_v3}
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _from_v1, 2: _from_v2, 3: _from_v3, 4: _from_v4}
 
 
 def settings_path(explicit: str | os.PathLike[str] | None = None) -> Path:

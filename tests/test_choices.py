@@ -79,6 +79,26 @@ def test_classical_added_on_microscopy_is_an_automatic_choice(extractor):
     assert auto.auto_generators == ("classical",) and "+ classical (auto: microscopy)" in auto.text()
     off = generate(feats, params, nuclei, GeneratorConfig(classical_on_microscopy=False))
     assert "classical" not in automatic_choices(feats, params, off).text()
+    # 'auto' classical methods resolve by image kind, and Free Mask's merge weight applies on microscopy
+    assert auto.classical_methods == ("watershed", "local_watershed") and auto.freemask_weight == 0.5
+    assert "classical: watershed, local_watershed (auto)" in auto.text()
+    assert "Free Mask weight ×0.5 (microscopy)" in auto.text()
+    chosen = generate(feats, params, nuclei, GeneratorConfig(classical=("felzenszwalb",), freemask_weight=0.8))
+    c = automatic_choices(feats, params, chosen)
+    assert c.classical_methods == () and "classical:" not in c.text() and "Free Mask weight ×0.8" in c.text()
+    assert {m.extra["method"] for m in chosen.instances if m.source == "classical"} <= {"felzenszwalb"}
+    alone = generate(feats, params, nuclei, GeneratorConfig(generators=("classical",)))
+    assert automatic_choices(feats, params, alone).freemask_weight is None  # no Free Mask masks to weigh
+
+
+def test_classical_methods_on_a_photo_are_the_colour_ones(photo_sample, photo_features):
+    from engine.generators.merge import COLOUR_CLASSICAL, GeneratorConfig, generate
+
+    params = FreeMaskParams()
+    result = generate(photo_features, params, photo_sample[0], GeneratorConfig(generators=("freemask", "classical")))
+    c = automatic_choices(photo_features, params, result)
+    assert c.classical_methods == COLOUR_CLASSICAL and c.freemask_weight is None  # the weight is for microscopy
+    assert f"classical: {', '.join(COLOUR_CLASSICAL)} (auto)" in c.text() and "weight" not in c.text()
 
 
 def _cli_args(*argv):

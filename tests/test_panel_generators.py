@@ -163,3 +163,41 @@ def test_all_open_images_run_with_maskcut(make_napari_viewer, qtbot):
     widget.layer_combo.setCurrentText("b")  # ... and 'b' catches up when picked
     qtbot.waitUntil(lambda: _sources(viewer.layers["b · free masks"]) == {"freemask"}, timeout=60_000)
     assert widget.backbone_calls == 2
+
+
+def test_classical_methods_and_free_mask_weight_are_post_processing_shown_and_saved(make_napari_viewer, qtbot,
+                                                                                    tmp_path, monkeypatch):
+    import json
+
+    from engine.data.synthetic import make_sample
+
+    monkeypatch.setenv("FREESOLO_NAPARI_SETTINGS", str(tmp_path / "settings.json"))
+    viewer = make_napari_viewer()
+    viewer.add_image(make_sample(5, (128, 128), kind="microscopy")[0], name="nuclei", rgb=True)
+    _dock, widget = viewer.window.add_plugin_dock_widget("freesolo-napari", "FreeSOLO")
+    c = widget.controls
+    assert c.classical_methods.currentText() == "auto" and c.freemask_weight.value() == 0.5
+    assert c.classical_methods.toolTip() and c.freemask_weight.toolTip()
+    widget.run_button.click()
+    qtbot.waitUntil(lambda: "nuclei · free masks" in viewer.layers and widget.run_button.isEnabled()
+                    and widget._update_worker is None, timeout=120_000)
+    text = widget.auto_label.text()  # 'auto' resolved for this microscopy image, and the weight it got
+    assert "+ classical (auto: microscopy)" in text and "classical: watershed, local_watershed (auto)" in text
+    assert "Free Mask weight ×0.5 (microscopy)" in text
+
+    c.classical_methods.setCurrentText("felzenszwalb")  # chosen, not auto: post-processing on the kept features
+    qtbot.waitUntil(lambda: widget.state.generators_shown["nuclei"].classical == ("felzenszwalb",), timeout=60_000)
+    assert "classical:" not in widget.auto_label.text() and widget.backbone_calls == 1
+    c.freemask_weight.setValue(1.0)  # no down-weighting: nothing to report
+    qtbot.waitUntil(lambda: widget.state.generators_shown["nuclei"].freemask_weight == 1.0, timeout=60_000)
+    qtbot.waitUntil(lambda: "weight" not in widget.auto_label.text(), timeout=30_000)
+    assert widget.backbone_calls == 1
+    assert widget.current_generators().classical == ("felzenszwalb",)
+
+    widget.settings.save()  # saved, and a new panel starts with them
+    values = json.loads((tmp_path / "settings.json").read_text())["values"]
+    assert (values["controls.classical_methods"], values["controls.freemask_weight"]) == ("felzenszwalb", 1.0)
+    viewer2 = make_napari_viewer()
+    _dock2, widget2 = viewer2.window.add_plugin_dock_widget("freesolo-napari", "FreeSOLO")
+    config = widget2.current_generators()
+    assert (config.classical, config.freemask_weight) == (("felzenszwalb",), 1.0)

@@ -99,7 +99,7 @@ def test_train_with_my_corrections_then_next_image_to_fix(loop_panel, qtbot, mak
     qtbot.waitUntil(lambda: t.is_running() or t.state == "failed", timeout=30_000)
     with Heartbeat() as beat:
         qtbot.waitUntil(lambda: not t.is_running(), timeout=300_000)
-        qtbot.waitUntil(lambda: t.shown_round is not None, timeout=30_000)
+        qtbot.waitUntil(lambda: t.rounds_view.pending is not None, timeout=30_000)
     assert t.state == "finished", t.log_view.toPlainText()
     assert len(beat.gaps) > 100 and max(beat.gaps) < STALL_LIMIT_MS, max(beat.gaps)
 
@@ -117,6 +117,11 @@ def test_train_with_my_corrections_then_next_image_to_fix(loop_panel, qtbot, mak
     assert run.trusted(1).read_bytes() == run.corrections(1).read_bytes()  # the round recorded what it used
     assert run.model(1).is_file() and run.predictions(1).is_file()
 
+    # the round's masks come as a preview over the image on screen, which keeps its masks until Accept
+    assert t.rounds_view.pending[0] == 1 and f"{names[1]} · round 1 preview" in viewer.layers
+    assert np.array_equal(viewer.layers[f"{names[1]} · free masks"].data, second) and view.round is None
+    assert "Accept round 1" in loop.status.text() and t.rounds_view.accept_button.text() == "Accept round 1"
+    t.rounds_view.accept_button.click()
     # the corrected image on screen kept its masks; unedited images get the round's masks
     assert loop.pending_round is None and t.rounds_view.kept == [names[1]]
     assert np.array_equal(viewer.layers[f"{names[1]} · free masks"].data, second)
@@ -171,7 +176,9 @@ def test_train_with_my_corrections_then_next_image_to_fix(loop_panel, qtbot, mak
     qtbot.waitUntil(lambda: t.is_running() or t.state == "failed", timeout=30_000)
     round_1 = {p: p.read_bytes() for p in (run.model(1), run.predictions(1), run.trusted(1))}
     qtbot.waitUntil(lambda: not t.is_running(), timeout=300_000)
-    qtbot.waitUntil(lambda: view.round is not None and view.round[0] == 2, timeout=30_000)
+    qtbot.waitUntil(lambda: t.rounds_view.pending is not None, timeout=30_000)
+    assert t.rounds_view.pending[0] == 2 and t.rounds_view.accept()
+    assert view.round is not None and view.round[0] == 2
     assert t.state == "finished" and "--resume" in t.log_view.toPlainText(), t.log_view.toPlainText()
     assert {p: p.read_bytes() for p in round_1} == round_1
     assert set(load_image_results(run.trusted(2))) == {*names[:2], picked.file_name}
@@ -308,10 +315,132 @@ def test_an_edited_plane_of_a_stack_is_a_correction_the_others_are_not(make_napa
         [ImageResult(f"movie.tif[t={t}]", 96, 96, [InstanceMask(box, 0.9)]) for t in range(3)]))
     loader = widget.training.rounds_view
     loader.run_folder = lambda: run
-    loader.load(1, keep_edited=True)
-    qtbot.waitUntil(lambda: loader.shown_round == (1, 2), timeout=30_000)
+    loader.load(1)  # first a preview over the stack: one preview plane per round image, the masks unchanged
+    qtbot.waitUntil(lambda: loader.pending is not None, timeout=30_000)
+    preview = viewer.layers["movie · round 1 preview"]
+    assert preview.data.shape == layer.data.shape and all(np.array_equal(preview.data[t] > 0, box) for t in range(3))
+    assert np.array_equal(layer.data, painted)
+    assert loader.accept()
+    assert loader.shown_round == (1, 2) and "movie · round 1 preview" not in viewer.layers
     data = np.asarray(layer.data)
     assert np.array_equal(data[1], painted[1]) and loader.kept == ["movie.tif[t=1]"]
     for t in (0, 2):  # replaced / filled with the round's one mask
         assert np.array_equal(data[t] > 0, box)
     assert computed_planes(layer) == [(0,), (1,), (2,)]
+
+
+def test_a_round_is_previewed_then_accepted_or_discarded(loop_panel, qtbot):
+    """A round's masks come as outlined preview layers; Discard changes nothing, Accept replaces the masks
+    of images not edited (open, and in the folder browser) and keeps the edited ones."""
+    from engine.io.coco import build_coco_dataset, write_coco
+    from engine.selftrain.layout import RunLayout
+    from engine.structures import ImageResult, InstanceMask
+
+    viewer, widget, names, run_dir = loop_panel
+    view, loader = widget.run_scope.folder_view, widget.training.rounds_view
+    run = RunLayout(run_dir)
+    boxes = {}
+    for i, name in enumerate(names):
+        boxes[name] = np.zeros((96, 96), bool)
+        boxes[name][10 + 5 * i: 40 + 5 * i, 50:80] = True
+    run.predictions(1).parent.mkdir(parents=True)
+    write_coco(run.predictions(1), build_coco_dataset([ImageResult(n, 96, 96, [InstanceMask(b, 0.9)])
+                                                       for n, b in boxes.items()]))
+    masks = viewer.layers[f"{names[0]} · free masks"]
+    before = np.asarray(masks.data).copy()
+    assert not np.array_equal(before > 0, boxes[names[0]])
+
+    assert loader.load(1) is not None
+    qtbot.waitUntil(lambda: loader.pending is not None, timeout=30_000)
+    preview = viewer.layers[f"{names[0]} · round 1 preview"]
+    assert np.array_equal(preview.data > 0, boxes[names[0]]) and preview.contour > 0
+    assert np.array_equal(masks.data, before), "a preview never touches the masks on screen"
+    assert "preview on 1 of 4" in widget.status.text() and loader.accept_button.isEnabled()
+    loader.preview_check.setChecked(False)
+    assert not preview.visible
+    loader.preview_check.setChecked(True)
+    assert preview.visible
+
+    assert loader.discard()  # Discard: the preview goes, nothing else changes
+    assert f"{names[0]} · round 1 preview" not in viewer.layers and np.array_equal(masks.data, before)
+    assert view.round is None and loader.shown_round is None and not loader.accept_button.isEnabled()
+    assert "discarded" in widget.status.text()
+    _show(qtbot, view, viewer, 1, names[1])
+    assert f"{names[1]} · round 1 preview" not in viewer.layers  # discarded: no preview on other images either
+
+    loader.load(1)
+    qtbot.waitUntil(lambda: loader.pending is not None, timeout=30_000)
+    assert [layer.name for layer in viewer.layers if "preview" in layer.name] == [f"{names[1]} · round 1 preview"]
+    _show(qtbot, view, viewer, 2, names[2])  # the folder browser: each image shown gets its preview
+    qtbot.waitUntil(lambda: f"{names[2]} · round 1 preview" in viewer.layers, timeout=30_000)
+    assert f"{names[1]} · round 1 preview" not in viewer.layers  # its image is closed
+    assert np.array_equal(viewer.layers[f"{names[2]} · round 1 preview"].data > 0, boxes[names[2]])
+    painted = _edit(viewer, names[2], 40, (70, 20))  # a correction made while reviewing
+    assert loader.accept()
+    assert loader.kept == [names[2]] and np.array_equal(viewer.layers[f"{names[2]} · free masks"].data, painted)
+    assert not [layer for layer in viewer.layers if "preview" in layer.name] and loader.pending is None
+    assert view.round is not None and view.round[0] == 1 and loader.shown_round == (1, 0)
+    _show(qtbot, view, viewer, 3, names[3])  # not edited: the accepted round's masks
+    shown = viewer.layers[f"{names[3]} · free masks"]
+    assert np.array_equal(shown.data > 0, boxes[names[3]]) and _sources(shown) == {"model round 1"}
+    _show(qtbot, view, viewer, 2, names[2])  # edited: its own masks
+    assert np.array_equal(viewer.layers[f"{names[2]} · free masks"].data, painted)
+
+
+def test_next_image_to_fix_ranks_and_shows_the_planes_of_a_stack(make_napari_viewer, qtbot, tmp_path):
+    """A ranking with a stack's planes (as ``freesolo next-to-fix`` writes it for a folder holding a stack):
+    the most uncertain plane opens its stack on that plane; a corrected plane is skipped next time."""
+    import json
+
+    import tifffile
+    from PIL import Image
+
+    from engine.data.synthetic import make_sample
+    from engine.io.stacks import Plane
+    from engine.selftrain.layout import RunLayout
+    from engine.structures import InstanceMask
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(make_sample(len(name), (96, 96), kind="cartoon")[0]).save(folder / name)
+    tifffile.imwrite(folder / "movie.tif", np.stack([make_sample(50 + t, (96, 96), kind="microscopy")[0][..., 1]
+                                                     for t in range(3)]), imagej=True, metadata={"axes": "TYX"})
+    run = RunLayout(tmp_path / "run")
+    for k in (0, 1):
+        run.round_dir(k).mkdir(parents=True)
+    run.coarse().write_text("[]")
+    run.predictions(1).write_text("[]")
+    run.model(1).write_bytes(b"a model")  # the saved ranking below is newer: no ranking process runs
+    rows = [("movie.tif[t=2]", 0.9), ("b.png", 0.7), ("movie.tif[t=0]", 0.5), ("a.png", 0.3), ("movie.tif[t=1]", 0.1)]
+    run.ranking(1).write_text(json.dumps([{"file_name": n, "uncertainty": u} for n, u in rows]))
+
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget("freesolo-napari", "FreeSOLO")
+    t, loop, view = widget.training, widget.training.loop, widget.run_scope.folder_view
+    t.out_edit.setText(str(run.root))
+    t.images_edit.setText(str(folder))
+    assert loop.next_image() is not None and loop.ranker is None  # the saved ranking, no process
+    qtbot.waitUntil(lambda: loop.picked is not None, timeout=30_000)
+    assert loop.picked.file_name == "movie.tif[t=2]" and loop.picked.rank == 1
+    assert "movie" in viewer.layers and widget.current_image() == "movie"  # opened by napari's reader
+    assert viewer.dims.current_step[0] == 2 and widget.current_view().key == "movie[t=2]"
+    assert "'movie.tif[t=2]'" in loop.status.text() and "rank 1 of 5" in loop.status.text()
+
+    box = np.zeros((96, 96), bool)
+    box[20:50, 20:50] = True
+    assert widget.import_plane("movie", [InstanceMask(box, 1.0)], Plane((("t", 2),)))  # the plane corrected
+    loop.picked = None
+    loop.next_image()
+    qtbot.waitUntil(lambda: loop.picked is not None, timeout=30_000)
+    assert loop.picked.file_name == "b.png" and loop.picked.skipped == 1
+    qtbot.waitUntil(lambda: view.shown == "b.png", timeout=30_000)  # the folder browser moved to it
+
+    viewer.dims.set_current_step(0, 1)  # the next plane of the stack, once b.png is corrected
+    view.session.save_edits(view.session.paths[1], np.ones((96, 96), np.int32), {"index": np.arange(2)}, None,
+                            (96, 96))
+    loop.picked = None
+    loop.next_image()
+    qtbot.waitUntil(lambda: loop.picked is not None, timeout=30_000)
+    assert loop.picked.file_name == "movie.tif[t=0]" and loop.picked.rank == 3
+    assert widget.current_image() == "movie" and viewer.dims.current_step[0] == 0

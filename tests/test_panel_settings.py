@@ -34,7 +34,7 @@ def test_every_schema_entry_names_an_existing_input_with_its_default(make_napari
 
     _viewer, widget = _panel(make_napari_viewer)
     keys = [s.key for s in SCHEMA]
-    assert len(keys) == len(set(keys)) == 38
+    assert len(keys) == len(set(keys)) == 40
     missing = []
     for setting in SCHEMA:
         try:
@@ -142,7 +142,7 @@ def test_version_2_file_is_migrated_to_free_mask_alone(make_napari_viewer, tmp_p
     path.write_text(json.dumps({"version": 2, "values": {"controls.tau.slider": 70, "review.color_check": True}}))
     monkeypatch.setenv("FREESOLO_NAPARI_SETTINGS", str(path))
     _viewer, w = _panel(make_napari_viewer)
-    assert VERSION == 4 and w.settings.problem is None
+    assert VERSION == 5 and w.settings.problem is None
     assert w.controls.tau.slider.value() == 70 and w.review.color_check.isChecked()
     assert w.current_generators().generators == ("freemask",) and not w.review.source_check.isChecked()
     migrated = MIGRATIONS[2]({"controls.tau.slider": 70})
@@ -168,6 +168,21 @@ def test_version_3_file_is_migrated_to_tiles_off_and_tiles_round_trip(make_napar
     assert (values["tiling.tile"], values["tiling.overlap"]) == (512, 96)
     _viewer2, w2 = _panel(make_napari_viewer)
     assert w2.tiling.tiling() == (512, 96) and w2.state.tiling == (512, 96)  # restored and in effect
+
+
+def test_version_4_file_is_migrated_to_auto_classical_methods_and_the_default_weight(make_napari_viewer, tmp_path,
+                                                                                     monkeypatch):
+    from freesolo_napari.settings import MIGRATIONS
+
+    path = tmp_path / "v4.json"
+    path.write_text(json.dumps({"version": 4, "values": {"controls.tau.slider": 61, "tiling.tile": 256}}))
+    monkeypatch.setenv("FREESOLO_NAPARI_SETTINGS", str(path))
+    _viewer, w = _panel(make_napari_viewer)
+    assert w.settings.problem is None and w.controls.tau.slider.value() == 61
+    config = w.current_generators()
+    assert (config.classical, config.freemask_weight) == (None, 0.5)
+    assert MIGRATIONS[4]({"controls.tau.slider": 61}) == {"controls.tau.slider": 61, "controls.classical_methods": "auto",
+                                                          "controls.freemask_weight": 0.5}
 
 
 def test_the_tile_control_keeps_what_the_engine_can_plan(make_napari_viewer):

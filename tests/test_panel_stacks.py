@@ -222,3 +222,48 @@ def test_channel_choice_makes_grey_input_and_is_cached_per_channel(make_napari_v
     assert viewer.layers["fluo · free masks"].data.shape == (SIZE, SIZE)  # one 2-D image now
     widget.layer_combo.setCurrentText("photo")
     assert combo.currentText() == "all (colour)", "each image keeps its own channel choice"
+
+
+@pytest.mark.gui
+def test_coco_import_puts_each_plane_back_onto_its_plane_of_the_stack(make_napari_viewer, qtbot, tmp_path):
+    import json
+
+    import tifffile
+
+    from engine.io.coco import load_image_results
+    from freesolo_napari.stack_layers import computed_planes
+
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(path, _planes(3, seed=70), imagej=True, metadata={"axes": "TYX"})
+    viewer, widget = _panel(make_napari_viewer)
+    viewer.open(str(path), plugin="napari")
+    for t in (0, 2):  # Free Mask on planes 0 and 2; plane 1 stays empty
+        viewer.dims.set_current_step(0, t)
+        widget.run_button.click()
+        qtbot.waitUntil(lambda: "movie · free masks" in viewer.layers and _idle(widget), timeout=120_000)
+    layer = viewer.layers["movie · free masks"]
+    qtbot.waitUntil(lambda: computed_planes(layer) == [(0,), (2,)], timeout=30_000)
+    exported = np.asarray(layer.data).copy()
+    assert exported[0].any() and exported[2].any() and not exported[1].any()
+    out = tmp_path / "movie.json"
+    widget.export_coco(str(out), scope="current image")
+    assert sorted(load_image_results(out)) == ["movie.tif[t=0]", "movie.tif[t=2]"]
+
+    layer.data = np.zeros_like(exported)  # cleared ...
+    viewer.dims.set_current_step(0, 1)
+    widget.import_coco(str(out))  # ... and imported: each plane's masks onto its own plane
+    assert "Imported masks for 2 image(s)" in widget.status.text(), widget.status.text()
+    back = np.asarray(viewer.layers["movie · free masks"].data)
+    for t in (0, 2):  # the same masks (numbered by the file's order) on the same planes
+        assert np.array_equal(back[t] > 0, exported[t] > 0)
+        assert len(np.unique(back[t])) == len(np.unique(exported[t]))
+    assert not back[1].any()
+    # imported planes are not automatic results: they count as corrections
+    assert [r.file_name for r in widget.training.loop._edited_open_results()] == ["movie.tif[t=0]", "movie.tif[t=2]"]
+
+    wrong = tmp_path / "wrong.json"  # a plane the stack does not have is a problem, never fatal
+    data = json.loads(out.read_text())
+    data["images"][0]["file_name"] = "movie.tif[t=7]"
+    wrong.write_text(json.dumps(data))
+    widget.import_coco(str(wrong))
+    assert "Imported masks for 1 image(s)" in widget.status.text() and "movie.tif[t=7]" in widget.status.text()

@@ -74,11 +74,14 @@ def test_start_cancel_resume_then_load_round(training_panel, qtbot):
     log = t.log_view.toPlainText()
     assert "resuming" in log and "round 1 done" in log
     assert t.load_button.isEnabled() and t.round_combo.currentData() == 1
-    assert t.load_button.text() == "Load round 1 predictions"
+    assert t.load_button.text() == "Preview round 1 predictions"
 
-    t.load_button.click()
-    qtbot.waitUntil(lambda: t.shown_round is not None, timeout=30_000)
-    assert t.shown_round == (1, 3), widget.status.text()  # the three open images of the four
+    t.load_button.click()  # a preview layer over each of the three open images of the four, then Accept
+    qtbot.waitUntil(lambda: t.rounds_view.pending is not None, timeout=30_000)
+    previews = [layer for layer in viewer.layers if isinstance(layer, Labels)]
+    assert sorted(layer.name for layer in previews) == [f"img_000{i} · round 1 preview" for i in range(3)]
+    t.rounds_view.accept_button.click()
+    assert t.shown_round == (1, 3), widget.status.text()
     masks = [layer for layer in viewer.layers if isinstance(layer, Labels)]
     assert len(masks) == 3
     sources = {s for layer in masks for s in layer.features["source"][1:]}

@@ -197,3 +197,15 @@ def test_next_to_fix_ranks_every_image(data, tmp_path, capsys):
     values = [r["uncertainty"] for r in rows]
     assert values == sorted(values, reverse=True) and all(0.0 <= v <= 1.0 for v in values)
     assert "| 1 |" in capsys.readouterr().out
+    # a stack is ranked plane by plane, named as the panel names planes (its Next image to fix shows them)
+    import tifffile
+    from PIL import Image
+
+    stacks = tmp_path / "stacks"
+    stacks.mkdir()
+    planes = np.stack([np.asarray(Image.open(images / n).convert("L")) for n in names[:2]])
+    tifffile.imwrite(stacks / "movie.tif", planes, imagej=True, metadata={"axes": "TYX"})
+    assert main(["next-to-fix", str(run / "model.pt"), str(stacks), "--json", str(tmp_path / "planes.json"),
+                 "--device", "cpu"]) == 0
+    assert sorted(r["file_name"] for r in json.loads((tmp_path / "planes.json").read_text())) == [
+        "movie.tif[t=0]", "movie.tif[t=1]"]

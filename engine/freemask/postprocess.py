@@ -124,6 +124,8 @@ class FreeMaskResult:
     top_k: int = 20
     generators: tuple[str, ...] = ("freemask",)  # what made the masks (engine/generators/merge.py)
     auto_generators: tuple[str, ...] = ()  # those of them added automatically (classical on microscopy)
+    classical_methods: tuple[str, ...] = ()  # the classical methods chosen by image kind (when on 'auto')
+    freemask_weight: float | None = None  # the weight Free Mask's merge scores got beside classical proposals
     _soft: torch.Tensor = field(repr=False, default_factory=lambda: torch.zeros(0))
     _features: Features | None = field(repr=False, default=None)
 

@@ -4,7 +4,9 @@ Free Mask decides several things per image when they are left on automatic: the 
 (``engine/freemask/input_scale.py``, from the estimated object size), the view the network sees
 (``engine/freemask/stain.py``: the hematoxylin channel of H&E images), the query grid
 (``FreeMaskParams.query_stride`` None: sized to the key map), top-k, the refinement radius and
-the generators added on microscopy (``engine/generators/merge.py``, ``chosen``);
+the generators added on microscopy (``engine/generators/merge.py``, ``chosen``), the classical
+methods chosen by image kind (``classical_methods``) and the weight Free Mask's merge scores got
+beside them on microscopy;
 a tiled run (``engine/generators/tiling.py``) also chooses its windows. ``automatic_choices``
 reads them back from what a run produced (its ``Features``, parameters, result and tile plan),
 never recomputes them.
@@ -36,6 +38,8 @@ class AutoChoices:
     top_k: int | None = None  # masks kept, when chosen automatically
     refine_radius: int | None = None  # px, when chosen automatically
     auto_generators: tuple[str, ...] = ()  # generators added for this image (classical on microscopy)
+    classical_methods: tuple[str, ...] = ()  # the classical methods chosen by image kind ('auto')
+    freemask_weight: float | None = None  # Free Mask's merge weight beside classical proposals (microscopy)
 
     def text(self) -> str:
         """'used: input scale ×1.26 (auto, objects ≈40 px) · stain: hematoxylin (auto) · query grid 12×12
@@ -52,6 +56,10 @@ class AutoChoices:
             parts.append(f"refine radius {self.refine_radius} px (auto)")
         if self.auto_generators:
             parts.append(f"+ {' + '.join(self.auto_generators)} (auto: microscopy)")
+        if self.classical_methods:
+            parts.append(f"classical: {', '.join(self.classical_methods)} (auto)")
+        if self.freemask_weight is not None:
+            parts.append(f"Free Mask weight ×{self.freemask_weight:g} (microscopy)")
         return "used: " + " · ".join(parts)
 
     def as_dict(self) -> dict[str, Any]:
@@ -87,4 +95,6 @@ def automatic_choices(features: Features, params: FreeMaskParams, result: FreeMa
         query_grid=query_grid(features.grid_size, params.query_stride), query_stride=params.query_stride,
         tiles=None if plan is None or len(plan.windows) == 1 else tile_grid(plan),
         top_k=result.top_k if auto_top else None, refine_radius=result.refine_radius if auto_radius else None,
-        auto_generators=result.auto_generators if result is not None else ())
+        auto_generators=result.auto_generators if result is not None else (),
+        classical_methods=result.classical_methods if result is not None else (),
+        freemask_weight=result.freemask_weight if result is not None else None)

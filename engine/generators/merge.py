@@ -238,14 +238,18 @@ def generate(features: Features, params: FreeMaskParams | None = None, image: np
         ranked = features.memo.get("maskcut", (p.score_stride, config.maskcut),
                                    lambda: maskcut_ranked(features, p, config.maskcut))
         pool += [inst for _row, inst in Refiner(features, ranked, p, image, top_k, source="maskcut").first(top_k, threads)]
+    methods: tuple[str, ...] = ()
     if "classical" in generators and image is not None:
         classical = classical_instances(features, image, p, config)
         pool += classical
+        methods = classical_methods(config, image, features.stain) if config.classical is None else ()
         if not p.top_k:  # the classical proposals count the objects: room for every one of them
             top_k = max(top_k, min(MAX_AUTO_TOP_K, len(classical)))
     weight = config.freemask_weight if image is not None and looks_like_microscopy(image, features.stain) else 1.0
+    weighted = weight != 1.0 and "freemask" in generators and any(m.source == "classical" for m in pool)
     kept = merge(features, pool, p, top_k, image, config.score, weight)
     return FreeMaskResult(instances=kept, candidate_maskness=base.candidate_maskness, n_queries=base.n_queries,
                           refine_radius=base.refine_radius, top_k=top_k, generators=generators,
-                          auto_generators=added, _soft=torch.zeros(len(kept), *features.grid_size),
-                          _features=features)
+                          auto_generators=added, classical_methods=methods,
+                          freemask_weight=weight if weighted else None,
+                          _soft=torch.zeros(len(kept), *features.grid_size), _features=features)

@@ -185,7 +185,9 @@ def postprocess_tiles(tiled: TiledFeatures, image: np.ndarray, params: FreeMaskP
     if len(plan.windows) > 1 and kept:
         kept = nms_rank(kept, torch.tensor([m.score for m in kept], dtype=torch.float32), params)
     added = tuple(dict.fromkeys(g for r in results for g in r.auto_generators))
+    methods = tuple(dict.fromkeys(c for r in results for c in r.classical_methods))
+    weight = next((r.freemask_weight for r in results if r.freemask_weight is not None), None)
     return FreeMaskResult(instances=kept, candidate_maskness=np.concatenate([r.candidate_maskness for r in results]),
                           n_queries=sum(r.n_queries for r in results), refine_radius=results[0].refine_radius,
                           top_k=top_k, generators=tuple(dict.fromkeys(g for r in results for g in r.generators)),
-                          auto_generators=added)
+                          auto_generators=added, classical_methods=methods, freemask_weight=weight)

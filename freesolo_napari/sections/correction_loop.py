@@ -4,13 +4,16 @@
 images and the folder's stored edits, ``freesolo_napari.corrections``) as trusted labels,
 ``RUN/corrections/round_K_trusted.json``, in a worker, then runs the next round of the run folder
 with ``--labels`` (``selftrain --rounds K --resume``: earlier rounds are kept; a new run folder gets
-the section's rounds). When the round ends its predictions are loaded onto the open images and the
-folder's, except images you corrected, which keep your masks.
+the section's rounds). When the round ends its predictions are previewed over the open images
+(``round_loader``); accepting them puts them on the open images and the folder's, except images you
+corrected, which keep your masks.
 
 **Next image to fix** ranks the folder's images by how unsure the newest round's model is
 (``freesolo next-to-fix`` in a separate process, written to ``RUN/round_K/next_to_fix.json`` and
-reused while the model is unchanged), skips the corrected images and opens the most uncertain of
-the others in the folder browser, saying its score and rank.
+reused while the model is unchanged; a stack's planes are ranked one by one, ``movie.tif[t=1]``),
+skips the corrected images (and planes) and opens the most uncertain of the others: in the folder
+browser, or, for a plane, its stack (opened with napari's reader if it is not open) with napari's
+dims sliders on that plane; the line under the buttons says its score and rank.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from pathlib import Path
 from qtpy.QtCore import QProcess
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
-from freesolo_napari.corrections import Trusted, pick_next, read_ranking, write_trusted
+from engine.io.stacks import split_plane_name
+from freesolo_napari.corrections import Trusted, pick_next, ranked_files, read_ranking, write_trusted
 from freesolo_napari.sections.trainer_process import is_running, launch, stop_process
 
 
@@ -38,9 +42,11 @@ class CorrectionLoop(QWidget):
         self._workers: list = []
         self.train_button = QPushButton("Train with my corrections", toolTip="Train the next round with the images "
                                         "you edited or imported as trusted labels; the others keep learning "
-                                        "from predictions. Your masks are kept when the round's masks load.")
-        self.next_button = QPushButton("Next image to fix", toolTip="Open the uncorrected folder image the newest "
-                                       "round's model is least sure about (ranked in a separate process)")
+                                        "from predictions. The round's masks come as a preview to accept; your "
+                                        "masks are always kept.")
+        self.next_button = QPushButton("Next image to fix", toolTip="Open the uncorrected folder image (or stack "
+                                       "plane) the newest round's model is least sure about (ranked in a separate "
+                                       "process)")
         self.status = QLabel("", wordWrap=True)
         self.train_button.clicked.connect(lambda: self.train_with_corrections())
         self.next_button.clicked.connect(self._next_clicked)
@@ -147,8 +153,9 @@ class CorrectionLoop(QWidget):
         if k is None:
             return
         if state == "finished":
-            self.training.rounds_view.load(k, keep_edited=True)
-            self.status.setText(f"Round {k} finished: its masks load onto the images you did not correct.")
+            self.training.rounds_view.load(k)
+            self.status.setText(f"Round {k} finished: its masks are shown as a preview (outlined); Accept round {k} "
+                                "puts them on the images you did not correct, Discard keeps what is on screen.")
         else:
             self.status.setText(f"Round {k} {state}: nothing loaded (Resume continues it).")
 
@@ -209,8 +216,7 @@ class CorrectionLoop(QWidget):
         self._pick(k, ranking)
 
     def _pick(self, k: int, ranking: Path):
-        edited = {r.file_name for r in self._edited_open_results()}
-        return self._start_worker(pick_next, ranking, self._session(), edited,
+        return self._start_worker(pick_next, ranking, self._session(), self._edited_open_results(),
                                   on_return=lambda picked: self._show_pick(k, picked))
 
     def _show_pick(self, k: int, picked) -> None:
@@ -218,7 +224,9 @@ class CorrectionLoop(QWidget):
         if picked is None:
             self._say("Every image of the folder is corrected: nothing left to fix.")
             return
-        if self.folder is None or self.folder.show_name(picked.file_name) is None:
+        plane = split_plane_name(picked.file_name)[1]
+        shown = show_plane(self.ctx, self._session(), picked.file_name) if plane.index else None
+        if shown is None and (self.folder is None or self.folder.show_name(picked.file_name) is None):
             self.ctx.notify(f"Next image to fix: '{picked.file_name}' is not in the open folder")
             return
         skipped = f"; {picked.skipped} corrected image(s) ranked above it skipped" if picked.skipped else ""
@@ -232,10 +240,34 @@ class CorrectionLoop(QWidget):
 
 
 def _fresh(ranking: Path, model: Path, names: list[str]) -> bool:
-    """Whether a saved ranking is of this model (written after it) and of exactly these images."""
+    """Whether a saved ranking is of this model (written after it) and of exactly these image files."""
     try:
         if ranking.stat().st_mtime < model.stat().st_mtime:
             return False
-        return sorted(r["file_name"] for r in read_ranking(ranking)) == sorted(names)
+        return ranked_files(read_ranking(ranking)) == set(names)
     except (OSError, ValueError):
         return False
+
+
+def show_plane(ctx, session, file_name: str):
+    """Show plane ``movie.tif[t=1]`` of the ranked folder: its stack's layer (opened with napari's reader
+    if it is not open) becomes the panel's image and napari's dims sliders move to the plane; returns
+    the layer, or None when no open stack (or folder file) has that plane."""
+    from freesolo_napari.exchange import find_image_layer, image_layers_by_file
+    from freesolo_napari.planes import plane_view
+
+    viewer = ctx.viewer
+    layer, plane = find_image_layer(image_layers_by_file(viewer), file_name)
+    base = split_plane_name(file_name)[0]
+    if layer is None and session is not None and base in session.names:
+        opened = viewer.open(str(session.paths[session.names.index(base)]), plugin="napari")
+        layer = opened[0] if opened else None
+    view = plane_view(viewer, layer, ctx.state, plane) if layer is not None else None
+    if view is None:
+        return None
+    first = viewer.dims.ndim - layer.ndim  # the layer's axes are the viewer's last ones
+    for axis, (i, scale, shift) in enumerate(zip(view.index, layer.scale, layer.translate)):
+        viewer.dims.set_point(first + axis, i * scale + shift)
+    viewer.layers.selection.active = layer
+    ctx.select_image(layer.name)
+    return layer

@@ -5,6 +5,9 @@ Kept apart from the panel so the panel only wires work and results; every contro
 (Free Mask, MaskCut, classical; at least one stays on) choose whose masks the engine merges into
 one ranking (``engine/generators/merge.py``); turning one on computes its masks in the same
 worker (MaskCut from the cached features, classical proposals from the image), once per image.
+The classical row chooses the classical methods ('auto': by image kind, as ``--classical``) and
+Free Mask's merge weight beside them on microscopy (``--freemask-weight``); both are
+post-processing too.
 """
 
 from __future__ import annotations
@@ -26,7 +29,14 @@ from qtpy.QtWidgets import (
 )
 
 from engine.freemask.postprocess import FreeMaskParams, parse_scales
-from engine.generators.merge import GENERATORS, GeneratorConfig
+from engine.generators.merge import (
+    CLASSICAL,
+    COLOUR_CLASSICAL,
+    GENERATORS,
+    MICROSCOPY_CLASSICAL,
+    GeneratorConfig,
+    parse_classical,
+)
 
 COMMON_SCALES = (1.0, 0.5, 0.25, 0.125)
 GENERATOR_TEXT = {
@@ -34,6 +44,12 @@ GENERATOR_TEXT = {
     "maskcut": ("MaskCut", "Normalised cuts on the same features (CutLER's MaskCut), several masks per image"),
     "classical": ("classical", "Threshold + watershed and graph-based regions of the image itself"),
 }
+
+
+def classical_choices() -> list[str]:
+    """The classical-methods choices: 'auto' (by image kind), the two kinds' defaults, each method alone, all."""
+    kinds = [", ".join(MICROSCOPY_CLASSICAL), ", ".join(COLOUR_CLASSICAL)]
+    return ["auto", *kinds, *CLASSICAL, ", ".join(CLASSICAL)]
 
 
 class _Slider(QWidget):
@@ -82,23 +98,7 @@ class FreeMaskControls(QWidget):
         self.refine = QCheckBox("refine boundaries", checked=p.refine, toolTip="Image-guided filter on mask edges")
         self.radius = QSpinBox(minimum=0, maximum=64, value=p.refine_radius or 0, specialValueText="auto",
                                toolTip="Refinement radius in image pixels (auto: 12 / input scale)")
-        self.generator_checks = [
-            QCheckBox(GENERATOR_TEXT[g][0], checked=g == "freemask",
-                      toolTip=GENERATOR_TEXT[g][1] + "; the chosen generators' masks are ranked together "
-                      "(one score, one Matrix NMS). At least one stays on")
-            for g in GENERATORS]
-        self.generator_checks[0].setEnabled(False)  # the only one on
-        self.on_microscopy = QCheckBox(
-            "+ classical on microscopy", checked=GeneratorConfig().classical_on_microscopy,
-            toolTip="On grey-level, one-dye and stained (H&E) images the classical proposals join the chosen "
-            "generators (the line under Run says when they did)")
-
-        generators_row = QHBoxLayout()
-        for box in self.generator_checks:
-            generators_row.addWidget(box)
-            box.toggled.connect(self._generator_toggled)
-        generators_row.addWidget(self.on_microscopy)
-        self.on_microscopy.toggled.connect(lambda *_: self.changed.emit())
+        generators_row, classical_row = self._generator_rows()
 
         scales_row = QHBoxLayout()
         for box in self.scale_checks:
@@ -107,6 +107,7 @@ class FreeMaskControls(QWidget):
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
         form.addRow("generators", generators_row)
+        form.addRow("classical", classical_row)
         form.addRow("τ", self.tau)
         form.addRow("pyramid scales", scales_row)
         form.addRow("", self.scales_edit)
@@ -124,6 +125,43 @@ class FreeMaskControls(QWidget):
                        self.radius.valueChanged, self.split.toggled, self.refine.toggled,
                        self.scales_edit.editingFinished):
             signal.connect(lambda *_: self.changed.emit())
+
+    def _generator_rows(self) -> tuple[QHBoxLayout, QHBoxLayout]:
+        """The generator toggles, the classical methods and Free Mask's merge weight, in two rows."""
+        self.generator_checks = [
+            QCheckBox(GENERATOR_TEXT[g][0], checked=g == "freemask",
+                      toolTip=GENERATOR_TEXT[g][1] + "; the chosen generators' masks are ranked together "
+                      "(one score, one Matrix NMS). At least one stays on")
+            for g in GENERATORS]
+        self.generator_checks[0].setEnabled(False)  # the only one on
+        defaults = GeneratorConfig()
+        self.on_microscopy = QCheckBox(
+            "+ classical on microscopy", checked=defaults.classical_on_microscopy,
+            toolTip="On grey-level, one-dye and stained (H&E) images the classical proposals join the chosen "
+            "generators (the line under Run says when they did)")
+        self.classical_methods = QComboBox(
+            toolTip="Which classical methods make the classical proposals (as --classical): auto chooses by image "
+            "kind — watershed and local_watershed on microscopy, watershed and felzenszwalb on other images (the "
+            "line under Run says which ran)")
+        self.classical_methods.addItems(classical_choices())
+        self.freemask_weight = QDoubleSpinBox(
+            minimum=0.05, maximum=1.0, singleStep=0.05, decimals=2, value=defaults.freemask_weight,
+            toolTip="On microscopy, Free Mask's merge scores are multiplied by this where classical proposals are in "
+            "the merge (as --freemask-weight; 1 = no down-weighting)")
+
+        generators_row = QHBoxLayout()
+        for box in self.generator_checks:
+            generators_row.addWidget(box)
+            box.toggled.connect(self._generator_toggled)
+        generators_row.addWidget(self.on_microscopy)
+        classical_row = QHBoxLayout()
+        classical_row.addWidget(self.classical_methods, 1)
+        classical_row.addWidget(QLabel("Free Mask weight"))
+        classical_row.addWidget(self.freemask_weight)
+        for signal in (self.on_microscopy.toggled, self.classical_methods.currentTextChanged,
+                       self.freemask_weight.valueChanged):
+            signal.connect(lambda *_: self.changed.emit())
+        return generators_row, classical_row
 
     def _generator_toggled(self, *_args) -> None:
         """The last generator on cannot be turned off (its box is disabled); none on (only set from
@@ -144,7 +182,9 @@ class FreeMaskControls(QWidget):
         chosen = tuple(g for g, box in zip(GENERATORS, self.generator_checks) if box.isChecked())
         if not chosen:
             raise ValueError("choose at least one generator (Free Mask, MaskCut or classical)")
-        return GeneratorConfig(generators=chosen, classical_on_microscopy=self.on_microscopy.isChecked()).validated()
+        return GeneratorConfig(generators=chosen, classical_on_microscopy=self.on_microscopy.isChecked(),
+                               classical=parse_classical(self.classical_methods.currentText()),
+                               freemask_weight=self.freemask_weight.value()).validated()
 
     def _checks_to_text(self, *_args) -> None:
         chosen = [s for s, box in zip(COMMON_SCALES, self.scale_checks) if box.isChecked()]

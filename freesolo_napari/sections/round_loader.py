@@ -1,8 +1,14 @@
-"""Finished rounds of a self-training run folder, loaded onto the open images whose file names match.
+"""Finished rounds of a self-training run folder: previewed over the open images, then accepted or discarded.
 
-``on_loaded(k, results)`` hears of every loaded round (the folder browser shows its masks on the
-folder's images as you move to them). With ``keep_edited`` (the correction loop) images whose
-masks the user edited keep them, without a question.
+**Preview round K** (and the end of a round the correction loop started) decodes the round's COCO
+file in a worker and lays its masks over every open image it names as a preview layer of its own
+(``round_preview``: outlines, ``"<image> · round K preview"``; *show preview* hides or shows them
+all); the masks on screen are not touched. Folder images shown while a preview is pending get
+theirs as you move to them. **Accept round K** puts the round's masks into the masks layers of the
+open images you did not edit (Undo last update brings the old ones back), makes them what the
+folder browser shows for images without edits (``on_loaded(k, results)``) and drops the previews;
+images you corrected keep your masks, without a question. **Discard** drops the previews and
+changes nothing else.
 """
 
 from __future__ import annotations
@@ -10,18 +16,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-from qtpy.QtWidgets import QComboBox, QHBoxLayout, QPushButton, QWidget
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QPushButton, QVBoxLayout, QWidget
 
-from engine.io.stacks import split_plane_name
 from engine.selftrain.layout import RunLayout
-from freesolo_napari.exchange import image_file_name
-from freesolo_napari.planes import layer_array, plane_view
+from freesolo_napari.round_preview import PREVIEW_KEY, by_image, preview_layers, round_targets, show_preview
 from freesolo_napari.sections.trainer_process import read_round
 
 
 class RoundLoader(QWidget):
-    """The finished rounds of ``run_folder()`` and 'Load round K predictions' (source "model round K")."""
+    """The finished rounds of ``run_folder()``; 'Preview round K', then 'Accept round K' or 'Discard'."""
 
     def __init__(self, ctx, run_folder: Callable[[], RunLayout | None],
                  on_loaded: Callable[[int, dict], None] | None = None):
@@ -29,19 +33,46 @@ class RoundLoader(QWidget):
         self.ctx = ctx
         self.run_folder = run_folder
         self.on_loaded = on_loaded
-        self.kept: list[str] = []  # images of the last load that kept the user's edited masks
-        self.shown_round: tuple[int, int] | None = None  # (round, images shown) of the last load
+        self.kept: list[str] = []  # images of the last accepted round that kept the user's edited masks
+        self.shown_round: tuple[int, int] | None = None  # (round, images shown) of the last accepted round
+        self.pending: tuple[int, dict] | None = None  # (K, {file name: ImageResult}) previewed, not accepted
         self._workers: list = []
+        self._sync = QTimer(self, singleShot=True, interval=0)  # previews follow images opened and closed
+        self._sync.timeout.connect(self.sync_previews)
+        self._make_widgets()
+        ctx.viewer.layers.events.inserted.connect(self._layers_changed)
+        ctx.viewer.layers.events.removed.connect(self._layers_changed)
+
+    def _make_widgets(self) -> None:
         self.combo = QComboBox(toolTip="A finished round of the run folder (0 = Free Mask's coarse masks)")
         self.combo.setProperty("persist", False)  # follows the run folder
-        self.load_button = QPushButton("Load round predictions", enabled=False,
-                                       toolTip="Show the chosen round's masks on the open images with the same file names")
+        self.load_button = QPushButton("Preview round predictions", enabled=False,
+                                       toolTip="Show the chosen round's masks over the open images with the same "
+                                       "file names, as preview layers; the masks on screen stay until you Accept")
+        self.accept_button = QPushButton("Accept round", enabled=False,
+                                         toolTip="The previewed round's masks replace those of the images you did "
+                                         "not edit (open and in the folder browser); your edited images keep "
+                                         "their masks. Undo last update brings an image's old masks back")
+        self.discard_button = QPushButton("Discard", enabled=False,
+                                          toolTip="Drop the preview: the masks on screen stay as they are")
+        self.preview_check = QCheckBox("show preview", checked=True,
+                                       toolTip="Show or hide the round's preview layers (outlines over the masks)")
+        self.preview_check.setProperty("persist", False)  # belongs to the preview on screen
         self.load_button.clicked.connect(lambda: self.load())
+        self.accept_button.clicked.connect(lambda: self.accept())
+        self.discard_button.clicked.connect(lambda: self.discard())
+        self.preview_check.toggled.connect(self._show_previews)
         self.combo.currentIndexChanged.connect(self._round_picked)
-        row = QHBoxLayout(self)
-        row.setContentsMargins(0, 0, 0, 0)
+        row, review = QHBoxLayout(), QHBoxLayout()
         row.addWidget(self.combo, 1)
         row.addWidget(self.load_button)
+        review.addWidget(self.accept_button)
+        review.addWidget(self.discard_button)
+        review.addWidget(self.preview_check)
+        column = QVBoxLayout(self)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.addLayout(row)
+        column.addLayout(review)
 
     def refresh(self) -> list[int]:
         run = self.run_folder()
@@ -55,18 +86,18 @@ class RoundLoader(QWidget):
         if ks:
             self.combo.setCurrentIndex(len(ks) - 1)  # the newest round
         self.load_button.setEnabled(bool(ks))
-        self.load_button.setText(f"Load round {ks[self.combo.currentIndex()]} predictions" if ks
-                                 else "Load round predictions")
+        self.load_button.setText(f"Preview round {ks[self.combo.currentIndex()]} predictions" if ks
+                                 else "Preview round predictions")
         return ks
 
     def _round_picked(self, index: int) -> None:
         k = self.combo.itemData(index)
         if k is not None:
-            self.load_button.setText(f"Load round {k} predictions")
+            self.load_button.setText(f"Preview round {k} predictions")
 
-    def load(self, k: int | None = None, keep_edited: bool = False):
-        """Decode round ``k``'s COCO file in a worker, then show it on the matching open images
-        (``keep_edited``: not on those whose masks the user edited)."""
+    # ---- preview --------------------------------------------------------------------------
+    def load(self, k: int | None = None):
+        """Decode round ``k``'s COCO file in a worker, then preview it over the matching open images."""
         from freesolo_napari.workers import create_worker
 
         k = self.combo.currentData() if k is None else k
@@ -77,54 +108,96 @@ class RoundLoader(QWidget):
             return None
         source = "freemask round 0" if k == 0 else f"model round {k}"
         worker = create_worker(self, read_round, path, source, _ignore_errors=True)
-        worker.returned.connect(lambda payload: self._show(int(k), *payload, keep_edited=keep_edited))
+        worker.returned.connect(lambda payload: self._preview(int(k), *payload))
         worker.errored.connect(lambda exc: self.ctx.notify(f"Cannot read {path}: {exc}"))
         self._workers.append(worker)
         worker.finished.connect(lambda: self._workers.remove(worker) if worker in self._workers else None)
         worker.start()
         return worker
 
-    def _show(self, k: int, results: dict, problems: list[str], keep_edited: bool = False) -> None:
-        layers = _image_layers_by_file(self.ctx.viewer)
-        shown, self.kept = 0, []
-        for name, res in results.items():
-            base, plane = split_plane_name(name)  # a stack's plane: movie.tif[t=2]
-            layer = layers.get(base) or layers.get(Path(base).name) or layers.get(Path(base).stem)
-            if layer is None:
-                continue
-            if plane.index:
-                view = plane_view(self.ctx.viewer, layer, self.ctx.state, plane)
-                if view is not None and keep_edited and self.ctx.review.is_edited(layer.name, view.index):
-                    self.kept.append(name)
-                elif view is not None:
-                    shown += int(self.ctx.show_instances(layer.name, res.instances, plane))
-                continue
-            if layer_array(layer).shape[:2] != (res.height, res.width):
-                continue
-            if keep_edited and self.ctx.review.is_edited(layer.name):
-                self.kept.append(layer.name)
-                continue
-            shown += int(self.ctx.show_instances(layer.name, res.instances))
-        if self.on_loaded is not None:
-            self.on_loaded(k, results)
-        text = f"Round {k}: masks shown on {shown} of {len(results)} image(s) of the run"
-        if self.kept:
-            text += f"; your corrected masks kept on {len(self.kept)}"
-        if not shown and not self.kept:
+    def _preview(self, k: int, results: dict, problems: list[str]) -> None:
+        self._drop_previews()
+        self.pending = (k, results)
+        shown = self.sync_previews()
+        self.accept_button.setText(f"Accept round {k}")
+        self.accept_button.setEnabled(True)
+        self.discard_button.setEnabled(True)
+        text = (f"Round {k}: preview on {shown} of {len(results)} image(s) of the run (outlined). Accept round {k} "
+                "puts its masks on the images you did not edit; Discard keeps what is on screen")
+        if not shown:
             text += " (open the training images to see them)"
         if problems:
             text += f"; {len(problems)} entries skipped"
         self.ctx.set_status(text)
+
+    def sync_previews(self) -> int:
+        """Previews for the open images of the pending round that have none, none for closed images;
+        returns how many images show a preview."""
+        viewer = self.ctx.viewer
+        for layer in preview_layers(viewer):
+            image, k = layer.metadata[PREVIEW_KEY]
+            if self.pending is None or k != self.pending[0] or image not in viewer.layers:
+                viewer.layers.remove(layer)
+        if self.pending is None:
+            return 0
+        k, results = self.pending
+        have = {layer.metadata[PREVIEW_KEY][0] for layer in preview_layers(viewer)}
+        for image, targets in by_image(round_targets(viewer, self.ctx.state, results)).items():
+            if image not in have:
+                show_preview(viewer, self.ctx.state, k, image, targets).visible = self.preview_check.isChecked()
+                have.add(image)
+        return len(have)
+
+    def _layers_changed(self, _event=None) -> None:
+        if self.pending is None:
+            return
+        try:
+            self._sync.start()
+        except RuntimeError:  # the panel is gone while the viewer lives on
+            self.pending = None
+
+    def _show_previews(self, on: bool) -> None:
+        for layer in preview_layers(self.ctx.viewer):
+            layer.visible = on
+
+    def _drop_previews(self) -> None:
+        for layer in preview_layers(self.ctx.viewer):
+            self.ctx.viewer.layers.remove(layer)
+
+    def _end_review(self) -> None:
+        self.pending = None
+        self._drop_previews()
+        self.accept_button.setEnabled(False)
+        self.discard_button.setEnabled(False)
+
+    # ---- accept or discard ----------------------------------------------------------------
+    def accept(self) -> bool:
+        """The pending round's masks onto the open images not edited (planes of stacks included), and the
+        folder browser's; the previews go. False: nothing to accept."""
+        if self.pending is None:
+            return False
+        k, results = self.pending
+        shown, self.kept = 0, []
+        for t in round_targets(self.ctx.viewer, self.ctx.state, results):
+            if self.ctx.review.is_edited(t.image, t.index):
+                self.kept.append(t.file_name)
+                continue
+            shown += int(self.ctx.show_instances(t.image, t.result.instances, t.plane if t.index else None))
+        self._end_review()
+        if self.on_loaded is not None:
+            self.on_loaded(k, results)
+        text = f"Round {k} accepted: its masks shown on {shown} of {len(results)} image(s) of the run"
+        if self.kept:
+            text += f"; your corrected masks kept on {len(self.kept)}"
+        self.ctx.set_status(text + "; the folder browser shows them on images without edits")
         self.shown_round = (k, shown)
+        return True
 
-
-def _image_layers_by_file(viewer) -> dict:
-    """Open image layers by file name, file stem and layer name (the first layer wins)."""
-    from napari.layers import Image
-
-    layers = {}
-    for layer in viewer.layers:
-        if isinstance(layer, Image):
-            for key in (image_file_name(layer), Path(image_file_name(layer)).stem, layer.name):
-                layers.setdefault(key, layer)
-    return layers
+    def discard(self) -> bool:
+        """Drop the pending round's previews; nothing on screen or in the folder browser changes."""
+        if self.pending is None:
+            return False
+        k = self.pending[0]
+        self._end_review()
+        self.ctx.set_status(f"Round {k} discarded: the masks on screen are unchanged.")
+        return True

@@ -42,6 +42,7 @@ class RoundLoader(QWidget):
         self._make_widgets()
         ctx.viewer.layers.events.inserted.connect(self._layers_changed)
         ctx.viewer.layers.events.removed.connect(self._layers_changed)
+        ctx.viewer.layers.events.renamed.connect(self._layers_changed)  # the folder browser reuses its layers
 
     def _make_widgets(self) -> None:
         self.combo = QComboBox(toolTip="A finished round of the run folder (0 = Free Mask's coarse masks)")

@@ -260,6 +260,17 @@ def test_folder_browser_reuses_its_layers(make_napari_viewer, qtbot, image_folde
     qtbot.waitUntil(lambda: session.load_edits(session.paths[1]) is not None, timeout=10_000)
     assert session.load_edits(session.paths[0]).labels[10, 10] > 0  # img1's edit stayed img1's
 
+    for cached in session.cache.root.glob("*.pt"):
+        cached.unlink()  # img3 will have no masks
+    text = viewer.layers["img2.png · maskness"]
+    view.show_image(3)
+    qtbot.waitUntil(lambda: view.shown == "img3.png", timeout=30_000)
+    assert "no masks yet" in widget.status.text() and not _labels_layers(viewer)
+    assert viewer.layers["img3.png · maskness"] is text and len(text.data) == 0, "the text layer stays, empty"
+    view.show_image(1)  # back to img2: its stored edits, into the kept text layer and a new masks layer
+    qtbot.waitUntil(lambda: "img2.png · free masks" in viewer.layers, timeout=30_000)
+    assert viewer.layers["img2.png · maskness"] is text and len(text.data) > 0
+
     view.next_button.click()  # the broken file: the old layers go, nothing stale stays on screen
     qtbot.waitUntil(lambda: "unreadable" in view.position.text(), timeout=30_000)
     assert "img2.png" not in viewer.layers and not _labels_layers(viewer)

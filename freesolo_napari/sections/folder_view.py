@@ -202,8 +202,8 @@ class FolderView(QWidget):
         ctx.select_image(layer.name)
         if feats is not None:
             ctx.state.store_features(layer.name, image, feats)
-        if edits is not None or from_round is not None or update is not None:
-            self._adopt_parked_masks(layer.name, image.shape[:2])
+        self._adopt_parked_masks(layer.name, image.shape[:2],
+                                 with_labels=edits is not None or from_round is not None or update is not None)
         self._drop_parked()  # what nothing takes over
         if edits is not None:
             labels = set_labels(viewer, layer.name, edits.labels, edits.table)
@@ -257,12 +257,18 @@ class FolderView(QWidget):
         layer.name = name  # napari adds a suffix if another layer has the name
         return layer
 
-    def _adopt_parked_masks(self, image_name: str, shape: tuple[int, int]) -> None:
-        """The parked masks and text layers become (emptied) those of ``image_name``, about to get its masks."""
+    def _adopt_parked_masks(self, image_name: str, shape: tuple[int, int], with_labels: bool) -> None:
+        """The parked text layer, and with ``with_labels`` (its masks are coming) the parked masks layer,
+        become (emptied) those of ``image_name``.
+
+        The text layer stays even for an image without masks: creating and removing napari's text
+        Points layers as one browses ended in a segmentation fault inside OpenGL drawing (software
+        OpenGL; see docs/measurements.md), reusing one did not."""
         viewer = self.ctx.viewer
         if preview_factor(shape) > 1:
             return  # a large image's masks are a downsampled layer of their own
-        for kind, renamed in (("labels", labels_name(image_name)), ("points", points_name(image_name))):
+        kinds = (("labels", labels_name(image_name)),) * with_labels + (("points", points_name(image_name)),)
+        for kind, renamed in kinds:
             layer = self._parked.pop(kind, None)
             if layer is None or layer not in viewer.layers or renamed in viewer.layers:
                 continue

@@ -110,3 +110,22 @@ def test_closing_the_viewer_stops_training_with_a_checkpoint(training_panel, qtb
     qtbot.waitUntil(lambda: (run / "round_1" / "checkpoint.pt").is_file(), timeout=5_000)
     with pytest.raises(RuntimeError):  # the QProcess went with the panel, after its process ended
         proc.state()
+
+
+def test_round_0_is_made_with_the_free_mask_settings_on_screen(training_panel):
+    """What the user tuned by eye (sliders, generators, tiles) is what the training process's round 0 uses."""
+    from engine.cli import build_parser
+    from engine.cli.common import feature_config_from_args, generator_config_from_args, params_from_args
+
+    _viewer, widget, _run = training_panel
+    widget.tau_slider.setValue(42)
+    widget.controls.top_k.setValue(7)
+    widget.controls.generator_checks[2].setChecked(True)  # classical proposals beside Free Mask
+    widget.tiling.tile.setValue(512)
+    args = build_parser().parse_args(widget.training.command()[2:])  # after "-m engine.cli"
+    assert params_from_args(args) == widget.current_params() and params_from_args(args).tau == 0.42
+    assert params_from_args(args).top_k == 7
+    assert generator_config_from_args(args) == widget.current_generators()
+    assert generator_config_from_args(args).generators == ("freemask", "classical")
+    assert feature_config_from_args(args) == widget.feature_config()
+    assert (args.tile, args.tile_overlap) == widget.tiling.tiling() == (512, widget.tiling.overlap.value())

@@ -88,7 +88,8 @@ def add_channel_option(p: argparse.ArgumentParser) -> None:
                    "plane by plane, each named FILE[z=3] in the output")
 
 
-def add_feature_options(p: argparse.ArgumentParser) -> None:
+def add_feature_options(p: argparse.ArgumentParser, device: bool = True) -> None:
+    """The backbone pass's options; ``device=False`` where the command has its own ``--device``."""
     g = p.add_argument_group("features (the backbone pass, cached on disk)")
     g.add_argument("--backbone", default="efficientnet-lite0",
                    help="registered backbone name or path to a local .pth checkpoint (default: %(default)s, ships offline)")
@@ -102,7 +103,8 @@ def add_feature_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--short-side", type=int, default=None, help="resize so the short side has this many px (official: 800)")
     g.add_argument("--max-side", type=int, default=1333, help="cap on the long side of the network input (default: %(default)s)")
     g.add_argument("--feature-dim", type=int, default=64, help="PCA dimensions of the key map, 0 = keep all (default: %(default)s)")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
+    if device:
+        g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     g.add_argument("--cache-dir", type=Path, default=None, help="feature cache folder (default: ~/.cache/freesolo-napari/features)")
     g.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
 
@@ -205,6 +207,41 @@ def params_from_args(args: argparse.Namespace):
         center_y_min=0.2 if official else None,
         max_box_width=0.95 if official else None,
     ).validated()
+
+
+def freemask_args(feature_config, params, generators, tile: int | None = None, tile_overlap: int = 64) -> list[str]:
+    """The options of ``add_feature_options`` and ``add_freemask_options`` that give these settings back
+    (``feature_config_from_args``, ``params_from_args``, ``generator_config_from_args`` read them): how
+    the panel hands the settings on screen to ``freesolo selftrain``. ValueError names a value the
+    command line cannot set (only its defaults are allowed there)."""
+    from engine.freemask.features import FeatureConfig
+    from engine.freemask.postprocess import FreeMaskParams
+    from engine.generators.merge import GeneratorConfig
+
+    fixed = [("score_stride", params, FreeMaskParams()), ("refine_eps", params, FreeMaskParams()),
+             ("center_y_min", params, FreeMaskParams()), ("max_box_width", params, FreeMaskParams()),
+             ("min_side", feature_config, FeatureConfig()), ("maskcut", generators, GeneratorConfig()),
+             ("classical_top", generators, GeneratorConfig())]
+    for name, value, default in fixed:
+        if getattr(value, name) != getattr(default, name):
+            raise ValueError(f"{name} = {getattr(value, name)!r} cannot be given on the command line")
+    fc, p, g = feature_config, params, generators
+    auto = lambda v: "auto" if v is None else repr(v)  # noqa: E731 (the *_arg parsers read 'auto')
+    args = ["--backbone", fc.backbone, "--levels", ",".join(fc.levels), "--input-scale", auto(fc.input_scale),
+            "--stain", fc.stain, "--max-side", str(fc.max_side), "--feature-dim", str(fc.dim or 0),
+            "--generators", ",".join(g.generators), "--classical", "auto" if g.classical is None else ",".join(g.classical),
+            "--freemask-weight", repr(g.freemask_weight), "--merge-score", g.score,
+            "--tau", repr(p.tau), "--query-stride", auto(p.query_stride), "--scales", ",".join(map(repr, p.scales)),
+            "--pre-nms-top", str(p.pre_nms_top), "--nms-kernel", p.nms_kernel, "--nms-sigma", repr(p.nms_sigma),
+            "--min-score", repr(p.min_score), "--min-area", str(p.min_area), "--max-area-frac", repr(p.max_area_frac),
+            "--max-border-sides", str(p.max_border_sides), "--tile-overlap", str(tile_overlap)]
+    args += ["--short-side", str(fc.short_side)] * (fc.short_side is not None)
+    args += ["--top-k", str(p.top_k)] * (p.top_k is not None)
+    args += ["--refine-radius", str(p.refine_radius)] * (p.refine_radius is not None)
+    args += ["--tile", str(tile)] * (tile is not None)
+    args += ["--classical-on-microscopy" if g.classical_on_microscopy else "--no-classical-on-microscopy",
+             "--split-components" if p.split_components else "--no-split-components"]
+    return args + ["--no-refine"] * (not p.refine)
 
 
 def check_outputs_free(paths: Sequence[Path | None], overwrite: bool) -> None:

@@ -8,7 +8,18 @@ import signal
 import sys
 from pathlib import Path
 
-from engine.cli.common import add_channel_option, add_nproc_option, check_outputs_free, sharded
+from engine.cli.common import (
+    UserError,
+    add_channel_option,
+    add_feature_options,
+    add_freemask_options,
+    add_nproc_option,
+    check_outputs_free,
+    feature_config_from_args,
+    generator_config_from_args,
+    params_from_args,
+    sharded,
+)
 from engine.solo.checkpoint import CHECKPOINT, LOG
 
 
@@ -74,6 +85,8 @@ def add_solo_commands(sub) -> None:
                     help="bar: a progress bar on stderr; json: one JSON object per line on stdout "
                     "(phase, progress, round_done, stopped events) for front ends (default: %(default)s)")
     _train_options(st, d)
+    add_feature_options(st, device=False)  # round 0's Free Mask (its device is --device)
+    add_freemask_options(st)
     st.set_defaults(func=cmd_selftrain)
 
     ex = sub.add_parser("export-backbone", help="write a trained model's backbone as a plain state dict",
@@ -301,7 +314,8 @@ def cmd_selftrain(args) -> int:
                                      positive_only=args.positive_only, ignore_min_score=args.ignore_min_score)
             rows = selftrain(args.images, args.out, config=config, train_cfg=_train_config(args), labels=args.labels,
                              model_cfg=_model_config(args), device=str(resolve_device(args.device)), eval_images=args.eval_images, gt=args.gt,
-                             say=say, progress=progress, should_stop=should_stop, events=events)
+                             say=say, progress=progress, should_stop=should_stop, events=events,
+                             coarse=_coarse_settings(args))
     except SelfTrainStopped as exc:
         print(f"freesolo selftrain: {exc} (with --resume)", file=sys.stderr)
         return 130
@@ -310,6 +324,19 @@ def cmd_selftrain(args) -> int:
     print(format_summary(rows))
     print(f"outputs in {args.out}")
     return 0
+
+
+def _coarse_settings(args):
+    """Round 0's Free Mask settings from the command line (a bad value is the user's error)."""
+    from engine.generators.tiling import check_tiling
+    from engine.selftrain.config import CoarseSettings
+
+    try:
+        check_tiling(args.tile, args.tile_overlap)
+        return CoarseSettings(feature_config_from_args(args), params_from_args(args), generator_config_from_args(args),
+                              args.tile, args.tile_overlap, args.cache_dir, not args.no_cache)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def cmd_export_backbone(args) -> int:

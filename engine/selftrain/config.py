@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from engine.freemask.features import FeatureConfig
+from engine.freemask.postprocess import FreeMaskParams
+from engine.generators.merge import GeneratorConfig
 
 
 @dataclass(frozen=True)
@@ -16,3 +21,23 @@ class SelfTrainConfig:
     coarse_quantile: float = 0.6  # round 1: positives score at least this quantile of the folder's coarse scores
     positive_only: bool = False  # rounds >= 2: focal loss only at positive cells (the official 'pseudo' mode)
     ignore_min_score: float = float("inf")  # rounds >= 2: unselected predictions above this become ignore regions
+
+
+@dataclass(frozen=True)
+class CoarseSettings:
+    """How round 0 makes Free Mask's coarse masks: the settings a user tuned (the panel's, or the
+    command line's Free Mask options); the defaults are the engine's."""
+
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    params: FreeMaskParams = field(default_factory=FreeMaskParams)
+    generators: GeneratorConfig = field(default_factory=GeneratorConfig)
+    tile: int | None = None  # windows of this many input px (engine/generators/tiling.py); None: no tiling
+    tile_overlap: int = 64
+    cache_dir: Path | None = None  # the feature cache (None: the default one)
+    use_cache: bool = True
+
+    def record(self) -> dict:
+        """The settings as plain values (``round_0/settings.json``: what made the coarse masks)."""
+        out = asdict(self)
+        out["cache_dir"] = None if self.cache_dir is None else str(self.cache_dir)
+        return out

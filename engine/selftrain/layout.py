@@ -1,6 +1,7 @@
 """The self-training run folder, in one place (the engine writes it, the panel reads it).
 
 RUN_DIR/round_0/coarse.json           Free Mask's coarse masks
+RUN_DIR/round_0/settings.json         the Free Mask settings that made them (features, post-processing, generators)
 RUN_DIR/round_K/train_masks.json      the masks round K trains on (K >= 1)
 RUN_DIR/round_K/trusted.json          the trusted labels (corrections) round K used, if any
 RUN_DIR/round_K/checkpoint.pt         the last checkpoint of round K's training
@@ -37,6 +38,9 @@ class RunLayout:
 
     def coarse(self) -> Path:
         return self.round_dir(0) / "coarse.json"
+
+    def coarse_settings(self) -> Path:
+        return self.round_dir(0) / "settings.json"
 
     def masks(self, k: int) -> Path:
         """The masks round ``k`` produced: Free Mask's coarse masks for 0, predictions after."""

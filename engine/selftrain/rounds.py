@@ -1,6 +1,6 @@
 """Self-training rounds (``freesolo selftrain``): Free Mask -> SOLO -> SOLO on its own predictions.
 
-RUN_DIR/round_0/  Free Mask's coarse masks (coarse.json)
+RUN_DIR/round_0/  Free Mask's coarse masks (coarse.json) and the settings that made them (settings.json)
 RUN_DIR/round_1/  SOLO trained on them (model.pt, predictions.json)
 RUN_DIR/round_K/  for K >= 2, a SOLO retrained (from the pretrained backbone) on round K-1's
                   selected predictions (score >= keep_thr, at most max_keep plausible ones per image)
@@ -30,7 +30,7 @@ from engine.selftrain.pseudo import SelectionConfig, select_pseudo_labels
 from engine.solo.config import TrainConfig
 from engine.solo.train import train
 from engine.selftrain import events as ev
-from engine.selftrain.config import SelfTrainConfig
+from engine.selftrain.config import CoarseSettings, SelfTrainConfig
 from engine.selftrain.layout import RunLayout
 from engine.structures import ImageResult
 
@@ -83,6 +83,7 @@ class _Run:
     should_stop: Callable[[], bool] | None
     events: Events | None
     labels: Path | None = None
+    coarse: CoarseSettings = field(default_factory=CoarseSettings)
 
     def emit(self, kind: str, k: int, **info) -> None:
         if self.events is not None:
@@ -108,16 +109,19 @@ def selftrain(
     should_stop: Callable[[], bool] | None = None,
     events: Events | None = None,
     labels: Path | None = None,
+    coarse: CoarseSettings | None = None,
 ) -> list[RoundSummary]:
     """Round 0 (Free Mask), then ``config.rounds`` SOLO rounds; every finished round is kept and skipped
     on a rerun. Returns one summary per round (with metrics when ``gt`` is given).
 
     ``labels``: trusted masks (a COCO file) for some images, used by every round instead of Free
     Mask's or a round's masks for those images; each round records the ones it used
-    (``round_K/trusted.json``)."""
+    (``round_K/trusted.json``). ``coarse``: how round 0 makes the coarse masks (recorded in
+    ``round_0/settings.json``; a finished round 0 is kept whatever ``coarse`` says)."""
     layout = RunLayout(out)
     run = _Run(Path(images), layout, config or SelfTrainConfig(), train_cfg or TrainConfig(), model_cfg, device,
-               say, progress, should_stop, events, Path(labels) if labels is not None else None)
+               say, progress, should_stop, events, Path(labels) if labels is not None else None,
+               coarse or CoarseSettings())
     layout.root.mkdir(parents=True, exist_ok=True)
     _coarse_round(run)
     summaries = [_summary(0, "Free Mask", layout, eval_images, gt, device)]
@@ -137,9 +141,14 @@ def _coarse_round(run: _Run) -> None:
     t0 = time.perf_counter()
     run.say("round 0: Free Mask coarse masks")
     run.emit(ev.PHASE, 0, phase="freemask")
-    report = run_freemask_batch([run.images], device=run.device, progress=run.progress, should_stop=run.should_stop)
+    c = run.coarse
+    report = run_freemask_batch([run.images], feature_config=c.features, params=c.params, device=run.device,
+                                cache_dir=c.cache_dir, use_cache=c.use_cache, progress=run.progress,
+                                should_stop=run.should_stop, generators=c.generators, tile=c.tile,
+                                tile_overlap=c.tile_overlap)
     if report.cancelled:
         raise run.stopped(0, "freemask")
+    atomic_write_json(run.layout.coarse_settings(), c.record(), overwrite=True, backup=False)
     write_coco(run.layout.coarse(), build_coco_dataset(report.results))
     run.layout.seconds(0).write_text(f"{time.perf_counter() - t0:.1f}")
 

@@ -161,7 +161,9 @@ class TrainingSection(Section):
 
     def command(self, resume: bool = False, rounds: int | None = None, labels: Path | None = None) -> list[str]:
         """The ``engine.cli selftrain`` arguments for the current fields (validated); ``rounds`` (all of
-        the run's rounds) and ``labels`` (trusted labels) override the fields for the correction loop."""
+        the run's rounds) and ``labels`` (trusted labels) override the fields for the correction loop.
+        Round 0's coarse masks are made with the Free Mask settings on screen (backbone, sliders,
+        generators, tiles), as the overlays you tuned show them."""
         images = self.images_folder()
         out_text = self.out_edit.text().strip()
         if not out_text:
@@ -179,8 +181,14 @@ class TrainingSection(Section):
         args = ["-m", "engine.cli", "selftrain", str(images), "--out", str(out), "--rounds", str(rounds),
                 "--iters", str(self.iters.value()), "--size", str(self.size.value()),
                 "--keep-thr", f"{self.keep_thr.value():g}", "--preset", self.preset.currentText(),
-                "--device", device, "--progress", "json"]
+                "--device", device, "--progress", "json", *self._freemask_args()]
         return args + (["--resume"] if resume else []) + (["--labels", str(labels)] if labels is not None else [])
+
+    def _freemask_args(self) -> list[str]:
+        from engine.cli.common import freemask_args
+
+        ctx = self.ctx
+        return freemask_args(ctx.feature_config(), ctx.current_params(), ctx.current_generators(), *ctx.current_tiling())
 
     def start(self, resume: bool = False, rounds: int | None = None, labels: Path | None = None) -> bool:
         """Launch the training process; a bad field is one notification and nothing starts."""

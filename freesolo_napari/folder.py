@@ -156,6 +156,31 @@ class FolderSession:
         except OSError:
             pass
 
+    # ---- the accepted self-training round --------------------------------------------------
+    def _round_path(self) -> Path:
+        import hashlib
+
+        key = hashlib.sha1(str(self.folder.resolve()).encode()).hexdigest()[:16]
+        return self.edits_dir / "rounds" / f"{key}.json"
+
+    def save_accepted_round(self, k: int, masks: Path) -> None:
+        """Remember that round ``k`` (its COCO file ``masks``) is what this folder's unedited images show."""
+        from engine.io.atomic import atomic_write_json
+
+        atomic_write_json(self._round_path(), {"folder": str(self.folder.resolve()), "round": int(k),
+                                               "masks": str(Path(masks).resolve())}, overwrite=True, backup=False)
+
+    def accepted_round(self) -> tuple[int, Path] | None:
+        """(k, its COCO file) of the round accepted for this folder in an earlier session, if the file is there."""
+        import json
+
+        try:
+            record = json.loads(self._round_path().read_text())
+            k, masks = int(record["round"]), Path(record["masks"])
+        except (OSError, ValueError, KeyError, TypeError):  # none, or damaged: as if none
+            return None
+        return (k, masks) if masks.is_file() else None
+
     # ---- results for export ---------------------------------------------------------------
     def iter_results(
         self, params, config: FeatureConfig, live: dict[str, ImageResult] | None = None,

@@ -329,7 +329,7 @@ def test_an_edited_plane_of_a_stack_is_a_correction_the_others_are_not(make_napa
     assert computed_planes(layer) == [(0,), (1,), (2,)]
 
 
-def test_a_round_is_previewed_then_accepted_or_discarded(loop_panel, qtbot):
+def test_a_round_is_previewed_then_accepted_or_discarded(loop_panel, qtbot, make_napari_viewer):
     """A round's masks come as outlined preview layers; Discard changes nothing, Accept replaces the masks
     of images not edited (open, and in the folder browser) and keeps the edited ones."""
     from engine.io.coco import build_coco_dataset, write_coco
@@ -385,6 +385,17 @@ def test_a_round_is_previewed_then_accepted_or_discarded(loop_panel, qtbot):
     assert np.array_equal(shown.data > 0, boxes[names[3]]) and _sources(shown) == {"model round 1"}
     _show(qtbot, view, viewer, 2, names[2])  # edited: its own masks
     assert np.array_equal(viewer.layers[f"{names[2]} · free masks"].data, painted)
+
+    # a later session on the same folder: unedited images still show the accepted round
+    viewer2 = make_napari_viewer()
+    _dock, widget2 = viewer2.window.add_plugin_dock_widget("freesolo-napari", "FreeSOLO")
+    view2 = widget2.run_scope.folder_view
+    assert view2.open_folder(view.session.folder)
+    qtbot.waitUntil(lambda: f"{names[0]} · free masks" in viewer2.layers, timeout=30_000)
+    assert view2.round is not None and view2.round[0] == 1
+    first = viewer2.layers[f"{names[0]} · free masks"]
+    assert np.array_equal(first.data > 0, boxes[names[0]]) and _sources(first) == {"model round 1"}
+    viewer2.close()
 
 
 def test_next_image_to_fix_ranks_and_shows_the_planes_of_a_stack(make_napari_viewer, qtbot, tmp_path):

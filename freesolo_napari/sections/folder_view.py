@@ -129,13 +129,39 @@ class FolderView(QWidget):
         self.setVisible(True)
         self.ctx.set_status(f"{len(session)} image(s) in '{session.folder}'"
                             + (f"; {len(session.skipped)} other entries skipped" if session.skipped else ""))
-        self.show_image(0)
+        accepted = session.accepted_round()
+        if accepted is None:
+            self.show_image(0)
+        else:  # the round accepted in an earlier session, read before the first image shows
+            self._read_accepted(session, *accepted)
         if then is not None:
             then(session)
 
-    def set_round(self, k: int, results: dict) -> None:
-        """Round ``k``'s masks become what unedited folder images show (file names as the run names them)."""
+    def _read_accepted(self, session: FolderSession, k: int, masks: Path) -> None:
+        from freesolo_napari.sections.trainer_process import read_round
+        from freesolo_napari.workers import create_worker
+
+        worker = create_worker(self, read_round, masks, f"model round {k}", _ignore_errors=True)
+
+        def done(payload=None):
+            if self.session is session:
+                if payload is not None:
+                    self.round = (k, payload[0])
+                self.show_image(session.index)
+
+        worker.returned.connect(done)
+        worker.errored.connect(lambda exc: (self.ctx.notify(f"Cannot read round {k} ({masks}): {exc}"), done()))
+        worker.start()
+
+    def set_round(self, k: int, results: dict, masks: Path | None = None) -> None:
+        """Round ``k``'s masks become what unedited folder images show (file names as the run names them);
+        with ``masks`` (the round's COCO file) the folder keeps showing them in later sessions."""
         self.round = (k, results)
+        if masks is not None and self.session is not None:
+            try:
+                self.session.save_accepted_round(k, masks)
+            except OSError as exc:
+                self.ctx.notify(f"Could not remember round {k} for this folder: {exc}")
 
     def _round_result(self, name: str):
         if self.round is None:
@@ -270,10 +296,11 @@ class FolderView(QWidget):
         kinds = (("labels", labels_name(image_name)),) * with_labels + (("points", points_name(image_name)),)
         for kind, renamed in kinds:
             layer = self._parked.pop(kind, None)
-            if layer is None or layer not in viewer.layers or renamed in viewer.layers:
+            if layer is None or layer not in viewer.layers:
                 continue
-            if layer.metadata.get(FACTOR_KEY, 1) > 1 or layer.ndim != 2:
-                self._parked[kind] = layer  # made for a large image or a stack: removed instead
+            taken = renamed in viewer.layers and viewer.layers[renamed] is not layer  # (the same image again: its own)
+            if taken or layer.metadata.get(FACTOR_KEY, 1) > 1 or layer.ndim != 2:
+                self._parked[kind] = layer  # another layer has the name, or made for a large image or a stack: removed
                 continue
             if kind == "labels":
                 layer.data = np.zeros(shape, np.uint16)  # not the old image's masks: nothing counts as edited

@@ -6,8 +6,9 @@ file in a worker and lays its masks over every open image it names as a preview 
 all); the masks on screen are not touched. Folder images shown while a preview is pending get
 theirs as you move to them. **Accept round K** puts the round's masks into the masks layers of the
 open images you did not edit (Undo last update brings the old ones back), makes them what the
-folder browser shows for images without edits (``on_loaded(k, results)``) and drops the previews;
-images you corrected keep your masks, without a question. **Discard** drops the previews and
+folder browser shows for images without edits (``on_loaded(k, results, masks file)``; the browser
+remembers it for the folder, also in later sessions) and drops the previews; images you corrected
+keep your masks, without a question. **Discard** drops the previews and
 changes nothing else.
 """
 
@@ -28,7 +29,7 @@ class RoundLoader(QWidget):
     """The finished rounds of ``run_folder()``; 'Preview round K', then 'Accept round K' or 'Discard'."""
 
     def __init__(self, ctx, run_folder: Callable[[], RunLayout | None],
-                 on_loaded: Callable[[int, dict], None] | None = None):
+                 on_loaded: Callable[[int, dict, Path | None], None] | None = None):
         super().__init__()
         self.ctx = ctx
         self.run_folder = run_folder
@@ -36,6 +37,7 @@ class RoundLoader(QWidget):
         self.kept: list[str] = []  # images of the last accepted round that kept the user's edited masks
         self.shown_round: tuple[int, int] | None = None  # (round, images shown) of the last accepted round
         self.pending: tuple[int, dict] | None = None  # (K, {file name: ImageResult}) previewed, not accepted
+        self._pending_masks: Path | None = None  # the COCO file of the round previewed last
         self._workers: list = []
         self._sync = QTimer(self, singleShot=True, interval=0)  # previews follow images opened and closed
         self._sync.timeout.connect(self.sync_previews)
@@ -104,6 +106,7 @@ class RoundLoader(QWidget):
         k = self.combo.currentData() if k is None else k
         run = self.run_folder() or RunLayout(Path())
         path = run.masks(int(k)) if k is not None else None
+        self._pending_masks = path
         if path is None or not path.is_file():
             self.ctx.notify(f"No predictions for round {k} in {run.root}")
             return None
@@ -186,7 +189,7 @@ class RoundLoader(QWidget):
             shown += int(self.ctx.show_instances(t.image, t.result.instances, t.plane if t.index else None))
         self._end_review()
         if self.on_loaded is not None:
-            self.on_loaded(k, results)
+            self.on_loaded(k, results, self._pending_masks)
         text = f"Round {k} accepted: its masks shown on {shown} of {len(results)} image(s) of the run"
         if self.kept:
             text += f"; your corrected masks kept on {len(self.kept)}"

@@ -18,12 +18,12 @@ regions that fill each other's gaps.
 
 Each region's prior is its *distinctness* (1 - cos of its mean key with that of the region it is
 merged with next: an object is merged with something unlike it, a part of it with a similar part)
-times (area / image area)^(1/4); the ``top`` regions by prior become masks (source ``grouping``).
-The merge (``engine/generators/merge.py``) scores them with the same measure as every other
-generator's masks and multiplies that score by the prior (on the COCO tuning half, ranking by the
-merge score alone gave AP50 0.036, by distinctness alone 0.031, by both 0.047 and 0.051 with the
-area factor; docs/measurements.md). Everything is on the region graph (a few hundred nodes): per-pixel work
-is a handful of vectorised passes (labels, bincounts, one ``isin`` per kept mask).
+times (area / image area)^(1/4), over the image's largest such product (so the most distinct
+region has prior 1); the ``top`` regions by prior become masks (source ``grouping``). The merge
+(``engine/generators/merge.py``) scores them with the same measure as every other generator's
+masks and multiplies that score by the prior (the COCO tuning half's figures for each part of it
+are in docs/measurements.md). Everything is on the region graph (a few hundred nodes): per-pixel
+work is a handful of vectorised passes (labels, bincounts, one ``isin`` per kept mask).
 """
 
 from __future__ import annotations
@@ -192,10 +192,12 @@ def distinctness(regions: _Regions, merges: list[tuple[int, int]]) -> np.ndarray
 def grouping_instances(features: Features, image: np.ndarray, p: GroupingParams | None = None) -> list[InstanceMask]:
     """The hierarchy's regions of ``p.min_area``..``p.max_area`` of the image with the highest prior
 
-        prior = distinctness * (area / image area) ** 0.25
+        prior = distinctness * (area / image area) ** 0.25,  divided by its maximum over those regions
 
-    (``distinctness``; the area factor ranks small fragments lower) as masks: source ``grouping``,
-    ``score`` = ``extra['prior']`` = the prior, ``extra['regions']`` = how many initial regions it joins."""
+    (``distinctness``; the area factor ranks small fragments lower; the image's most distinct region
+    has prior 1, so in the merge it keeps the score any generator's mask would get) as masks: source
+    ``grouping``, ``score`` = ``extra['prior']`` = the prior, ``extra['regions']`` = how many initial
+    regions it joins."""
     p = p or GroupingParams()
     rgb = to_unit_rgb(image)
     H, W = rgb.shape[:2]
@@ -205,6 +207,9 @@ def grouping_instances(features: Features, image: np.ndarray, p: GroupingParams 
     share = regions.area / (H * W)
     prior = distinctness(regions, merges) * share ** 0.25
     pick = np.flatnonzero((share >= p.min_area) & (share <= p.max_area) & (prior > 0))
+    if pick.size == 0:
+        return []
+    prior = prior / prior[pick].max()
     out = []
     for node in pick[np.argsort(-prior[pick], kind="stable")[: p.top]].tolist():
         y0, y1, x0, x1 = (int(v) for v in regions.box[node])

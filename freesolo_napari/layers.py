@@ -18,7 +18,7 @@ _RANDOM_COLORMAP_KEY = "freesolo_random_colormap"
 # colour by source: the generators and the user's edits; other sources (a model round, an
 # imported file) get one of OTHER_SOURCE_COLORS
 SOURCE_COLORS = {"freemask": (1.0, 0.55, 0.0), "maskcut": (0.2, 0.6, 1.0), "classical": (0.3, 0.85, 0.3),
-                 "edited": (1.0, 0.2, 0.6)}
+                 "grouping": (0.55, 0.25, 0.85), "edited": (1.0, 0.2, 0.6)}
 OTHER_SOURCE_COLORS = ((0.6, 0.4, 0.9), (0.9, 0.9, 0.2), (0.2, 0.9, 0.9), (0.9, 0.3, 0.3), (0.6, 0.6, 0.4))
 
 

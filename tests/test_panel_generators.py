@@ -28,8 +28,9 @@ def test_classical_and_free_mask_merged_coloured_by_source_and_tau_is_post_proce
     from freesolo_napari.layers import SOURCE_COLORS
 
     viewer, widget = panel
-    freemask, maskcut, classical = widget.controls.generator_checks
-    assert [b.text() for b in widget.controls.generator_checks] == ["Free Mask", "MaskCut", "classical"]
+    freemask, maskcut, classical, grouping = widget.controls.generator_checks
+    assert [b.text() for b in widget.controls.generator_checks] == ["Free Mask", "MaskCut", "classical", "grouping"]
+    assert not grouping.isChecked()
     assert freemask.isChecked() and not freemask.isEnabled()  # the only one on cannot be turned off
     classical.setChecked(True)
     assert freemask.isEnabled() and widget.current_generators().generators == ("freemask", "classical")

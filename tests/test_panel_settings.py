@@ -34,7 +34,7 @@ def test_every_schema_entry_names_an_existing_input_with_its_default(make_napari
 
     _viewer, widget = _panel(make_napari_viewer)
     keys = [s.key for s in SCHEMA]
-    assert len(keys) == len(set(keys)) == 40
+    assert len(keys) == len(set(keys)) == 41
     missing = []
     for setting in SCHEMA:
         try:
@@ -102,9 +102,10 @@ def test_generator_toggles_and_colour_by_source_round_trip(make_napari_viewer, t
     path = tmp_path / "generators.json"
     monkeypatch.setenv("FREESOLO_NAPARI_SETTINGS", str(path))
     _viewer, w = _panel(make_napari_viewer)
-    freemask, maskcut, classical = w.controls.generator_checks
+    freemask, maskcut, classical, grouping = w.controls.generator_checks
     maskcut.setChecked(True)
     classical.setChecked(True)
+    grouping.setChecked(True)
     freemask.setChecked(False)
     assert w.current_generators().classical_on_microscopy  # on by default
     w.controls.on_microscopy.setChecked(False)
@@ -112,11 +113,12 @@ def test_generator_toggles_and_colour_by_source_round_trip(make_napari_viewer, t
     w.settings.save()
     values = json.loads(path.read_text())["values"]
     assert (values["controls.generators.freemask"], values["controls.generators.maskcut"],
-            values["controls.generators.classical"], values["review.source_check"]) == (False, True, True, True)
+            values["controls.generators.classical"], values["controls.generators.grouping"],
+            values["review.source_check"]) == (False, True, True, True, True)
     assert values["controls.generators.on_microscopy"] is False
 
     _viewer2, w2 = _panel(make_napari_viewer)
-    assert w2.current_generators().generators == ("maskcut", "classical")
+    assert w2.current_generators().generators == ("maskcut", "classical", "grouping")
     assert not w2.current_generators().classical_on_microscopy
     assert w2.review.source_check.isChecked() and not w2.review.color_check.isChecked()
 

@@ -10,8 +10,8 @@ from engine.data.synthetic import write_synthetic_dataset
 from engine.generators.pipeline import run_freemask_batch
 from engine.freemask.postprocess import FreeMaskParams
 from engine.generators.choices import AutoChoices, automatic_choices, tile_grid
-from engine.generators.merge import GeneratorConfig
-from engine.generators.tiling import extract_tiles, plan_image, plan_tiles, postprocess_tiles
+from engine.generators.merge import GeneratorConfig, generate
+from engine.generators.tiling import core_instances, extract_tiles, plan_image, plan_tiles, postprocess_tiles
 from engine.freemask.features import FeatureCache
 from engine.io.images import file_sha1, load_image
 from engine.io.stacks import content_key
@@ -72,3 +72,20 @@ def test_a_tiling_the_engine_cannot_plan_is_one_usage_error_before_any_image(tmp
     out = tmp_path / "m.json"
     assert main(["freemask", str(tmp_path), "--out", str(out), "--tile", "256", "--tile-overlap", "128"]) == 2
     assert "overlap in [0, tile/2)" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_set_top_k_caps_the_whole_tiled_image_not_each_window(tmp_path, extractor):
+    images, _gt = write_synthetic_dataset(tmp_path / "d", 1, seed=5, size=(400, 400), kind="microscopy")
+    [path] = sorted(images.iterdir())
+    image = load_image(path)
+    plan = plan_image(image, extractor.config, 256, 32)
+    assert plan is not None and len(plan.windows) > 1
+    tiled, _hits = extract_tiles(extractor, image, plan, None, None)
+    params = FreeMaskParams(top_k=3)
+    per_window = [generate(f, params, np.ascontiguousarray(image[y0:y1, x0:x1]), GeneratorConfig()).instances
+                  for f, (y0, y1, x0, x1) in zip(tiled.windows, plan.windows)]
+    assert len(core_instances(per_window, plan, image.shape[:2])) > 3  # the windows together hold more
+    result = postprocess_tiles(tiled, image, params, GeneratorConfig())
+    assert 0 < len(result.instances) <= 3
+    scores = [m.score for m in result.instances]
+    assert scores == sorted(scores, reverse=True)

@@ -122,8 +122,8 @@ def add_freemask_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tile-overlap", type=int, default=64, metavar="PX",
                    help="overlap of neighbouring windows in input pixels (default: %(default)s)")
     g.add_argument("--generators", type=generators_arg, default=("freemask",), metavar="LIST",
-                   help="mask generators merged into one ranking, among freemask, maskcut, classical "
-                   "(default: freemask)")
+                   help="mask generators merged into one ranking, among freemask, maskcut, classical, "
+                   "grouping (default: freemask)")
     g.add_argument("--classical-on-microscopy", action=argparse.BooleanOptionalAction, default=True,
                    help="on grey-level and stained (H&E) images the classical proposals join the generators "
                    "(default: on)")

@@ -14,7 +14,7 @@ import threading
 from typing import Callable, Hashable, Iterator, Literal, TypeVar
 
 T = TypeVar("T")
-MemoKind = Literal["ranked", "score_keys", "guide", "maskcut", "classical", "grey"]
+MemoKind = Literal["ranked", "score_keys", "guide", "maskcut", "classical", "grouping", "grey"]
 
 
 class FeatureMemo:

@@ -10,7 +10,9 @@ The measure is the same for every generator's masks (``GeneratorConfig.score``):
   the network sees (the hematoxylin channel of a stained slide);
 - ``both``: the mean of the two.
 On microscopy, where classical proposals are in the merge, Free Mask's scores are multiplied by
-``GeneratorConfig.freemask_weight`` (0.5). All masks then go through one Matrix NMS (exact IoU
+``GeneratorConfig.freemask_weight`` (0.5); a mask that carries a prior of its own
+(``extra['prior']``: the grouping's regions, ``engine/generators/grouping.py``) has its score
+multiplied by it. All masks then go through one Matrix NMS (exact IoU
 from crops, no full-size arrays) and the
 best ``top_k`` are kept, each with its ``source``. Every generator's work depends on the features
 and the image only, not on τ or the filters, so a slider move reuses it (memoised on ``features``).
@@ -37,12 +39,13 @@ from engine.generators.classical import (
     ring_contrast,
     ring_width,
 )
+from engine.generators.grouping import GroupingParams, grouping_instances
 from engine.generators.maskcut import MaskCutParams, maskcut_ranked
 from engine.ops.masks import crop_cell_means, crop_iou_matrix
 from engine.ops.nms import matrix_nms_from_iou
 from engine.structures import InstanceMask
 
-GENERATORS = ("freemask", "maskcut", "classical")
+GENERATORS = ("freemask", "maskcut", "classical", "grouping")
 MERGE_SCORES = ("features", "image", "both")
 MAX_AUTO_TOP_K = 100  # COCO's AR100 and AP count the best 100 masks
 # each classical method on (the image as the network sees it, the estimated object size or None)
@@ -60,6 +63,7 @@ COLOUR_CLASSICAL = ("watershed", "felzenszwalb")
 class GeneratorConfig:
     generators: tuple[str, ...] = ("freemask",)
     maskcut: MaskCutParams = field(default_factory=MaskCutParams)
+    grouping: GroupingParams = field(default_factory=GroupingParams)
     classical: tuple[str, ...] | None = None  # None: by image kind (``classical_methods``)
     classical_top: int = 100  # per classical method, its best masks (by its own score) enter the merge
     score: str = "both"  # the one measure every mask is ranked by (module docstring)
@@ -158,6 +162,17 @@ def classical_instances(features: Features, image: np.ndarray, params: FreeMaskP
     return kept
 
 
+def grouping_masks(features: Features, image: np.ndarray, params: FreeMaskParams,
+                   config: GeneratorConfig) -> list[InstanceMask]:
+    """The grouping's regions (``grouping_instances``, memoised with the features) that pass Free
+    Mask's filters."""
+    found = features.memo.get("grouping", (image_fingerprint(image), config.grouping),
+                              lambda: grouping_instances(features, image, config.grouping))
+    H, W = features.image_size
+    margin = round(16 / max(features.input_scale, 1e-6))
+    return [m for m in found if passes_filters(m.crop, m.box, params, (H, W), margin=margin)]
+
+
 def nms_rank(instances: list[InstanceMask], scores: torch.Tensor, params: FreeMaskParams,
              top_k: int | None = None) -> list[InstanceMask]:
     """One Matrix NMS over masks (exact IoU of their crops), best decayed score first, at least
@@ -206,6 +221,7 @@ def merge(features: Features, instances: list[InstanceMask], params: FreeMaskPar
     if not kept:
         return []
     scores = merge_scores(features, kept, image, score)
+    scores = scores * torch.tensor([float(m.extra.get("prior", 1.0)) for m in kept], dtype=torch.float32)
     if any(m.source == "classical" for m in kept):
         scores = scores * torch.tensor([freemask_weight if m.source == "freemask" else 1.0 for m in kept])
     return nms_rank(kept, scores, params, top_k)
@@ -245,6 +261,11 @@ def generate(features: Features, params: FreeMaskParams | None = None, image: np
         methods = classical_methods(config, image, features.stain) if config.classical is None else ()
         if not p.top_k:  # the classical proposals count the objects: room for every one of them
             top_k = max(top_k, min(MAX_AUTO_TOP_K, len(classical)))
+    if "grouping" in generators and image is not None:
+        grouped = grouping_masks(features, image, p, config)
+        pool += grouped
+        if not p.top_k:  # the hierarchy holds objects at every scale: room for them
+            top_k = max(top_k, min(MAX_AUTO_TOP_K, len(grouped)))
     weight = config.freemask_weight if image is not None and looks_like_microscopy(image, features.stain) else 1.0
     weighted = weight != 1.0 and "freemask" in generators and any(m.source == "classical" for m in pool)
     kept = merge(features, pool, p, top_k, image, config.score, weight)

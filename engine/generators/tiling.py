@@ -7,7 +7,8 @@ by ``overlap / scale``; each window gets its own backbone pass at the full input
 disk like any image) and its own post-processing. A window keeps the masks whose centre lies in
 its *core* (the part of the window nearer to its centre than to a neighbour's), so an
 object cut by one window's edge is kept from the window that holds it whole; one Matrix NMS over
-all kept masks (exact IoU on crops) removes what is left twice. Masks are at full resolution.
+all kept masks (exact IoU on crops) removes what is left twice, and a top-k the user set caps the
+whole image's masks (the automatic top-k stays per window). Masks are at full resolution.
 
 ``plan_image`` decides whether an image is tiled (and how), ``TiledFeatures`` are its windows'
 features, which ``postprocess_tiles`` turns into one result: the CLI's pipeline and the panel
@@ -165,9 +166,10 @@ def core_instances(per_window: list[list[InstanceMask]], plan: TilePlan, image_s
 
 
 def tiles_top_k(params: FreeMaskParams, plan: TilePlan) -> int:
-    """Masks kept per window (the merged image keeps every window's): the set top-k, else
-    ``auto_top_k``'s rule on the whole image's scale (each window's own features carry the fixed
-    scale, never the automatic choice)."""
+    """Masks kept per window: the set top-k (the merged image then keeps the best top-k of all
+    windows: ``postprocess_tiles``), else ``auto_top_k``'s rule on the whole image's scale (each
+    window's own features carry the fixed scale, never the automatic choice), and then the merged
+    image keeps every window's (the automatic top-k counts the objects of one window's area)."""
     return params.top_k or (100 if plan.auto_scale and plan.scale > 1.0 else 20)
 
 
@@ -182,8 +184,8 @@ def postprocess_tiles(tiled: TiledFeatures, image: np.ndarray, params: FreeMaskP
     for feats, (y0, y1, x0, x1) in zip(tiled.windows, plan.windows):
         results.append(generate(feats, p, np.ascontiguousarray(image[y0:y1, x0:x1]), generators))
     kept = core_instances([r.instances for r in results], plan, image.shape[:2])
-    if len(plan.windows) > 1 and kept:
-        kept = nms_rank(kept, torch.tensor([m.score for m in kept], dtype=torch.float32), params)
+    if len(plan.windows) > 1 and kept:  # a set top-k is the whole image's total, not each window's
+        kept = nms_rank(kept, torch.tensor([m.score for m in kept], dtype=torch.float32), params, params.top_k)
     added = tuple(dict.fromkeys(g for r in results for g in r.auto_generators))
     methods = tuple(dict.fromkeys(c for r in results for c in r.classical_methods))
     weight = next((r.freemask_weight for r in results if r.freemask_weight is not None), None)

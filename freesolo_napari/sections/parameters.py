@@ -43,6 +43,8 @@ GENERATOR_TEXT = {
     "freemask": ("Free Mask", "Free Mask's query masks (the paper's coarse masks)"),
     "maskcut": ("MaskCut", "Normalised cuts on the same features (CutLER's MaskCut), several masks per image"),
     "classical": ("classical", "Threshold + watershed and graph-based regions of the image itself"),
+    "grouping": ("grouping", "Felzenszwalb regions merged step by step by their features (selective-search "
+                 "style): masks at every scale, for colour photos"),
 }
 
 

@@ -24,7 +24,6 @@ from engine.solo.checkpoint import CHECKPOINT, LOG
 
 
 def add_solo_commands(sub) -> None:
-    from engine.selftrain.config import SelfTrainConfig
     from engine.solo.config import TrainConfig
 
     d = TrainConfig()
@@ -55,6 +54,29 @@ def add_solo_commands(sub) -> None:
     add_nproc_option(pr)
     add_channel_option(pr)
     pr.set_defaults(func=cmd_predict)
+
+    _add_selftrain(sub, d)
+
+    ex = sub.add_parser("export-backbone", help="write a trained model's backbone as a plain state dict",
+                        description="RUN/round_K/model.pt -> OUT.pth, loadable with --backbone OUT.pth and by "
+                        "downstream code (the backbone's own key layout)")
+    ex.add_argument("model", type=Path)
+    ex.add_argument("out", type=Path)
+    ex.add_argument("--overwrite", action="store_true")
+    ex.set_defaults(func=cmd_export_backbone)
+
+    nx = sub.add_parser("next-to-fix", help="rank images by how unsure a trained student is (correct the first ones)",
+                        description="Predicts each image and its mirror image; the more the two disagree "
+                        "(score-weighted), the more a correction of that image teaches. Most uncertain first.")
+    nx.add_argument("model", type=Path)
+    nx.add_argument("images", nargs="+", type=Path)
+    nx.add_argument("--json", type=Path, default=None, help="also write the ranking as JSON")
+    nx.add_argument("--device", default="auto")
+    nx.set_defaults(func=cmd_next_to_fix)
+
+
+def _add_selftrain(sub, d) -> None:
+    from engine.selftrain.config import SelfTrainConfig
 
     st = sub.add_parser("selftrain", help="Free Mask, then SOLO, then self-training rounds on a folder",
                         description="RUN_DIR/round_0 holds Free Mask's coarse masks, round_1 SOLO trained on them, "
@@ -88,23 +110,6 @@ def add_solo_commands(sub) -> None:
     add_feature_options(st, device=False)  # round 0's Free Mask (its device is --device)
     add_freemask_options(st)
     st.set_defaults(func=cmd_selftrain)
-
-    ex = sub.add_parser("export-backbone", help="write a trained model's backbone as a plain state dict",
-                        description="RUN/round_K/model.pt -> OUT.pth, loadable with --backbone OUT.pth and by "
-                        "downstream code (the backbone's own key layout)")
-    ex.add_argument("model", type=Path)
-    ex.add_argument("out", type=Path)
-    ex.add_argument("--overwrite", action="store_true")
-    ex.set_defaults(func=cmd_export_backbone)
-
-    nx = sub.add_parser("next-to-fix", help="rank images by how unsure a trained student is (correct the first ones)",
-                        description="Predicts each image and its mirror image; the more the two disagree "
-                        "(score-weighted), the more a correction of that image teaches. Most uncertain first.")
-    nx.add_argument("model", type=Path)
-    nx.add_argument("images", nargs="+", type=Path)
-    nx.add_argument("--json", type=Path, default=None, help="also write the ranking as JSON")
-    nx.add_argument("--device", default="auto")
-    nx.set_defaults(func=cmd_next_to_fix)
 
 
 def _train_options(p: argparse.ArgumentParser, d) -> None:

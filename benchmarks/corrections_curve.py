@@ -11,6 +11,10 @@ baselines. One markdown row per run, with minutes per round::
 
     python benchmarks/corrections_curve.py --images DIR/images --gt DIR/gt.json --out /tmp/curve \
         [--corrected 0 1 3 10] [--iters 1500] [--rounds 1] [--object-px PX] [--plot curve.png]
+        [--trusted-weights 1 3 10]
+
+``--trusted-weights`` runs every K > 0 once per weight (``selftrain --trusted-weight``: how much
+more often a corrected image is sampled); the plot then shows the first weight's curve.
 
 ``--plot`` also draws the curve (AP50 against corrected images, beside the teacher and the best
 classical baseline) as a PNG.
@@ -45,7 +49,8 @@ def score(gt_path: Path, results: list[ImageResult]) -> dict:
     return {k: round(float(m[k]), 3) for k in ("AP", "AP50", "AR100")}
 
 
-def run_round(images: Path, trusted: Path | None, out: Path, args: argparse.Namespace, coarse: Path | None) -> float:
+def run_round(images: Path, trusted: Path | None, out: Path, args: argparse.Namespace, coarse: Path | None,
+              weight: float | None = None) -> float:
     """One ``freesolo selftrain`` run (round 0 copied from ``coarse`` when given: Free Mask runs
     once per curve); its minutes per SOLO round (training and prediction, from the round folders)."""
     layout = RunLayout(out)
@@ -56,7 +61,7 @@ def run_round(images: Path, trusted: Path | None, out: Path, args: argparse.Name
            "--rounds", str(args.rounds), "--iters", str(args.iters), "--device", "cpu", "--progress", "json",
            "--object-px", str(args.object_px)]
     if trusted is not None:
-        cmd += ["--labels", str(trusted)]
+        cmd += ["--labels", str(trusted)] + (["--trusted-weight", str(weight)] if weight is not None else [])
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return sum(float(layout.seconds(k).read_text()) for k in range(1, args.rounds + 1)) / 60.0 / args.rounds
 
@@ -77,6 +82,8 @@ def main() -> None:
     ap.add_argument("--object-px", type=float, default=TrainConfig().object_px,
                     help="the student's --object-px (default: the default's)")
     ap.add_argument("--plot", type=Path, default=None, help="also draw the curve into this PNG")
+    ap.add_argument("--trusted-weights", type=float, nargs="+", default=[None],
+                    help="one run per weight for every K > 0 (default: selftrain's --trusted-weight)")
     args = ap.parse_args()
 
     gt = json.loads(args.gt.read_text())
@@ -93,13 +100,13 @@ def main() -> None:
           f"{args.rounds} round(s) of {args.iters} iterations")
     print("| method | AP | AP50 | AR100 | min/round |\n|---|---:|---:|---:|---:|", flush=True)
     teacher, coarse, curve = None, None, []
-    for k in args.corrected:
+    for k, weight in [(k, w) for k in args.corrected for w in (args.trusted_weights if k else [None])]:
         trusted = None
         if k:
             trusted = args.out / f"trusted_{k}.json"
             trusted.write_text(json.dumps(subset_gt(gt, set(names[:k]))))
-        run = args.out / f"run_{k}"
-        minutes = run_round(args.images, trusted, run, args, coarse)
+        run = args.out / (f"run_{k}" if weight is None else f"run_{k}_w{weight:g}")
+        minutes = run_round(args.images, trusted, run, args, coarse, weight)
         layout = RunLayout(run)
         coarse = layout.coarse()
         if teacher is None:
@@ -107,8 +114,11 @@ def main() -> None:
             teacher = score(scored_gt, [coarse_masks[n] for n in scored if n in coarse_masks])
             print(row("Free Mask (teacher, defaults)", teacher), flush=True)
         preds = load_image_results(layout.predictions(args.rounds))
-        curve.append((k, score(scored_gt, [preds[n] for n in scored if n in preds])))
-        print(row(f"SOLO round {args.rounds}, {k} corrected", curve[-1][1], minutes), flush=True)
+        metrics = score(scored_gt, [preds[n] for n in scored if n in preds])
+        if weight in (None, args.trusted_weights[0]):
+            curve.append((k, metrics))
+        weighted = "" if weight is None else f", trusted weight {weight:g}"
+        print(row(f"SOLO round {args.rounds}, {k} corrected{weighted}", metrics, minutes), flush=True)
     baselines = run_baselines("", args.images, scored_gt)
     for baseline in baselines:
         print(row(baseline["method"], baseline), flush=True)

@@ -218,15 +218,18 @@ def freemask_args(feature_config, params, generators, tile: int | None = None, t
     from engine.freemask.postprocess import FreeMaskParams
     from engine.generators.merge import GeneratorConfig
 
-    fixed = [("score_stride", params, FreeMaskParams()), ("refine_eps", params, FreeMaskParams()),
-             ("center_y_min", params, FreeMaskParams()), ("max_box_width", params, FreeMaskParams()),
-             ("min_side", feature_config, FeatureConfig()), ("maskcut", generators, GeneratorConfig()),
-             ("classical_top", generators, GeneratorConfig())]
-    for name, value, default in fixed:
-        if getattr(value, name) != getattr(default, name):
-            raise ValueError(f"{name} = {getattr(value, name)!r} cannot be given on the command line")
+    fixed = [(params, FreeMaskParams(), ("score_stride", "refine_eps", "center_y_min", "max_box_width")),
+             (feature_config, FeatureConfig(), ("min_side",)),
+             (generators, GeneratorConfig(), ("maskcut", "classical_top"))]
+    for value, default, names in fixed:
+        for name in names:
+            if getattr(value, name) != getattr(default, name):
+                raise ValueError(f"{name} = {getattr(value, name)!r} cannot be given on the command line")
     fc, p, g = feature_config, params, generators
-    auto = lambda v: "auto" if v is None else repr(v)  # noqa: E731 (the *_arg parsers read 'auto')
+
+    def auto(v) -> str:  # the *_arg parsers read 'auto' as None
+        return "auto" if v is None else repr(v)
+
     args = ["--backbone", fc.backbone, "--levels", ",".join(fc.levels), "--input-scale", auto(fc.input_scale),
             "--stain", fc.stain, "--max-side", str(fc.max_side), "--feature-dim", str(fc.dim or 0),
             "--generators", ",".join(g.generators), "--classical", "auto" if g.classical is None else ",".join(g.classical),
